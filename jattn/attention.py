@@ -1,0 +1,108 @@
+"""`jattn.attention`: the one public call."""
+
+from __future__ import annotations
+
+import math
+
+from jattn import registry
+from jattn._call import normalize_window, validate
+
+
+def _prepare_kwargs(backend: registry.Backend, call, kw: dict) -> dict:
+  """Converts `mask` (and the constraints folded into it) to the backend's mask form."""
+  form = backend.spec.mask_form
+  if form == "raw":
+    return kw
+  if form == "dense":
+    from jattn._dense import dense_mask
+    kw["mask"] = dense_mask(batch=call.batch, heads=call.num_heads, q_len=call.q_len,
+                            kv_len=call.kv_len, mask=kw["mask"], is_causal=kw["is_causal"],
+                            segment_ids=kw["segment_ids"], q_offset=kw["q_offset"],
+                            kv_offset=kw["kv_offset"], sliding_window=kw["sliding_window"])
+  elif form == "mask_mod":
+    from jattn.masks import combine_constraints
+    kw["mask"] = combine_constraints(mask=kw["mask"], is_causal=kw["is_causal"],
+                                     segment_ids=kw["segment_ids"],
+                                     sliding_window=kw["sliding_window"])
+  kw.update(is_causal=False, segment_ids=None, sliding_window=None)
+  return kw
+
+
+def attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+              score_mod=None, segment_ids=None, q_offset=0, kv_offset=0, sliding_window=None,
+              softcap=None, sinks=None, dropout_rate=0.0, dropout_rng=None, return_lse=False,
+              implementation=None, name=None, **backend_kwargs):
+  """Scaled dot-product attention through the fastest backend that honours every argument.
+
+  Shapes (as `jax.nn.dot_product_attention`): `query [B, T, N, H]`, `key [B, S, K, H]`,
+  `value [B, S, K, Hv]`, with K dividing N (grouped-query attention: query head `h` reads KV
+  head `h // (N // K)`). Returns `[B, T, N, Hv]` in the query's dtype, and with
+  `return_lse=True` also `lse [B, N, T]` (float32, natural log).
+
+  Semantics are PyTorch SDPA's: `mask` True = take part; `bias` is added to the scaled scores;
+  `scale` defaults to `1/sqrt(H)`; `is_causal` lets query position p see key positions <= p,
+  where query row i sits at position `q_offset + i` and key column j at `kv_offset + j`
+  (top-left aligned when both offsets are 0).
+
+  Args:
+    bias: additive bias broadcastable to `[B, N, T, S]` (differentiable).
+    mask: bool array broadcastable to `[B, N, T, S]`; or a mask function
+      `(b, h, q_idx, kv_idx) -> bool` evaluated at absolute positions (any `jattn.masks`
+      constructor); or a `jattn.masks.BlockMask`.
+    score_mod: `(score, b, h, q_idx, kv_idx) -> score`, applied after scale, softcap and bias,
+      before masking (FlexAttention's convention).
+    segment_ids: `[B, T]` (needs T == S) or a `(q_segment_ids [B, T], kv_segment_ids [B, S])`
+      pair; tokens attend only within their segment.
+    q_offset, kv_offset: absolute position of the first query / key (ints or int32 scalars).
+    sliding_window: `(left, right)`: query at p sees keys in `[p - left, p + right]`; an int w
+      means `(w, w)`; `None` on a side means unbounded.
+    softcap: scores become `softcap * tanh(score / softcap)` (applied to the scaled score).
+    sinks: `[N]` logits, one per query head, that join the softmax denominator only.
+    dropout_rate, dropout_rng: dropout on the attention probabilities; a rate > 0 needs a key.
+    return_lse: also return the log-sum-exp of each row (including the sink term). Rows with
+      no kept key give zeros, `lse = -inf`, and zero gradients.
+    implementation: a backend name (`jattn.implementations()`), a mapping from module `name`
+      to backend name (`""` = default), or None to choose automatically (see `jattn.explain`).
+    name: the module name looked up in an implementation mapping.
+    **backend_kwargs: passed to the backend untouched.
+
+  Raises:
+    ValueError / TypeError for malformed arguments (at trace time), and
+    `jattn.NotSupportedError` (a `NotImplementedError`) naming backend and feature when the
+    requested backend cannot honour an argument.
+  """
+  call = validate(query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+                  score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
+                  kv_offset=kv_offset, sliding_window=sliding_window, softcap=softcap,
+                  sinks=sinks, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                  return_lse=return_lse)
+  backend = registry.select(call, implementation, name)
+  if scale is None:
+    scale = 1.0 / math.sqrt(call.head_dim)
+  elif not hasattr(scale, "shape"):
+    scale = float(scale)
+  kw = dict(bias=bias, mask=mask, scale=scale, is_causal=bool(is_causal),
+            score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
+            kv_offset=kv_offset, sliding_window=normalize_window(sliding_window),
+            softcap=None if softcap is None else float(softcap), sinks=sinks,
+            dropout_rate=float(dropout_rate), dropout_rng=dropout_rng,
+            return_lse=bool(return_lse))
+  kw = _prepare_kwargs(backend, call, kw)
+  return backend.fn(query, key, value, **kw, **backend_kwargs)
+
+
+def explain(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+            score_mod=None, segment_ids=None, q_offset=0, kv_offset=0, sliding_window=None,
+            softcap=None, sinks=None, dropout_rate=0.0, dropout_rng=None, return_lse=False,
+            implementation=None, name=None, **backend_kwargs) -> registry.Explanation:
+  """Which backend `attention(...)` with these arguments would use, and why not the others.
+
+  Takes the same arguments (arrays or `jax.ShapeDtypeStruct`s) and runs nothing.
+  """
+  del backend_kwargs
+  call = validate(query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+                  score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
+                  kv_offset=kv_offset, sliding_window=sliding_window, softcap=softcap,
+                  sinks=sinks, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                  return_lse=return_lse)
+  return registry.explain_call(call, implementation, name)
