@@ -1,0 +1,133 @@
+"""Registry: registration, capability refusal, auto-selection, explain, run-time switching."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jattn
+from jattn import registry
+
+
+def arrays(T=6, S=6):
+  r = jax.random.split(jax.random.PRNGKey(0), 3)
+  return (jax.random.normal(r[0], (1, T, 4, 8)), jax.random.normal(r[1], (1, S, 2, 8)),
+          jax.random.normal(r[2], (1, S, 2, 8)))
+
+
+@pytest.fixture
+def scratch_backend():
+  names = []
+
+  def add(name, fn, spec=None):
+    jattn.register(name, fn, spec)
+    names.append(name)
+
+  yield add
+  for n in names:
+    jattn.unregister(n)
+
+
+def test_trusted_function_gets_every_kwarg_untouched(scratch_backend):
+  seen = {}
+
+  def fn(q, k, v, **kwargs):
+    seen.update(kwargs)
+    return jnp.zeros(q.shape[:-1] + (v.shape[-1],), q.dtype)
+
+  scratch_backend("spy", fn)
+  q, k, v = arrays()
+  mask_fn = lambda b, h, qi, ki: qi >= ki
+  jattn.attention(q, k, v, mask=mask_fn, is_causal=True, softcap=3.0, implementation="spy",
+                  my_flag=7)
+  assert seen["mask"] is mask_fn and seen["is_causal"] is True and seen["softcap"] == 3.0
+  assert seen["my_flag"] == 7 and seen["scale"] == pytest.approx(1 / np.sqrt(8))
+
+
+def test_spec_refuses_named_feature(scratch_backend):
+  spec = jattn.BackendSpec(features=frozenset({"causal", "gqa"}), mask_form="dense", priority=99)
+  scratch_backend("limited", lambda q, k, v, **kw: jattn.get("reference").fn(q, k, v, **kw), spec)
+  q, k, v = arrays()
+  with pytest.raises(jattn.NotSupportedError) as e:
+    jattn.attention(q, k, v, softcap=1.0, implementation="limited")
+  assert e.value.backend == "limited" and e.value.feature == "softcap"
+  assert isinstance(e.value, NotImplementedError)
+  # priority 99 wins when it can run the call, and is skipped with a reason when it cannot
+  assert jattn.explain(q, k, v, is_causal=True).chosen == "limited"
+  ex = jattn.explain(q, k, v, softcap=1.0)
+  assert ex.chosen == "reference" and "softcap" in ex.rejected["limited"]
+
+
+def test_dense_mask_form_folds_constraints(scratch_backend):
+  got = {}
+
+  def fn(q, k, v, **kw):
+    got.update(kw)
+    return jattn.get("reference").fn(q, k, v, **kw)
+
+  scratch_backend("densey", fn, jattn.BackendSpec(mask_form="dense"))
+  q, k, v = arrays(T=4, S=6)
+  jattn.attention(q, k, v, is_causal=True, q_offset=2, implementation="densey")
+  assert got["is_causal"] is False and got["mask"].dtype == jnp.bool_
+  want = (np.arange(6)[None, :] <= np.arange(4)[:, None] + 2)
+  np.testing.assert_array_equal(np.asarray(got["mask"])[0, 0], want)
+
+
+def test_use_implementation_context_and_mapping(scratch_backend):
+  calls = []
+
+  def fn(q, k, v, **kw):
+    calls.append("x")
+    return jattn.get("reference").fn(q, k, v, **kw)
+
+  scratch_backend("counting", fn, jattn.BackendSpec(mask_form="dense"))
+  q, k, v = arrays()
+  with jattn.use_implementation("counting"):
+    jattn.attention(q, k, v)
+  assert len(calls) == 1
+  with jattn.use_implementation({"vision": "counting", "": "xla"}):
+    jattn.attention(q, k, v, name="text")
+    assert len(calls) == 1
+    jattn.attention(q, k, v, name="vision")
+    assert len(calls) == 2
+    # an explicit argument beats the context
+    jattn.attention(q, k, v, name="vision", implementation="reference")
+    assert len(calls) == 2
+  jattn.attention(q, k, v)
+  assert len(calls) == 2
+
+
+def test_register_rejects_duplicates_and_bad_specs():
+  with pytest.raises(ValueError, match="already registered"):
+    jattn.register("reference", lambda *a, **k: None)
+  with pytest.raises(ValueError, match="unknown feature"):
+    jattn.BackendSpec(features=frozenset({"teleport"}))
+  with pytest.raises(ValueError, match="mask_form"):
+    jattn.BackendSpec(mask_form="sparse")
+  with pytest.raises(TypeError, match="implementation must be"):
+    with jattn.use_implementation(3):
+      pass
+
+
+def test_implementations_lists_builtins():
+  names = jattn.implementations()
+  assert {"reference", "xla", "cudnn"} <= set(names)
+
+
+def test_cudnn_refuses_on_cpu_with_reason():
+  q, k, v = arrays()
+  with pytest.raises(jattn.NotSupportedError, match="cudnn.*gpu"):
+    jattn.attention(q, k, v, implementation="cudnn")
+
+
+def test_no_backend_error_lists_reasons(scratch_backend):
+  q, k, v = arrays()
+  saved = dict(registry._REGISTRY)
+  try:
+    registry._REGISTRY.clear()
+    registry._REGISTRY["xla"] = saved["xla"]
+    with pytest.raises(jattn.NoBackendError, match="xla: cannot honour sinks"):
+      jattn.attention(q, k, v, sinks=jnp.zeros((4,)))
+  finally:
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
