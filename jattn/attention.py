@@ -23,7 +23,8 @@ def _prepare_kwargs(backend: registry.Backend, call, kw: dict) -> dict:
     from jattn.masks import combine_constraints
     kw["mask"] = combine_constraints(mask=kw["mask"], is_causal=kw["is_causal"],
                                      segment_ids=kw["segment_ids"],
-                                     sliding_window=kw["sliding_window"])
+                                     sliding_window=kw["sliding_window"],
+                                     q_offset=kw["q_offset"], kv_offset=kw["kv_offset"])
   kw.update(is_causal=False, segment_ids=None, sliding_window=None)
   return kw
 
