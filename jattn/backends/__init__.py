@@ -17,10 +17,17 @@ registry.register("cudnn", xla.cudnn_attention, xla.CUDNN_SPEC, overwrite=True)
 
 # Each optional module exposes `register_backends()`; a failure to import is recorded, not
 # raised, and shown by `python -m jattn`.
-OPTIONAL = ("jattn.backends.pallas_flash",)
+OPTIONAL = ("jattn.backends.pallas_flash", "jattn.backends.pallas_mgpu")
 UNAVAILABLE: dict[str, str] = {}
 for _mod in OPTIONAL:
   try:
     importlib.import_module(_mod).register_backends()
   except ImportError as e:  # pragma: no cover - depends on the installation
     UNAVAILABLE[_mod] = f"{type(e).__name__}: {e}"
+
+# "paged|<backend>" names: the paged part walks or gathers the cache, <backend> computes.
+try:
+  from jattn import paged as _paged
+  registry.register_composer("paged", _paged.make_paged_backend)
+except ImportError as e:  # pragma: no cover
+  UNAVAILABLE["jattn.paged"] = f"{type(e).__name__}: {e}"
