@@ -13,7 +13,7 @@ import jattn
 from jattn._compat import enable_x64
 from oracle import jax_attention_f64, numpy_attention
 
-CPU_BACKENDS = ("reference", "xla")
+CPU_BACKENDS = ("reference", "xla", "pallas_flash")
 
 
 @dataclasses.dataclass
