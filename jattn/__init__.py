@@ -11,7 +11,7 @@ from jattn.registry import (Backend, BackendSpec, Explanation, get, implementati
                             unregister, use_implementation)
 from jattn import masks
 from jattn import backends as _backends  # registers the built-in backends
-from jattn import cache, paged, varlen
+from jattn import cache, paged, parallel, varlen
 from jattn.varlen import varlen_attention
 
 __version__ = "0.1.0"
@@ -19,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "attention", "explain", "register", "unregister", "get", "implementations",
     "use_implementation", "Backend", "BackendSpec", "Explanation", "NotSupportedError",
-    "NoBackendError", "masks", "cache", "paged", "varlen", "varlen_attention",
+    "NoBackendError", "masks", "cache", "paged", "parallel", "varlen", "varlen_attention",
 ]

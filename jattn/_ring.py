@@ -1,0 +1,431 @@
+"""Ring attention internals (private): the per-device ring with its own VJP.
+
+`jattn.parallel.ring_attention` wraps `ring_local` in `shard_map`. Inside, every device holds
+`n_loc` query chunks and `n_loc` KV chunks of the sequence (`n_loc = 2` with causal load
+balancing: chunks `d` and `2P-1-d`; else 1: chunk `d`). The KV chunks travel around the ring
+(`ppermute` to device `d+1`) for `P` steps; at each step every local (query chunk, KV chunk)
+pair runs `jattn.attention(..., q_offset=, kv_offset=, return_lse=True)` with the chunks'
+absolute positions, unless it is known to be fully masked (then it is skipped under
+`lax.cond`), and the partial results are merged through the log-sum-exp.
+
+The backward pass rotates the KV chunks again with their dK/dV accumulators (memory stays
+O(S/P) per device, nothing of the other devices' KV is kept) and gets each pair's gradients
+from the inner backend's own VJP (recomputing that pair's forward), fed with the cotangents of
+the LSE merge:
+
+    out = sum_i w_i o_i,   lse = logsumexp_i lse_i,   w_i = exp(lse_i - lse)
+    d o_i   = w_i * d out
+    d lse_i = w_i * (<d out, o_i> - <d out, out> + d lse)
+
+which is exact for any inner backend whose `(out, lse)` is differentiable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_COMMUNICATE: contextvars.ContextVar[bool] = contextvars.ContextVar("jattn_ring_communicate",
+                                                                    default=True)
+
+
+@contextlib.contextmanager
+def skip_communication():
+  """Benchmarking only: ring attention traced inside skips its `ppermute`s (every step reuses
+  the local KV chunk, so results are WRONG) - the compute of a ring without its communication.
+  Acts at trace time."""
+  token = _COMMUNICATE.set(False)
+  try:
+    yield
+  finally:
+    _COMMUNICATE.reset(token)
+
+
+def communicating() -> bool:
+  return _COMMUNICATE.get()
+
+
+@dataclasses.dataclass(frozen=True)
+class RingConfig:
+  """Static description of one ring (hashable parts only)."""
+  axis: Any                 # the context mesh axis name
+  num_devices: int          # P
+  n_loc: int                # chunks per device: 2 when balanced, else 1
+  balanced: bool            # chunk ids d, 2P-1-d (else d)
+  q_chunk: int              # length of one query chunk (global chunks have this length)
+  kv_chunk: int
+  is_causal: bool
+  window: tuple | None      # normalized (left, right)
+  softcap: float | None
+  dropout_rate: float
+  implementation: Any
+  backend_kwargs: tuple     # sorted (name, value) pairs
+  communicate: bool = True
+
+  @property
+  def num_chunks(self) -> int:
+    return self.num_devices * (2 if self.balanced else 1)
+
+
+def chunk_id(cfg: RingConfig, device, a: int):
+  """Global chunk index of local chunk `a` of `device`."""
+  if cfg.n_loc == 1:
+    return device
+  return device if a == 0 else 2 * cfg.num_devices - 1 - device
+
+
+def pair_nonempty(cfg: RingConfig, gq, gk, *, q_base=0, kv_base=0, mask_mod=None, table=None):
+  """Whether the chunk pair (gq, gk) may hold a kept (query, key) pair: a conservative test
+  (True when unsure) from the causal / window constraints, the mask's analytic block
+  structure and a BlockMask's chunk table. Python True when nothing can ever be skipped."""
+  ok = True
+  q_lo = q_base + gq * cfg.q_chunk
+  q_hi = q_lo + cfg.q_chunk - 1
+  kv_lo = kv_base + gk * cfg.kv_chunk
+  kv_hi = kv_lo + cfg.kv_chunk - 1
+  lo_d, hi_d = q_lo - kv_hi, q_hi - kv_lo          # q_pos - kv_pos ranges over [lo_d, hi_d]
+  lower, upper = None, None                        # allowed q_pos - kv_pos
+  if cfg.is_causal:
+    lower = 0
+  if cfg.window is not None:
+    left, right = cfg.window
+    if right is not None:
+      lower = -right if lower is None else max(lower, -right)
+    if left is not None:
+      upper = left
+  if lower is not None or upper is not None:
+    lo = lo_d if lower is None else jnp.maximum(lo_d, lower)
+    hi = hi_d if upper is None else jnp.minimum(hi_d, upper)
+    ok = lo <= hi
+  if mask_mod is not None:
+    try:
+      res = mask_mod.block_classify(jnp.asarray(q_lo), jnp.asarray(q_hi), jnp.asarray(kv_lo),
+                                    jnp.asarray(kv_hi))
+    except Exception:  # noqa: BLE001 - analytic structure is an optimization only
+      res = None
+    if res is not None:
+      ok = ok & jnp.asarray(res[0], bool).reshape(())
+  if table is not None:
+    ok = ok & table[gq, gk]
+  return ok
+
+
+def _merge(acc, o, l):
+  """Merges normalized partial results (out [B,c,N,Hv] f32, lse [B,N,c]); no NaN for -inf."""
+  if acc is None:
+    return o, l
+  ao, al = acc
+  m = jnp.maximum(al, l)
+  m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+  tot = jnp.exp(al - m_safe) + jnp.exp(l - m_safe)
+  lse = jnp.where(tot > 0, m_safe + jnp.log(jnp.where(tot > 0, tot, 1.0)), -jnp.inf)
+  fin = jnp.isfinite(lse)
+  wa = jnp.where(fin, jnp.exp(al - jnp.where(fin, lse, 0.0)), 0.0)
+  wb = jnp.where(fin, jnp.exp(l - jnp.where(fin, lse, 0.0)), 0.0)
+  t = lambda w: jnp.swapaxes(w, 1, 2)[..., None]  # [B,N,c] -> [B,c,N,1]
+  return ao * t(wa) + o * t(wb), lse
+
+
+class _Env:
+  """What one ring needs besides q/k/v, rebuilt from the explicit array arguments."""
+
+  def __init__(self, cfg: RingConfig, statics, aux):
+    self.cfg = cfg
+    self.aux = aux
+    self.score_mod = statics["score_mod"]
+    mask_treedef = statics["mask_treedef"]
+    self.scale = aux["scale"] if aux["scale"] is not None else statics["scale"]
+    self.mask = self.plain_mask = None
+    if mask_treedef is not None:
+      it = iter(aux["mask_leaves"])
+      leaves = [next(it) if l is None else l for l in statics["mask_static"]]
+      self.plain_mask = jax.tree_util.tree_unflatten(mask_treedef, leaves)
+      wrap = statics["mask_wrap"]
+      self.mask = (wrap(self.plain_mask, aux["b0"], aux["h0"]) if wrap is not None
+                   else self.plain_mask)
+    if self.score_mod is not None and statics["shift_score_mod"]:
+      inner, b0, h0 = self.score_mod, aux["b0"], aux["h0"]
+      self.score_mod = lambda s, b, h, qi, ki: inner(s, b + b0, h + h0, qi, ki)
+
+  def pred(self, gq, gk):
+    return pair_nonempty(self.cfg, gq, gk, q_base=self.aux["q_base"],
+                         kv_base=self.aux["kv_base"], mask_mod=self.plain_mask,
+                         table=self.aux.get("table"))
+
+  def offsets(self, gq, gk):
+    cfg = self.cfg
+    return (self.aux["q_base"] + gq * cfg.q_chunk, self.aux["kv_base"] + gk * cfg.kv_chunk)
+
+  def attend(self, qb, kb, vb, qs, ks, gq, gk):
+    from jattn.attention import attention
+    cfg = self.cfg
+    q_off, kv_off = self.offsets(gq, gk)
+    rng = self.aux.get("rng")
+    if rng is not None:
+      rng = jax.random.fold_in(rng, gq * cfg.num_chunks + gk)
+    return attention(
+        qb, kb, vb, mask=self.mask, scale=self.scale, is_causal=cfg.is_causal,
+        score_mod=self.score_mod, segment_ids=None if qs is None else (qs, ks),
+        q_offset=q_off, kv_offset=kv_off, sliding_window=cfg.window, softcap=cfg.softcap,
+        dropout_rate=cfg.dropout_rate, dropout_rng=rng, return_lse=True,
+        implementation=cfg.implementation, **dict(cfg.backend_kwargs))
+
+
+def _empty(qb, vb):
+  B, c, N, _ = qb.shape
+  return (jnp.zeros((B, c, N, vb.shape[-1]), jnp.float32),
+          jnp.full((B, N, c), -jnp.inf, jnp.float32))
+
+
+def _ppermute(tree, cfg: RingConfig):
+  if not cfg.communicate or cfg.num_devices == 1:
+    return tree
+  P = cfg.num_devices
+  perm = [(i, (i + 1) % P) for i in range(P)]
+  return jax.tree_util.tree_map(lambda x: lax.ppermute(x, cfg.axis, perm), tree)
+
+
+def _ring_loop(cfg: RingConfig, step, carry, cur, *, send_back=None):
+  """Runs `step(s, carry, cur) -> carry` for s = 0..P-1 while `cur` (the K/V chunk) moves one
+  device along the ring between steps. The `ppermute` of step s+1's chunk is issued before
+  step s computes, so the two can overlap. `send_back(carry) -> carry` (the backward pass:
+  rotate the dK/dV accumulators) runs after every step. `lax.scan` over the first P-1 steps:
+  program size does not grow with P."""
+  P = cfg.num_devices
+
+  def body(state, s):
+    carry, cur = state
+    nxt = _ppermute(cur, cfg)
+    carry = step(s, carry, cur)
+    if send_back is not None:
+      carry = send_back(carry)
+    return (carry, nxt), None
+
+  if P > 1:
+    (carry, cur), _ = lax.scan(body, (carry, cur), jnp.arange(P - 1, dtype=jnp.int32))
+  carry = step(jnp.int32(P - 1), carry, cur)
+  if send_back is not None:
+    carry = send_back(carry)
+  return carry
+
+
+def _slice(x, i, size, axis):
+  return lax.dynamic_slice_in_dim(x, i * size, size, axis=axis)
+
+
+def _update(x, upd, i, size, axis):
+  return lax.dynamic_update_slice_in_dim(x, upd, i * size, axis=axis)
+
+
+def _for_pairs(cfg: RingConfig, fn, carry):
+  """`carry = fn(a, b, carry)` for every local (query chunk a, KV chunk b): one pair directly,
+  four (load balanced) in a `fori_loop`, so that the program holds one attention call."""
+  n = cfg.n_loc
+  if n == 1:
+    return fn(jnp.int32(0), jnp.int32(0), carry)
+  return lax.fori_loop(0, n * n, lambda p, c: fn(p // n, p % n, c), carry)
+
+
+def _chunk_ids(cfg: RingConfig, d, j, a, b):
+  P = cfg.num_devices
+  if cfg.n_loc == 1:
+    return d, j
+  return (jnp.where(a == 0, d, 2 * P - 1 - d), jnp.where(b == 0, j, 2 * P - 1 - j))
+
+
+def _forward(cfg, statics, q, k, v, aux):
+  env = _Env(cfg, statics, aux)
+  P, cq, ckv = cfg.num_devices, cfg.q_chunk, cfg.kv_chunk
+  d = lax.axis_index(cfg.axis)
+  q_seg = aux["q_seg"]
+  B, T, N, _ = q.shape
+  acc0 = (jnp.zeros((B, T, N, v.shape[-1]), jnp.float32), jnp.full((B, N, T), -jnp.inf))
+
+  def step(s, acc, cur):
+    kb_all, vb_all, ks_all = cur
+    j = (d - s) % P
+
+    def pair(a, b, acc):
+      gq, gk = _chunk_ids(cfg, d, j, a, b)
+      qa = _slice(q, a, cq, 1)
+      args = (qa, _slice(kb_all, b, ckv, 1), _slice(vb_all, b, ckv, 1),
+              None if q_seg is None else _slice(q_seg, a, cq, 1),
+              None if ks_all is None else _slice(ks_all, b, ckv, 1), gq, gk)
+
+      def compute():
+        o, l = env.attend(*args)
+        return o.astype(jnp.float32), l.astype(jnp.float32)
+
+      pred = env.pred(gq, gk)
+      o, l = compute() if pred is True else lax.cond(pred, compute, lambda: _empty(qa, v))
+      ao, al = _slice(acc[0], a, cq, 1), _slice(acc[1], a, cq, 2)
+      mo, ml = _merge((ao, al), o, l)
+      return _update(acc[0], mo, a, cq, 1), _update(acc[1], ml, a, cq, 2)
+
+    return _for_pairs(cfg, pair, acc)
+
+  return _ring_loop(cfg, step, acc0, (k, v, aux["kv_seg"]))
+
+
+def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
+  env = _Env(cfg, statics, aux)
+  P, cq, ckv = cfg.num_devices, cfg.q_chunk, cfg.kv_chunk
+  d = lax.axis_index(cfg.axis)
+  q_seg = aux["q_seg"]
+  dout = dout.astype(jnp.float32)
+  dlse = jnp.zeros_like(lse) if dlse is None else dlse.astype(jnp.float32)
+  D = jnp.swapaxes(jnp.sum(dout * out, axis=-1), 1, 2)          # [B, N, T_loc]
+  t = lambda w: jnp.swapaxes(w, 1, 2)[..., None]
+  f32zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+
+  def step(s, carry, cur):
+    kb_all, vb_all, ks_all = cur
+    j = (d - s) % P
+
+    def pair(a, b, carry):
+      dq, (dk, dv) = carry
+      gq, gk = _chunk_ids(cfg, d, j, a, b)
+      qa, kb, vb = _slice(q, a, cq, 1), _slice(kb_all, b, ckv, 1), _slice(vb_all, b, ckv, 1)
+      qs = None if q_seg is None else _slice(q_seg, a, cq, 1)
+      ks = None if ks_all is None else _slice(ks_all, b, ckv, 1)
+      dout_a, L = _slice(dout, a, cq, 1), _slice(lse, a, cq, 2)
+      D_a, dlse_a = _slice(D, a, cq, 2), _slice(dlse, a, cq, 2)
+
+      def grads():
+        f = lambda q_, k_, v_: env.attend(q_, k_, v_, qs, ks, gq, gk)
+        (o_i, l_i), vjp = jax.vjp(f, qa, kb, vb)
+        fin = jnp.isfinite(L) & jnp.isfinite(l_i)
+        w = jnp.where(fin, jnp.exp(jnp.where(fin, l_i - L, 0.0)), 0.0)      # [B,N,c]
+        do_i = (t(w) * dout_a).astype(o_i.dtype)
+        rows = jnp.swapaxes(jnp.sum(dout_a * o_i.astype(jnp.float32), axis=-1), 1, 2)
+        dl_i = (w * (rows - D_a + dlse_a)).astype(l_i.dtype)
+        return tuple(x.astype(jnp.float32) for x in vjp((do_i, dl_i)))
+
+      pred = env.pred(gq, gk)
+      zeros = lambda: (f32zeros(qa), f32zeros(kb), f32zeros(vb))
+      g = grads() if pred is True else lax.cond(pred, grads, zeros)
+      dq = _update(dq, _slice(dq, a, cq, 1) + g[0], a, cq, 1)
+      dk = _update(dk, _slice(dk, b, ckv, 1) + g[1], b, ckv, 1)
+      dv = _update(dv, _slice(dv, b, ckv, 1) + g[2], b, ckv, 1)
+      return dq, (dk, dv)
+
+    return _for_pairs(cfg, pair, carry)
+
+  # the dK/dV accumulators travel with the K/V chunk they belong to; after the last step one
+  # more hop brings them home
+  send_back = lambda carry: (carry[0], _ppermute(carry[1], cfg))
+  dq, (dk, dv) = _ring_loop(cfg, step, (f32zeros(q), (f32zeros(k), f32zeros(v))),
+                            (k, v, aux["kv_seg"]), send_back=send_back)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def ring_local(cfg: RingConfig, statics: dict, q, k, v, aux: dict):
+  """Per-device ring attention: (out [B, T_loc, N, Hv] float32, lse [B, N, T_loc] float32),
+  both without any sink term, over the local query chunks. `aux` holds the non-differentiable
+  arrays (segment ids, mask leaves, offsets, scale, dropout key); `statics` the rest."""
+
+  @jax.custom_vjp
+  def core(q, k, v, aux):
+    return _forward(cfg, statics, q, k, v, aux)
+
+  def fwd(q, k, v, aux):
+    out, lse = _forward(cfg, statics, q, k, v, aux)
+    return (out, lse), (q, k, v, aux, out, lse)
+
+  def bwd(res, cts):
+    q, k, v, aux, out, lse = res
+    dout, dlse = cts
+    dq, dk, dv = _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse)
+    return dq, dk, dv, None
+
+  core.defvjp(fwd, bwd)
+  return core(q, k, v, aux)
+
+
+# ------------------------------------------------------------------------------------------
+# Load balancing inside shard_map: natural layout (device d holds chunks 2d, 2d+1) <->
+# balanced layout (device d holds chunks d, 2P-1-d), with four ppermutes of one chunk each.
+
+
+def _balance_perms(P: int):
+  """For (slot, r): the ppermute pairs (src device, dst device) moving natural chunk
+  g = 2*src + r into balanced slot `slot` of dst."""
+  perms = {}
+  for slot in (0, 1):
+    for r in (0, 1):
+      pairs = []
+      for src in range(P):
+        g = 2 * src + r
+        if slot == 0 and g < P:
+          pairs.append((src, g))
+        elif slot == 1 and g >= P:
+          pairs.append((src, 2 * P - 1 - g))
+      perms[(slot, r)] = pairs
+  return perms
+
+
+def balance_local(x, axis_name, P: int, seq_axis: int):
+  """Natural -> balanced layout of a sequence-sharded local block (inside shard_map)."""
+  if P == 1:
+    return x
+  halves = jnp.split(x, 2, axis=seq_axis)
+  d = lax.axis_index(axis_name)
+  perms = _balance_perms(P)
+  slots = []
+  for slot in (0, 1):
+    recv = [lax.ppermute(halves[r], axis_name, perms[(slot, r)]) for r in (0, 1)]
+    # the natural chunk landing in `slot` of device d is g = d (slot 0) or 2P-1-d (slot 1);
+    # it came from half r = g % 2
+    g = d if slot == 0 else 2 * P - 1 - d
+    slots.append(jnp.where(g % 2 == 0, recv[0], recv[1]))
+  return jnp.concatenate(slots, axis=seq_axis)
+
+
+def unbalance_local(x, axis_name, P: int, seq_axis: int):
+  """Balanced -> natural layout of a sequence-sharded local block (inside shard_map)."""
+  if P == 1:
+    return x
+  slots = jnp.split(x, 2, axis=seq_axis)
+  d = lax.axis_index(axis_name)
+  perms = _balance_perms(P)
+  halves = []
+  for r in (0, 1):
+    recv = [lax.ppermute(slots[slot], axis_name, [(b, a) for a, b in perms[(slot, r)]])
+            for slot in (0, 1)]
+    g = 2 * d + r                       # natural chunk held in half r of device d
+    halves.append(jnp.where(g < P, recv[0], recv[1]))
+  return jnp.concatenate(halves, axis=seq_axis)
+
+
+def schedule(num_devices: int, *, q_len: int, kv_len: int | None = None,
+             is_causal: bool = False, sliding_window=None, load_balance: bool = True):
+  """Number of (query chunk x KV chunk) block pairs each device computes at each ring step:
+  int array [P devices, P steps] (each pair is `q_len/C x kv_len/C` with C chunks)."""
+  import numpy as np
+
+  from jattn._call import normalize_window
+  kv_len = q_len if kv_len is None else kv_len
+  window = normalize_window(sliding_window)
+  positional = is_causal or window is not None
+  balanced = load_balance and positional and num_devices > 1
+  n_loc = 2 if balanced else 1
+  C = num_devices * (2 if balanced else 1)
+  cfg = RingConfig(axis=None, num_devices=num_devices, n_loc=n_loc, balanced=balanced,
+                   q_chunk=q_len // C, kv_chunk=kv_len // C, is_causal=is_causal,
+                   window=window, softcap=None, dropout_rate=0.0, implementation=None,
+                   backend_kwargs=())
+  out = np.zeros((num_devices, num_devices), np.int64)
+  for dev in range(num_devices):
+    for s in range(num_devices):
+      j = (dev - s) % num_devices
+      for a in range(n_loc):
+        for b in range(n_loc):
+          p = pair_nonempty(cfg, chunk_id(cfg, dev, a), chunk_id(cfg, j, b))
+          out[dev, s] += int(bool(p))
+  return out
