@@ -11,7 +11,7 @@ from jattn.registry import (Backend, BackendSpec, Explanation, get, implementati
                             unregister, use_implementation)
 from jattn import masks
 from jattn import backends as _backends  # registers the built-in backends
-from jattn import cache, paged, parallel, varlen
+from jattn import aliases, cache, paged, parallel, varlen
 from jattn.varlen import varlen_attention
 
 __version__ = "0.1.0"

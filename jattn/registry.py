@@ -95,7 +95,7 @@ class Backend:
 _REGISTRY: dict[str, Backend] = {}
 # Factories for parameterized names such as "paged|xla": prefix -> (inner_name -> Backend).
 _COMPOSERS: dict[str, Callable[[str], Backend]] = {}
-_ALIASES: dict[str, str] = {}
+_ALIASES: dict[str, str | None] = {}  # None: automatic selection (transformers' "sdpa")
 
 _TRUSTED = BackendSpec(description="user function registered without a spec: trusted with "
                                    "every feature, mask passed through untouched")
@@ -134,8 +134,11 @@ def register_composer(prefix: str, factory: Callable[[str], Backend]) -> None:
   _COMPOSERS[prefix] = factory
 
 
-def register_alias(alias: str, target: str) -> None:
-  """Makes `alias` resolve to `target` (e.g. transformers' "sdpa")."""
+def register_alias(alias: str, target: str | None) -> None:
+  """Makes `alias` resolve to `target`; `None` means automatic selection (as transformers'
+  "sdpa", which picks a kernel per call)."""
+  if not isinstance(alias, str) or not alias or alias in _REGISTRY:
+    raise ValueError(f"alias must be a new non-empty name, got {alias!r}")
   _ALIASES[alias] = target
 
 
@@ -146,6 +149,9 @@ def implementations() -> tuple[str, ...]:
 
 def get(name: str) -> Backend:
   """The `Backend` registered as `name` (aliases and `prefix|inner` names resolved)."""
+  if name in _ALIASES and _ALIASES[name] is None:
+    raise KeyError(f"{name!r} means automatic selection, not one backend; pass it as "
+                   "`implementation=` (or None)")
   name = _ALIASES.get(name, name)
   if name in _REGISTRY:
     return _REGISTRY[name]
@@ -202,12 +208,16 @@ def resolve_choice(implementation: Choice, name: str | None) -> str | None:
     if choice is None:
       continue
     if isinstance(choice, str):
-      return choice
+      return _auto_alias(choice)
     if name is not None and name in choice:
-      return choice[name]
+      return _auto_alias(choice[name])
     if "" in choice:
-      return choice[""]
+      return _auto_alias(choice[""])
   return None
+
+
+def _auto_alias(choice: str | None) -> str | None:
+  return None if choice is None or (choice in _ALIASES and _ALIASES[choice] is None) else choice
 
 
 @dataclasses.dataclass(frozen=True)
