@@ -83,9 +83,14 @@ def pallas_flash_attention(query, key, value, *, mask=None, scale, score_mod=Non
     mod = bm.mask_mod
   else:
     mod = masks.as_mask_mod(mask)
-    bm = masks.create_block_mask(
-        mod, B if _depends_on(mod, 0) else None, N if _depends_on(mod, 1) else None, T, S,
-        (bq, bkv), q_offset=q_offset, kv_offset=kv_offset)
+    # Evaluated eagerly when nothing in it is traced (index-only masks, static offsets), even
+    # under jit: the kernel then sees concrete block lists and walks contiguous runs of full
+    # blocks arithmetically instead of loading every block index (measured: causal 4k
+    # forward 381 vs 262 TFLOP/s on the H100).
+    with jax.ensure_compile_time_eval():
+      bm = masks.create_block_mask(
+          mod, B if _depends_on(mod, 0) else None, N if _depends_on(mod, 1) else None, T, S,
+          (bq, bkv), q_offset=q_offset, kv_offset=kv_offset)
   side = masks.token_rows(mod, T, S, kw["q_offset"], kw["kv_offset"], batch=B)
   return flash_attention(query, key, value, block_sparsity=from_block_mask(bm), block_q=bq,
                          block_kv=bkv, mask_fn=mod.evaluate, q_side=tuple(side.q),
