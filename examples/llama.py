@@ -9,6 +9,9 @@
     logits = model(input_ids, implementation="xla")                  # any registered backend
     with jattn.use_implementation({"sliding_attention": "xla", "": "reference"}): ...
     tokens = generate(model, prompt, max_new_tokens=8, attention_mask=mask)   # greedy
+    cache = model.init_cache(num_pages=16, page_size=8, max_seqs=4, max_pages_per_seq=4)
+    logits, cache, ok = model.prefill(prompts, cache, seq_ids, lengths)       # paged KV cache
+    logits, cache, ok = model.decode_step(next_tokens[:, None], cache, seq_ids)
 
 Architecture (knobs cover Llama, Mistral, Gemma 2 and GPT-OSS's attention): RoPE (rotate-half
 form, as transformers' default rope), grouped-query attention, per-layer `layer_types`
@@ -49,6 +52,8 @@ import numpy as np
 from flax import nnx
 
 import jattn
+from jattn import cache as jcache
+from jattn import paged as jpaged
 
 __all__ = ["LlamaConfig", "Llama", "RMSNorm", "MLP", "Attention", "DecoderLayer",
            "rope_tables", "apply_rope", "attention_segments", "default_positions",
@@ -229,18 +234,39 @@ class Attention(nnx.Module):
     self.window = ((cfg.sliding_window - 1, 0) if layer_type == "sliding_attention" else None)
     self.attention_fn = attention_fn or jattn.attention
 
-  def __call__(self, x, cos, sin, segment_ids=None, implementation=None):
+  def _qkv(self, x, cos, sin):
     B, S, _ = x.shape
     q = self.q_proj(x).reshape(B, S, self.num_heads, self.head_dim)
     k = self.k_proj(x).reshape(B, S, self.num_kv_heads, self.head_dim)
     v = self.v_proj(x).reshape(B, S, self.num_kv_heads, self.head_dim)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+  def _out(self, out):
+    B, S = out.shape[:2]
+    return self.o_proj(out.reshape(B, S, self.num_heads * self.head_dim))
+
+  def __call__(self, x, cos, sin, segment_ids=None, implementation=None, *,
+               return_kv: bool = False):
+    q, k, v = self._qkv(x, cos, sin)
     out = self.attention_fn(
         q, k, v, is_causal=True, segment_ids=segment_ids, scale=self.scale,
         sliding_window=self.window, softcap=self.softcap,
         sinks=None if self.sinks is None else self.sinks[...],
         implementation=implementation, name=self.layer_type)
-    return self.o_proj(out.reshape(B, S, self.num_heads * self.head_dim))
+    return (self._out(out), k, v) if return_kv else self._out(out)
+
+  def paged(self, x, cos, sin, cache, seq_ids, layer: int, q_offset=None, implementation=None):
+    """Attention of the new tokens `x [B, T, D]` over a paged KV cache (after `reserve`):
+    writes their K/V into layer `layer` of `cache`, then `jattn.paged.paged_attention`.
+    Returns `(out [B, T, D], cache)`."""
+    q, k, v = self._qkv(x, cos, sin)
+    cache = jcache.write(cache, seq_ids, k, v, layer=layer)
+    out = jpaged.paged_attention(
+        q, cache, seq_ids=seq_ids, layer=layer, q_offset=q_offset, scale=self.scale,
+        sliding_window=self.window, softcap=self.softcap,
+        sinks=None if self.sinks is None else self.sinks[...],
+        implementation=_paged_implementation(implementation, self.layer_type))
+    return self._out(out), cache
 
 
 class DecoderLayer(nnx.Module):
@@ -255,7 +281,10 @@ class DecoderLayer(nnx.Module):
     self.post_mlp_norm = RMSNorm(cfg.hidden_size, cfg) if cfg.sandwich_norms else None
 
   def __call__(self, x, cos, sin, segment_ids=None, implementation=None):
-    h = self.attn(self.input_norm(x), cos, sin, segment_ids, implementation)
+    return self._block(x, self.attn(self.input_norm(x), cos, sin, segment_ids, implementation))
+
+  def _block(self, x, h):
+    """The residual stream around the attention output `h`: norms, MLP."""
     if self.post_attn_norm is not None:
       h = self.post_attn_norm(h)
     x = x + h
@@ -298,19 +327,117 @@ class Llama(nnx.Module):
     if positions is None:
       positions = default_positions(input_ids.shape, attention_mask, segment_ids)
     segs = attention_segments(attention_mask, segment_ids)
-    x = self.embed(input_ids)
-    if cfg.scale_embeddings:
-      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
+    x = self._embed(input_ids)
     cos, sin = rope_tables(jnp.asarray(positions), cfg.head_dim, cfg.rope_theta)
     for layer in self.layers:
       x = layer(x, cos, sin, segs, implementation)
+    return self._logits(x)
+
+  def _embed(self, input_ids):
+    x = self.embed(input_ids)
+    if self.cfg.scale_embeddings:
+      x = x * jnp.asarray(math.sqrt(self.cfg.hidden_size), x.dtype)
+    return x
+
+  def _logits(self, x):
     x = self.final_norm(x)
     logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
     logits = logits.astype(jnp.float32)
-    if cfg.final_logit_softcapping is not None:
-      c = cfg.final_logit_softcapping
+    if self.cfg.final_logit_softcapping is not None:
+      c = self.cfg.final_logit_softcapping
       logits = c * jnp.tanh(logits / c)
     return logits
+
+  # -- a paged KV cache (jattn.cache.PagedKVCache stacked over the layers) ---------------------
+
+  def init_cache(self, *, num_pages: int, page_size: int, max_seqs: int,
+                 max_pages_per_seq: int) -> jcache.PagedKVCache:
+    """An empty `PagedKVCache` for this model: one page pool stacked over the layers, in the
+    compute dtype."""
+    cfg = self.cfg
+    return jcache.init(num_pages=num_pages, page_size=page_size, max_seqs=max_seqs,
+                       max_pages_per_seq=max_pages_per_seq, num_kv_heads=cfg.num_kv_heads,
+                       head_dim=cfg.head_dim, num_layers=cfg.num_layers, dtype=cfg.dtype)
+
+  def prefill(self, input_ids, cache, seq_ids, lengths=None, implementation=None):
+    """Prompts of *fresh* sequences into a paged cache.
+
+    `input_ids [B, T]` (right-padded; `lengths [B]` real tokens per row, default T) go to the
+    empty slots `seq_ids [B]` (negative = padding row). The chunk attends only to itself
+    (dense causal `jattn.attention`, positions 0..T-1; right padding never reaches a real
+    token), then every layer's K/V is stored with one `jattn.cache.append` (`[L, B, T, K, H]`;
+    padding tokens are dropped). `implementation`: as `decode_step` (`"paged|xla"` -> `"xla"`
+    here; the kernel-only names `paged|pallas` / `paged|jnp` -> automatic selection).
+
+    Returns `(logits [B, T, vocab], cache, ok)`; `ok` False: out of pages, cache unchanged.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    B, T = input_ids.shape
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    impl = _dense_implementation(implementation)
+    x = self._embed(input_ids)
+    ks, vs = [], []
+    for layer in self.layers:
+      h, k, v = layer.attn(layer.input_norm(x), cos, sin, None, impl, return_kv=True)
+      x = layer._block(x, h)
+      ks.append(k)
+      vs.append(v)
+    cache, ok = jcache.append(cache, seq_ids, jnp.stack(ks), jnp.stack(vs), num_new=lengths)
+    return self._logits(x), cache, ok
+
+  def decode_step(self, input_ids, cache, seq_ids, num_new=None, implementation=None):
+    """The next tokens of sequences held in a paged cache.
+
+    `input_ids [B, T]` follow the cached tokens of slots `seq_ids [B]` (negative = padding
+    row: ignored, its logits are meaningless). One `jattn.cache.reserve` for all layers, then
+    each layer writes its K/V (`jattn.cache.write(..., layer=l)`) and attends over the cache
+    (`jattn.paged.paged_attention`, causal, RoPE at the cached positions). T = 1 is a decode
+    step; T > 1 a chunk of a chunked prefill, `num_new [B]` real tokens per row
+    (right-padded; default T).
+
+    `implementation`: a `paged_attention` name (`"paged|reference"`, `"paged|pallas"`,
+    `"paged|xla"`, ...; None: `paged|pallas` on GPU, else `paged|auto`), or a mapping from
+    layer type to such names (`""` = the default).
+
+    Returns `(logits [B, T, vocab], cache, ok)`; `ok` False: out of pages (or a sequence
+    outgrew `max_pages_per_seq`), cache unchanged.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    B, T = input_ids.shape
+    seq_ids = jnp.asarray(seq_ids, jnp.int32)
+    n = jnp.broadcast_to(jnp.asarray(T if num_new is None else num_new, jnp.int32), (B,))
+    cache, ok = jcache.reserve(cache, seq_ids, n)
+    valid = (seq_ids >= 0) & (seq_ids < cache.max_seqs)
+    start = jnp.where(valid, cache.lengths[jnp.where(valid, seq_ids, 0)] - n, 0)
+    positions = jnp.maximum(start[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :], 0)
+    cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    q_offset = None if num_new is None else start
+    x = self._embed(input_ids)
+    for l, layer in enumerate(self.layers):
+      h, cache = layer.attn.paged(layer.input_norm(x), cos, sin, cache, seq_ids, l, q_offset,
+                                  implementation)
+      x = layer._block(x, h)
+    return self._logits(x), cache, ok
+
+
+def _paged_implementation(implementation, layer_type):
+  """One layer's `paged_attention` name from a name or a {layer type: name} mapping."""
+  if isinstance(implementation, Mapping):
+    return implementation.get(layer_type, implementation.get(""))
+  return implementation
+
+
+def _dense_implementation(implementation):
+  """`paged|<backend>` -> `<backend>` for dense attention (kernel-only names -> automatic)."""
+  def one(name):
+    if name is None:
+      return None
+    inner = name.partition("|")[2] if name.startswith(jpaged.PREFIX + "|") else name
+    return None if inner in ("pallas", "jnp", "auto") else inner
+  if isinstance(implementation, Mapping):
+    return {k: one(v) for k, v in implementation.items()}
+  return one(implementation)
 
 
 # ---------------------------------------------------------------------------------------------
