@@ -79,8 +79,8 @@ def main():
     kept = float(keep.mean()) if (c.get("window") or c.get("docs")) else c["kept"]
     flops = 4.0 * B * H * S * S * D * kept
     row = dict(case=c["name"], B=B, S=S, kept=kept, auto=jattn.explain(q, k, v, **kw).chosen)
-    for impl in ("pallas_flash", "cudnn", None):
-      name = impl or "auto"
+    for impl in ("pallas_flash", "pallas_mgpu", "cudnn"):
+      name = impl
       if jattn.explain(q, k, v, implementation=impl, **kw).chosen is None:
         row[name] = None
         continue
@@ -98,22 +98,21 @@ def main():
 
   print(f"\njattn end to end, {jax.devices()[0].device_kind}, jax {jax.__version__}, bf16 "
         f"H={H} D={D} (TFLOP/s over kept pairs)")
-  hdr = f"{'case':28s} {'auto->':>13s} {'pallas fwd':>10s} {'cudnn fwd':>9s} {'ratio':>6s}"
-  if args.backward:
-    hdr += f" {'pallas f+b':>10s} {'cudnn f+b':>9s} {'ratio':>6s}"
-  print(hdr)
+  keys = ["fwd_tflops"] + (["fwdbwd_tflops"] if args.backward else [])
+  print(f"{'case':26s} {'auto picks':>12s} " + " ".join(
+      f"{b + (' fwd' if k == 'fwd_tflops' else ' f+b'):>16s}"
+      for k in keys for b in ("pallas_flash", "pallas_mgpu", "cudnn")))
   for r in rows:
-    pf, cu = r.get("pallas_flash"), r.get("cudnn")
-    def val(d, key):
-      return f"{d[key]:.0f}" if d else "-"
-    def ratio(key):
-      return f"{pf[key] / cu[key]:.2f}" if pf and cu else "-"
-    line = (f"{r['case']:28s} {r['auto']:>13s} {val(pf, 'fwd_tflops'):>10s} "
-            f"{val(cu, 'fwd_tflops'):>9s} {ratio('fwd_tflops'):>6s}")
-    if args.backward:
-      line += (f" {val(pf, 'fwdbwd_tflops'):>10s} {val(cu, 'fwdbwd_tflops'):>9s} "
-               f"{ratio('fwdbwd_tflops'):>6s}")
-    print(line)
+    cells = []
+    for k in keys:
+      for b in ("pallas_flash", "pallas_mgpu", "cudnn"):
+        d, cu = r.get(b), r.get("cudnn")
+        if not d:
+          cells.append(f"{'-':>16s}")
+          continue
+        rel = f" ({d[k] / cu[k]:.2f}x)" if cu and b != "cudnn" else ""
+        cells.append(f"{d[k]:.0f}{rel}".rjust(16))
+    print(f"{r['case']:26s} {r['auto']:>12s} " + " ".join(cells))
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(dict(device=jax.devices()[0].device_kind, jax=jax.__version__,

@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""Benchmark of the Hopper (Mosaic GPU) attention kernel vs JAX cuDNN (H100, bf16), one run.
+
+Side by side: ours (`pallas_kernels.hopper_attention`), cuDNN
+(`jax.nn.dot_product_attention(implementation="cudnn")`) and, for the block-sparse cases, torch
+FlexAttention (`torch.compile(flex_attention)`, in a subprocess; skipped if it fails).
+
+Sections (--sections, comma separated):
+  ceiling  measured bf16 matmul rate (jnp.dot, M=N=K in {4096, 8192}, best) = the "ceiling"
+  dense    B*S = 16k, H = 16, D = 128, S in {1k, 4k, 16k}, causal and not: fwd and fwd+bwd
+  sparse   causal sliding window 1024 (B=2, S=8k): ours (native window, block skipping),
+           cuDNN (local_window_size), Flex; 8 causal documents: ours refuses (no segment ids /
+           BlockMask yet), cuDNN cannot, Flex only
+  variants forward / backward tile and pipeline variants on S=4k (for tuning)
+  smoke    compile + run each kernel once on a small shape, full tracebacks (first device run)
+FLOPs = 4*B*H*D*(kept pairs) (S^2, S^2/2 for causal), x3.5 for fwd+bwd (the convention of
+benchmarks/bench_flash.py). Median of --reps timed runs (each an inner loop of >= ~10 ms of
+launches) after warm-up, block_until_ready.
+
+  python3 benchmarks/bench_hopper.py [--sections ceiling,dense,sparse] [--out benchmarks/results/hopper.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+H, D = 16, 128
+WINDOW = 1024
+BACKWARD = "mosaic"   # --backward
+N_DOCS = 8
+
+
+def log(*a):
+  print(*a, flush=True)
+
+
+def kept_pairs(kind, B, S):
+  import numpy as np
+  if kind == "dense":
+    return B * S * S
+  if kind == "causal":
+    return B * S * S / 2
+  if kind == "window":
+    i = np.arange(S)
+    return B * int(np.minimum(i + 1, WINDOW).sum())
+  if kind == "docs":
+    ids = doc_ids(B, S, N_DOCS)
+    tot = 0
+    for b in range(B):
+      _, counts = np.unique(ids[b], return_counts=True)
+      tot += int((counts * (counts + 1) // 2).sum())
+    return tot
+  raise ValueError(kind)
+
+
+def doc_ids(B, S, n_docs, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((B, S), np.int32)
+  for b in range(B):
+    cuts = np.sort(rng.choice(np.arange(256, S - 256), n_docs - 1, replace=False))
+    for c in cuts:
+      ids[b, c:] += 1
+  return ids
+
+
+def tflops(kind, B, S, seconds, factor):
+  if seconds is None:
+    return None
+  return 4.0 * H * D * kept_pairs(kind, B, S) * factor / seconds / 1e12
+
+
+def bench(fn, args, reps):
+  import jax
+  jax.block_until_ready(fn(*args))
+  jax.block_until_ready(fn(*args))
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  dt = time.perf_counter() - t0
+  inner = max(1, min(50, int(0.01 / max(dt, 1e-6))))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    for _ in range(inner):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / inner)
+  return statistics.median(times)
+
+
+def inputs(B, S, dtype=None, seed=0):
+  import jax
+  import jax.numpy as jnp
+  dtype = dtype or jnp.bfloat16
+  ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+  shape = (B, S, H, D)
+  return tuple(jax.random.normal(k, shape, dtype) for k in ks)
+
+
+def make(impl, kind, config=None, backward=None):
+  import jax
+  from pallas_kernels.hopper_attention import hopper_attention
+  causal = kind in ("causal", "window")
+  window = (WINDOW - 1, 0) if kind == "window" else None
+  if impl == "ours":
+    backward = backward or BACKWARD
+    return lambda q, k, v: hopper_attention(q, k, v, is_causal=causal, sliding_window=window,
+                                            config=config, backward=backward)
+  if impl == "cudnn":
+    kw = dict(is_causal=causal, implementation="cudnn")
+    if window is not None:
+      kw["local_window_size"] = window
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, **kw)
+  raise ValueError(impl)
+
+
+def time_fn(fn, B, S, reps, what=("fwd", "fwdbwd")):
+  import jax
+  q, k, v, do = inputs(B, S)
+  res = {}
+  if "fwd" in what:
+    res["fwd_s"] = bench(jax.jit(fn), (q, k, v), reps)
+  if "fwdbwd" in what:
+    def fb(q, k, v, do):
+      out, vjp = jax.vjp(fn, q, k, v)
+      return vjp(do)
+    res["fwdbwd_s"] = bench(jax.jit(fb), (q, k, v, do), reps)
+  return res
+
+
+def compare(fn_a, fn_b, B, S):
+  """max |a - b| / max |b| of outputs and of the three gradients."""
+  import jax
+  import jax.numpy as jnp
+  q, k, v, do = inputs(B, S, seed=3)
+  out = {}
+
+  def rel(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+  out["out"] = rel(jax.jit(fn_a)(q, k, v), jax.jit(fn_b)(q, k, v))
+
+  def grads(fn):
+    return jax.jit(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do))(q, k, v, do)
+  for n, a, b in zip(("dq", "dk", "dv"), grads(fn_a), grads(fn_b)):
+    out[n] = rel(a, b)
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+def section_ceiling(args, res):
+  import jax
+  import jax.numpy as jnp
+  best = 0.0
+  for n in (4096, 8192):
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
+    t = bench(f, (a, b), args.reps)
+    tf = 2 * n ** 3 / t / 1e12
+    log(f"matmul bf16 {n}^3: {tf:.0f} TFLOP/s")
+    best = max(best, tf)
+  res["ceiling_tflops"] = best
+
+
+def section_dense(args, res):
+  rows = []
+  for S in [int(s) for s in args.seq.split(",")]:
+    B = 16384 // S
+    for kind in ("dense", "causal"):
+      row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
+      for impl in ("ours", "cudnn"):
+        t0 = time.time()
+        try:
+          r = time_fn(make(impl, kind), B, S, args.reps)
+          r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
+          r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
+        except Exception as e:  # pylint: disable=broad-except
+          r = {"error": repr(e)[:400]}
+          traceback.print_exc()
+        r["wall_s"] = round(time.time() - t0, 1)
+        row[impl] = r
+        log(kind, B, S, impl, {k: (round(v, 6) if isinstance(v, float) else v)
+                               for k, v in r.items()})
+      if args.check and "error" not in row["ours"]:
+        try:
+          row["err_vs_cudnn"] = compare(make("ours", kind), make("cudnn", kind), B, S)
+          log("  err vs cudnn", row["err_vs_cudnn"])
+        except Exception as e:  # pylint: disable=broad-except
+          row["err_vs_cudnn"] = {"error": repr(e)[:300]}
+      rows.append(row)
+  res["dense"] = rows
+
+
+def section_sparse(args, res):
+  rows = []
+  flex = {} if args.no_flex else run_flex([("window", 2, 8192), ("docs", 2, 8192)], args)
+  for kind in ("window", "docs"):
+    B, S = 2, 8192
+    row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
+    if kind == "window":
+      for impl in ("ours", "cudnn"):
+        try:
+          r = time_fn(make(impl, kind), B, S, args.reps)
+          r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
+          r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
+        except Exception as e:  # pylint: disable=broad-except
+          r = {"error": repr(e)[:400]}
+          traceback.print_exc()
+        row[impl] = r
+        log(kind, B, S, impl, r)
+    else:
+      row["ours"] = {"error": "unsupported: document masks need segment ids / BlockMask, "
+                              "which pallas_mgpu refuses"}
+    fl = flex.get(f"{kind}_B{B}_S{S}")
+    if fl and "error" not in fl:
+      fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)
+      fl["fwdbwd_tflops"] = tflops(kind, B, S, fl["fwdbwd_s"], 3.5)
+    if fl:
+      row["flex"] = fl
+      log(kind, B, S, "flex", fl)
+    rows.append(row)
+  res["sparse"] = rows
+
+
+def section_variants(args, res):
+  from pallas_kernels.hopper_attention import HopperConfig
+  out = []
+  fwd_variants = [dict(block_kv=128, stages=2), dict(block_kv=128, stages=2, tiles_fastest=True),
+                  dict(block_kv=128, stages=3), dict(block_kv=64, stages=3),
+                  dict(block_kv=128, stages=2, schedule_barrier=False)]
+  bwd_variants = [("mosaic", dict()), ("fused", dict()), ("fused", dict(tiles_fastest=True)),
+                  ("fused", dict(bwd_stages=3))]
+  for S in [int(x) for x in args.variant_seq.split(",")]:
+    B = 16384 // S
+    for kind in ("dense", "causal"):
+      for v in (fwd_variants if S == 4096 else fwd_variants[:2]):
+        try:
+          r = time_fn(make("ours", kind, HopperConfig(**v)), B, S, args.reps, ("fwd",))
+          r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
+        except Exception as e:  # pylint: disable=broad-except
+          r = {"error": repr(e)[:300]}
+        log("variant fwd", kind, S, v, r)
+        out.append({"kind": kind, "S": S, "pass": "fwd", "cfg": v, **r})
+      for bwd, v in (bwd_variants if S == 4096 else bwd_variants[:2]):
+        try:
+          r = time_fn(make("ours", kind, HopperConfig(**v), backward=bwd), B, S, args.reps,
+                      ("fwdbwd",))
+          r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
+        except Exception as e:  # pylint: disable=broad-except
+          r = {"error": repr(e)[:300]}
+          traceback.print_exc()
+        log("variant fwdbwd", kind, S, bwd, v, r)
+        out.append({"kind": kind, "S": S, "pass": "fwdbwd", "backward": bwd, "cfg": v, **r})
+  res["variants"] = out
+
+
+def section_fwdtune(args, res):
+  """Forward variants on the dense cells (the ones furthest from 1.05x cuDNN)."""
+  from pallas_kernels.hopper_attention import HopperConfig
+  out = []
+  variants = [dict(consumer_registers=240, producer_registers=24),
+              dict(stages=3, reduction_scratch_bytes=512)]
+  for S in (1024, 16384):
+    B = 16384 // S
+    for v in variants:
+      try:
+        r = time_fn(make("ours", "dense", HopperConfig(**v)), B, S, args.reps, ("fwd",))
+        r["fwd_tflops"] = tflops("dense", B, S, r["fwd_s"], 1.0)
+      except Exception as e:  # pylint: disable=broad-except
+        r = {"error": repr(e)[:300]}
+      log("fwdtune dense", S, v, r)
+      out.append({"kind": "dense", "S": S, "cfg": v, **r})
+  res["fwdtune"] = out
+
+
+def section_bwdtune(args, res):
+  """The fused backward (dQ by TMA reduce-add inside the dK/dV kernel) on the 4k/16k cells."""
+  out = []
+  for S in (4096, 16384):
+    B = 16384 // S
+    for kind in ("dense", "causal"):
+      try:
+        r = time_fn(make("ours", kind, backward="fused"), B, S, args.reps, ("fwdbwd",))
+        r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
+      except Exception as e:  # pylint: disable=broad-except
+        r = {"error": repr(e)[:300]}
+      log("bwdtune fused", kind, S, r)
+      out.append({"kind": kind, "S": S, "backward": "fused", **r})
+  res["bwdtune"] = out
+
+
+def section_smoke(args, res):
+  import jax
+  import jax.numpy as jnp
+  from pallas_kernels.hopper_attention import hopper_attention
+  from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+  out = {}
+  for name, dt, d, kw in (("fwd_f16_d128", jnp.float16, 128, {}),
+                          ("fwd_bf16_d128_causal", jnp.bfloat16, 128, dict(is_causal=True)),
+                          ("fwd_bf16_d64", jnp.bfloat16, 64, {}),
+                          ("fwd_bf16_d256", jnp.bfloat16, 256, {})):
+    try:
+      ks = jax.random.split(jax.random.PRNGKey(0), 3)
+      q, k, v = (jax.random.normal(x, (1, 256, 2, d), dt) for x in ks)
+      o = jax.jit(lambda q, k, v: hopper_attention(q, k, v, **kw))(q, k, v)
+      o2 = ref(q, k, v, **kw)
+      out[name] = float(jnp.max(jnp.abs(o.astype(jnp.float32) - o2.astype(jnp.float32))))
+    except Exception:  # pylint: disable=broad-except
+      out[name] = traceback.format_exc()[-3000:]
+    log("smoke", name, out[name] if isinstance(out[name], float) else out[name][-1500:])
+  try:
+    ks = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, k, v = (jax.random.normal(x, (1, 256, 2, 128), jnp.bfloat16) for x in ks)
+    f = lambda q, k, v: jnp.sum(hopper_attention(q, k, v, is_causal=True,
+                                                 backward="mosaic").astype(jnp.float32))
+    fr = lambda q, k, v: jnp.sum(ref(q, k, v, is_causal=True).astype(jnp.float32))
+    g = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(q, k, v)
+    g2 = jax.grad(fr, argnums=(0, 1, 2))(q, k, v)
+    out["bwd_bf16_d128_causal"] = [float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)))
+                                   for a, b in zip(g, g2)]
+  except Exception:  # pylint: disable=broad-except
+    out["bwd_bf16_d128_causal"] = traceback.format_exc()[-3000:]
+  log("smoke bwd", str(out["bwd_bf16_d128_causal"])[-1500:])
+  res["smoke"] = out
+
+
+# --------------------------------------------------------------------------------------------
+# torch FlexAttention worker (subprocess).
+# --------------------------------------------------------------------------------------------
+def flex_worker(path, cases, reps):
+  import torch
+  from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+  flex = torch.compile(flex_attention)
+  results = {}
+  for kind, B, S in cases:
+    try:
+      if kind == "window":
+        def mask_mod(b, h, q, kv):
+          return (kv <= q) & (kv > q - WINDOW)
+      else:
+        ids = torch.tensor(doc_ids(B, S, N_DOCS), device="cuda")
+
+        def mask_mod(b, h, q, kv):
+          return (ids[b, q] == ids[b, kv]) & (kv <= q)
+      bm = create_block_mask(mask_mod, B, None, S, S, device="cuda")
+      g = torch.Generator(device="cuda").manual_seed(0)
+      mk = lambda: torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, generator=g)
+      q, k, v, do = mk(), mk(), mk(), mk()
+      for t in (q, k, v):
+        t.requires_grad_(True)
+
+      def fwd():
+        with torch.no_grad():
+          return flex(q, k, v, block_mask=bm)
+
+      def fwdbwd():
+        out = flex(q, k, v, block_mask=bm)
+        return torch.autograd.grad(out, (q, k, v), do)
+      r = {}
+      for name, f in (("fwd_s", fwd), ("fwdbwd_s", fwdbwd)):
+        for _ in range(3):
+          f()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(reps):
+          s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+          s.record()
+          for _ in range(5):
+            f()
+          e.record()
+          torch.cuda.synchronize()
+          ts.append(s.elapsed_time(e) / 5e3)
+        r[name] = statistics.median(ts)
+      results[f"{kind}_B{B}_S{S}"] = r
+    except Exception as e:  # pylint: disable=broad-except
+      results[f"{kind}_B{B}_S{S}"] = {"error": repr(e)[:300]}
+  with open(path, "w") as f:
+    json.dump(results, f)
+
+
+def run_flex(cases, args):
+  path = f"/tmp/flex_hopper_{os.getpid()}.json"
+  cmd = [sys.executable, os.path.abspath(__file__), "--flex-worker", path, "--reps",
+         str(args.reps), "--flex-cases", ";".join(f"{k},{b},{s}" for k, b, s in cases)]
+  try:
+    p = subprocess.run(cmd, timeout=args.flex_timeout, capture_output=True, text=True)
+    if p.returncode:
+      log("flex worker failed:", p.stderr[-1500:])
+    with open(path) as f:
+      return json.load(f)
+  except Exception as e:  # pylint: disable=broad-except
+    log("flex skipped:", repr(e)[:300])
+    return {}
+
+
+# --------------------------------------------------------------------------------------------
+def print_table(res):
+  ceil = res.get("ceiling_tflops")
+
+  def fmt(x):
+    return "    -" if x is None else f"{x:5.0f}"
+
+  def frac(x):
+    return "   - " if (x is None or not ceil) else f"{x / ceil:5.2f}"
+
+  def ratio(a, b):
+    return "   - " if (a is None or b is None) else f"{a / b:5.2f}"
+  rows = list(res.get("dense", [])) + list(res.get("sparse", []))
+  if not rows:
+    return
+  log(f"\nTFLOP/s (bf16, H={H}, D={D}); matmul ceiling {fmt(ceil)} TFLOP/s")
+  for pas in ("fwd", "fwdbwd"):
+    log(f"-- {pas}:  case     B     S |  ours cudnn  flex | ours/cudnn ours/flex | "
+        f"ours/ceiling")
+    for row in rows:
+      vals = [(row.get(i) or {}).get(f"{pas}_tflops") for i in ("ours", "cudnn", "flex")]
+      log(f"   {row['case']:>12s} {row['B']:3d} {row['S']:5d} | "
+          + " ".join(fmt(x) for x in vals)
+          + f" |      {ratio(vals[0], vals[1])}     {ratio(vals[0], vals[2])} |"
+          f"        {frac(vals[0])}")
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--sections", default="ceiling,dense,sparse")
+  ap.add_argument("--seq", default="1024,4096,16384")
+  ap.add_argument("--reps", type=int, default=10)
+  ap.add_argument("--backward", default="mosaic", help="ours' backward: mosaic | fused | xla")
+  ap.add_argument("--variant-seq", default="4096,16384")
+  ap.add_argument("--check", action="store_true", help="compare ours vs cuDNN numerically")
+  ap.add_argument("--no-flex", action="store_true")
+  ap.add_argument("--flex-timeout", type=int, default=240)
+  ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "hopper.json"))
+  ap.add_argument("--flex-worker", default=None)
+  ap.add_argument("--flex-cases", default="")
+  args = ap.parse_args()
+  if args.flex_worker:
+    cases = [(k, int(b), int(s)) for k, b, s in
+             (c.split(",") for c in args.flex_cases.split(";") if c)]
+    flex_worker(args.flex_worker, cases, args.reps)
+    return
+  global BACKWARD
+  BACKWARD = args.backward
+  import jax
+  res = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+         "backward": BACKWARD}
+  log("jax", jax.__version__, res["device"])
+  for sec in args.sections.split(","):
+    t0 = time.time()
+    try:
+      globals()[f"section_{sec}"](args, res)
+    except Exception:  # pylint: disable=broad-except
+      traceback.print_exc()
+    log(f"[section {sec}: {time.time() - t0:.0f}s]")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(res, f, indent=1)
+  print_table(res)
+  log("wrote", args.out)
+
+
+if __name__ == "__main__":
+  main()

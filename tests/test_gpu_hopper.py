@@ -1,0 +1,224 @@
+"""Compiled tests of the Hopper (Mosaic GPU) attention kernel and the `pallas_mgpu` backend.
+
+Run on the H100 machine: `python3 -m pytest -m gpu tests/test_gpu_hopper.py`.
+Random inputs; before every kernel call the device memory the outputs will land in is
+poisoned with NaNs (allocated, filled and freed, so the allocator hands the same memory to
+the outputs); every output must then be finite where the float32 reference is, and match it.
+Forward (out, lse) and gradients (dq, dk, dv, including through lse) across the grid of
+features: bf16/f16, head dims 64/96/128/256, causal with offsets, empty rows, sliding windows,
+GQA, lengths that are not tile multiples, the Mosaic backward and the XLA fallback backward.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import hopper_attention as ha
+from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+
+pytestmark = pytest.mark.gpu
+
+
+def _hopper():
+  try:
+    devs = [d for d in jax.devices() if d.platform == "gpu"]
+  except RuntimeError:
+    return False
+  return bool(devs) and str(getattr(devs[0], "compute_capability", "")).startswith("9.")
+
+
+requires_hopper = pytest.mark.skipif(not _hopper(), reason="needs a Hopper (sm_90) GPU")
+
+
+def _poison(*shapes_dtypes):
+  bufs = []
+  for shape, dtype in shapes_dtypes:
+    for _ in range(2):
+      bufs.append(jnp.full(shape, jnp.nan, dtype))
+  jax.block_until_ready(bufs)
+  for b in bufs:
+    b.delete()
+
+
+def rel_err(a, b):
+  a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
+  b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
+  fin = np.isfinite(b)
+  assert np.array_equal(np.isfinite(a), fin), "non-finite pattern differs from the reference"
+  if not fin.any():
+    return 0.0
+  return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
+
+
+def _inputs(B, T, S, N, K, D, dtype, seed=0):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 5)
+  q = jax.random.normal(ks[0], (B, T, N, D), dtype)
+  k = jax.random.normal(ks[1], (B, S, K, D), dtype)
+  v = jax.random.normal(ks[2], (B, S, K, D), dtype)
+  do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
+  dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
+  return q, k, v, do, dl
+
+
+def _tol(dtype):
+  return 2e-2 if jnp.dtype(dtype) == jnp.bfloat16 else 1e-2
+
+
+def check_forward(B, T, S, N, K, D, dtype, **kw):
+  q, k, v, _, _ = _inputs(B, T, S, N, K, D, dtype)
+  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, **kw))
+  _poison(((B, T, N, D), dtype), ((B, N, T), jnp.float32))
+  o, l = f(q, k, v)
+  o2, l2 = ref(q, k, v, return_lse=True, **kw)
+  assert o.dtype == q.dtype and l.dtype == jnp.float32
+  assert rel_err(o, o2) < _tol(dtype)
+  assert rel_err(l, l2) < 1e-3
+  # rows with no kept key: zeros and -inf
+  empty = ~np.isfinite(np.asarray(l2))
+  if empty.any():
+    assert np.all(np.asarray(o, np.float32).transpose(0, 2, 1, 3)[empty] == 0)
+
+
+def check_backward(B, T, S, N, K, D, dtype, **kw):
+  q, k, v, do, dl = _inputs(B, T, S, N, K, D, dtype, seed=1)
+
+  def loss(fn, q, k, v):
+    o, l = fn(q, k, v, return_lse=True, **kw)
+    return (jnp.sum(o.astype(jnp.float32) * do)
+            + jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0) * dl))
+
+  g = jax.jit(jax.grad(lambda *a: loss(ha.hopper_attention, *a), argnums=(0, 1, 2)))
+  g2 = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))  # ignores kernel options
+  _poison(((B, T, N, D), dtype), ((B, S, K, D), dtype), ((B, S, K, D), dtype))
+  got = g(q, k, v)
+  want = g2(q, k, v)
+  tol = 2.5 * _tol(dtype)
+  for name, a, b in zip(("dq", "dk", "dv"), got, want):
+    assert a.dtype == q.dtype, name
+    err = rel_err(a, b)
+    assert err < tol, (name, err)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward.
+# --------------------------------------------------------------------------------------------
+@requires_hopper
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_grid(dtype, D, causal):
+  check_forward(2, 512, 512, 4, 4, D, dtype, is_causal=causal)
+
+
+FWD_FEATURES = {
+    "gqa_causal": dict(shape=(2, 384, 384, 8, 2, 128), kw=dict(is_causal=True)),
+    "chunked_prefill_offset": dict(shape=(1, 256, 640, 4, 2, 128),
+                                   kw=dict(is_causal=True, q_offset=384)),
+    "empty_rows_kv_offset": dict(shape=(1, 256, 256, 2, 2, 64),
+                                 kw=dict(is_causal=True, kv_offset=100)),
+    "window_two_sided": dict(shape=(1, 512, 512, 2, 2, 128),
+                             kw=dict(sliding_window=(100, 30))),
+    "window_causal": dict(shape=(2, 640, 640, 4, 2, 128),
+                          kw=dict(is_causal=True, sliding_window=(200, 0))),
+    "not_multiples": dict(shape=(2, 333, 517, 4, 2, 128),
+                          kw=dict(is_causal=True, q_offset=184)),
+    "head_dim_96_padded": dict(shape=(1, 300, 300, 2, 1, 96), kw=dict(is_causal=True)),
+    "head_dim_256_window": dict(shape=(1, 384, 512, 2, 1, 256),
+                                kw=dict(sliding_window=(64, None), kv_offset=7)),
+    "f16_decode_like": dict(shape=(4, 1, 700, 8, 1, 128), kw=dict(is_causal=True, q_offset=699),
+                            dtype=jnp.float16),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(FWD_FEATURES))
+def test_forward_features(name):
+  c = FWD_FEATURES[name]
+  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [ha.HopperConfig(block_kv=64, stages=3),
+                                 ha.HopperConfig(block_kv=128, stages=3,
+                                                 reduction_scratch_bytes=512),
+                                 ha.HopperConfig(block_kv=128, stages=2, schedule_barrier=False),
+                                 ha.HopperConfig(bwd_stages=3)])
+def test_configs(cfg):
+  check_forward(1, 640, 640, 2, 2, 128, jnp.bfloat16, is_causal=True, config=cfg)
+  check_backward(1, 384, 384, 2, 2, 128, jnp.bfloat16, is_causal=True, config=cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward.
+# --------------------------------------------------------------------------------------------
+@requires_hopper
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_grid(dtype, D, causal):
+  check_backward(2, 512, 512, 4, 4, D, dtype, is_causal=causal, backward="mosaic")
+
+
+@requires_hopper
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_backward_fused(D, causal):
+  check_backward(2, 512, 512, 4, 4, D, jnp.bfloat16, is_causal=causal, backward="fused")
+
+
+@requires_hopper
+def test_backward_fused_features():
+  check_backward(2, 333, 517, 8, 2, 128, jnp.float16, is_causal=True, q_offset=184,
+                 sliding_window=(150, None), backward="fused")
+  check_backward(1, 256, 256, 2, 2, 64, jnp.bfloat16, is_causal=True, kv_offset=100,
+                 backward="fused")
+
+
+BWD_FEATURES = {
+    "gqa_offsets_window_not_multiples": dict(
+        shape=(2, 333, 517, 8, 2, 128),
+        kw=dict(is_causal=True, q_offset=184, sliding_window=(150, None))),
+    "empty_rows": dict(shape=(1, 256, 256, 2, 2, 64), kw=dict(is_causal=True, kv_offset=100)),
+    "window_two_sided_gqa": dict(shape=(1, 512, 512, 4, 1, 64),
+                                 kw=dict(sliding_window=(100, 30))),
+    "head_dim_96": dict(shape=(1, 300, 300, 2, 2, 96), kw=dict(is_causal=True)),
+    "head_dim_256_xla_fallback": dict(shape=(1, 256, 256, 2, 1, 256),
+                                      kw=dict(is_causal=True, backward="xla")),
+    "xla_fallback_d128": dict(shape=(1, 256, 384, 4, 2, 128),
+                              kw=dict(is_causal=True, q_offset=128, backward="xla")),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(BWD_FEATURES))
+def test_backward_features(name):
+  c = BWD_FEATURES[name]
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+
+
+# --------------------------------------------------------------------------------------------
+# Through jattn.
+# --------------------------------------------------------------------------------------------
+@requires_hopper
+def test_backend_through_jattn():
+  import jattn
+  from jattn.backends import pallas_mgpu
+  pallas_mgpu.register_backends()
+  q, k, v, do, _ = _inputs(2, 384, 384, 8, 2, 128, jnp.bfloat16)
+  kw = dict(is_causal=True, sliding_window=(256, 0))
+  out = jattn.attention(q, k, v, implementation="pallas_mgpu", **kw)
+  want = jattn.attention(q, k, v, implementation="reference", **kw)
+  assert rel_err(out, want) < 2e-2
+  g = jax.grad(lambda q: jnp.sum(jattn.attention(q, k, v, implementation="pallas_mgpu", **kw)
+                                 .astype(jnp.float32) * do))(q)
+  g2 = jax.grad(lambda q: jnp.sum(jattn.attention(q, k, v, implementation="reference", **kw)
+                                  .astype(jnp.float32) * do))(q)
+  assert rel_err(g, g2) < 5e-2
+  # refused features fall back
+  with pytest.raises(jattn.NotSupportedError):
+    jattn.attention(q, k, v, implementation="pallas_mgpu", softcap=5.0)
+  expl = jattn.explain(q, k, v, is_causal=True)
+  assert "pallas_mgpu" in str(expl)

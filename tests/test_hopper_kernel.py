@@ -1,0 +1,264 @@
+"""CPU tests of the Hopper (Mosaic GPU) attention kernel: `pallas_kernels.hopper_attention`.
+
+What runs here (jax 0.10.2, Mosaic GPU interpret mode, `InterpretGPUParams`):
+  * the whole kernels - 3 warpgroups per CTA (2 consumers + 1 TMA producer, i.e. the warp
+    specialization), TMA copies into a ring of SMEM slots, loaded/free/schedule barriers,
+    causal/window/padding block ranges and masks, online softmax, lse, both backward kernels -
+    EXCEPT the wgmma instruction itself: the interpreter's wgmma accepts neither a transposed
+    SMEM operand (Q @ K^T) nor a register operand (P @ V), so in interpret mode the products
+    are jnp dots of the same SMEM contents (`_dots_nt` / `_mma_acc` in the kernel file). The
+    compiled wgmma path, register-count settings and layouts are tested on the GPU
+    (tests/test_gpu_hopper.py).
+  * the block-range arithmetic, exhaustively against brute force (fast, pure jnp).
+
+Interpret-mode runs go through a subprocess with a timeout: when one simulated warpgroup
+raises, the others block on their barriers forever, which would hang pytest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from pallas_kernels import hopper_attention as ha
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _interpret_available():
+  try:
+    return ha._api()["InterpretParams"] is not None  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+requires_interpret = pytest.mark.skipif(
+    not _interpret_available(),
+    reason="this jax has no Mosaic GPU interpret mode (InterpretGPUParams)")
+
+
+# --------------------------------------------------------------------------------------------
+# Block ranges vs brute force.
+# --------------------------------------------------------------------------------------------
+def _st(T, S, causal, q_off, kv_off, left, right, cfg=None):
+  cfg = cfg or ha.HopperConfig()
+  Tp = -(-T // 128) * 128
+  Sp = -(-S // 128) * 128
+  return ha._Static(B=1, T=T, S=S, Tp=Tp, Sp=Sp, N=1, K=1, D=64, dtype=np.dtype("float16"),
+                    scale=1.0, causal=causal, q_off=q_off, kv_off=kv_off, left=left,
+                    right=right, cfg=cfg, interpret=True)
+
+
+def _keep_np(st, T, S):
+  qp = st.q_off + np.arange(T)[:, None]
+  kp = st.kv_off + np.arange(S)[None, :]
+  keep = np.ones((T, S), bool)
+  if st.causal:
+    keep &= kp <= qp
+  if st.left is not None:
+    keep &= kp >= qp - st.left
+  if st.right is not None:
+    keep &= kp <= qp + st.right
+  return keep
+
+
+RANGE_CASES = list(itertools.product(
+    [(128, 128), (200, 333), (64, 640)],          # T, S
+    [False, True],                                # causal
+    [(0, 0), (300, 0), (0, 150), (37, 5)],        # q_offset, kv_offset
+    [(None, None), (100, None), (None, 40), (130, 0), (0, 0)],   # window
+))
+
+
+@pytest.mark.parametrize("ts,causal,offs,window", RANGE_CASES)
+def test_kv_ranges_cover_exactly_the_needed_blocks(ts, causal, offs, window):
+  T, S = ts
+  st = _st(T, S, causal, *offs, *window)
+  keep = _keep_np(st, T, S)
+  rows = 128
+  for bkv in (64, 128):
+    nkv = st.Sp // bkv
+    for r0 in range(0, st.Tp, rows):
+      lo, flo, fhi, hi = (int(x) for x in ha._kv_ranges(st, r0, rows, bkv))
+      assert 0 <= lo <= flo <= fhi <= hi <= nkv
+      sub = keep[r0:min(r0 + rows, T)]
+      for j in range(nkv):
+        blk = sub[:, j * bkv:min((j + 1) * bkv, S)]
+        if blk.any():
+          assert lo <= j < hi, (r0, j, lo, hi)
+        if flo <= j < fhi:  # no mask applied: every pair must be kept, no kv padding
+          assert (j + 1) * bkv <= S and blk.all(), (r0, j, flo, fhi)
+
+
+@pytest.mark.parametrize("ts,causal,offs,window", RANGE_CASES)
+def test_q_ranges_cover_exactly_the_needed_blocks(ts, causal, offs, window):
+  T, S = ts
+  st = _st(T, S, causal, *offs, *window)
+  keep = _keep_np(st, T, S)
+  rows, bq = 128, 64
+  nq = st.Tp // bq
+  for c0 in range(0, st.Sp, rows):
+    if c0 >= S:
+      continue
+    lo, flo, fhi, hi = (int(x) for x in ha._q_ranges(st, c0, rows, bq))
+    assert 0 <= lo <= flo <= fhi <= hi <= nq
+    sub = keep[:, c0:min(c0 + rows, S)]
+    for i in range(nq):
+      blk = sub[i * bq:min((i + 1) * bq, T)]
+      if blk.any():
+        assert lo <= i < hi, (c0, i, lo, hi)
+      if flo <= i < fhi:
+        assert blk.all(), (c0, i, flo, fhi)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError):
+    ha.HopperConfig(block_q=128)
+  with pytest.raises(ValueError):
+    ha.HopperConfig(block_kv=96)
+  with pytest.raises(ValueError):
+    ha.HopperConfig(consumer_registers=240, producer_registers=40)
+  assert ha.default_config(256).block_kv == 64
+  # measured on the H100: (128, 3 stages) at D=128 overflows shared memory by 120 bytes
+  big = ha.HopperConfig(block_kv=128, stages=3)
+  assert ha._fwd_smem_bytes(big, 128, 2) > ha._SMEM_LIMIT
+  assert ha._fwd_smem_bytes(ha.HopperConfig(block_kv=128, stages=3, reduction_scratch_bytes=512),
+                            128, 2) <= ha._SMEM_LIMIT
+  for d in (64, 128, 256):
+    assert ha._fwd_smem_bytes(ha.default_config(d), d, 2) <= ha._SMEM_LIMIT
+  assert ha.supported(128, np.float32) is not None
+  assert ha.supported(128, "bfloat16") is None
+  assert ha.bwd_kernel_supports(128) and not ha.bwd_kernel_supports(256)
+
+
+# --------------------------------------------------------------------------------------------
+# Interpret-mode runs of the kernels (subprocess, timeout).
+# --------------------------------------------------------------------------------------------
+_CASE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {root!r})
+    from pallas_kernels import hopper_attention as ha
+    from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+    c = json.loads({case!r})
+    B, T, S, N, K, D = c["shape"]
+    dt = jnp.dtype(c["dtype"])
+    kw = dict(is_causal=c["causal"], q_offset=c["q_offset"], kv_offset=c["kv_offset"],
+              sliding_window=tuple(c["window"]) if c["window"] else None)
+    ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
+    q = jax.random.normal(ks[0], (B, T, N, D), dt)
+    k = jax.random.normal(ks[1], (B, S, K, D), dt)
+    v = jax.random.normal(ks[2], (B, S, K, D), dt)
+    do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
+    dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
+    cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
+                          schedule_barrier=c["sched"])
+    res = {{}}
+
+    def rel(a, b):
+      a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
+      b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
+      fin = np.isfinite(b)
+      if not np.array_equal(np.isfinite(a), fin):
+        return float("inf")
+      if not fin.any():
+        return 0.0
+      return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
+
+    o, l = ha.hopper_attention(q, k, v, return_lse=True, interpret=True, config=cfg, **kw)
+    o2, l2 = ref(q, k, v, return_lse=True, **kw)
+    res["out"] = rel(o, o2)
+    res["lse"] = rel(l, l2)
+    if c["grad"]:
+      def loss(fn, q, k, v, **extra):
+        o, l = fn(q, k, v, return_lse=True, **kw, **extra)
+        return (jnp.sum(o.astype(jnp.float32) * do)
+                + jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0) * dl))
+      g = jax.grad(lambda *a: loss(ha.hopper_attention, *a, interpret=True, config=cfg,
+                                   backward=c["grad"]), argnums=(0, 1, 2))(q, k, v)
+      g2 = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
+      for name, a, b in zip(("dq", "dk", "dv"), g, g2):
+        res[name] = rel(a, b)
+    print("RESULT", json.dumps(res))
+""")
+
+
+def _run_case(case: dict, timeout: int = 600) -> dict:
+  script = _CASE_SCRIPT.format(root=ROOT, case=json.dumps(case))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  try:
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"interpret-mode run timed out after {timeout}s (a deadlock: one simulated "
+                f"warpgroup probably raised): {case}")
+  for line in p.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  pytest.fail(f"interpret-mode run failed (rc={p.returncode}):\n{p.stderr[-4000:]}")
+
+
+def _case(**kw):
+  c = dict(shape=(1, 128, 128, 1, 1, 64), dtype="float16", causal=False, q_offset=0,
+           kv_offset=0, window=None, seed=0, block_kv=64, stages=2, sched=True, grad=None)
+  c.update(kw)
+  return c
+
+
+INTERPRET_CASES = {
+    # dense forward, f16, ping-pong schedule barrier, 2-slot ring
+    "fwd_dense_f16": (_case(), 2e-2),
+    # everything at once, forward + Mosaic backward: bf16, GQA (N=2, K=1), causal with a
+    # query offset, left window, lengths that are not tile multiples (padding + kv mask),
+    # lse and its gradient, 3-slot ring with more steps than slots
+    "fwdbwd_mosaic_all_features": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
+                                         causal=True, q_offset=40, window=(90, None),
+                                         stages=3, grad="mosaic"), 3e-2),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(INTERPRET_CASES))
+def test_interpret_mode(name):
+  case, tol = INTERPRET_CASES[name]
+  res = _run_case(case)
+  for key, err in res.items():
+    assert err <= tol, (name, key, err, res)
+
+
+# --------------------------------------------------------------------------------------------
+# The backend: registration and capability refusals (no kernel runs).
+# --------------------------------------------------------------------------------------------
+def test_backend_spec_and_refusals():
+  import jax.numpy as jnp
+  import jattn
+  from jattn._call import validate
+  from jattn.backends import pallas_mgpu
+  pallas_mgpu.register_backends()
+  b = jattn.get("pallas_mgpu")
+  assert b.spec.platforms == frozenset({"gpu"})
+  q = jnp.zeros((1, 128, 4, 64), jnp.bfloat16)
+  kv = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+  base = dict(bias=None, mask=None, scale=None, is_causal=True, score_mod=None,
+              segment_ids=None, q_offset=0, kv_offset=0, sliding_window=(64, 0), softcap=None,
+              sinks=None, dropout_rate=0.0, dropout_rng=None, return_lse=True)
+  call = validate(q, kv, kv, **base)
+  assert b.spec.refusal(call, b.name) is None  # causal + window + GQA + lse on cpu (interpret)
+  for extra, feature in ((dict(softcap=5.0), "softcap"),
+                         (dict(segment_ids=jnp.zeros((1, 128), jnp.int32)), "segment_ids"),
+                         (dict(mask=jnp.ones((1, 1, 128, 128), bool)), "mask"),
+                         (dict(q_offset=jnp.int32(3)), "this call")):
+    r = b.spec.refusal(validate(q, kv, kv, **{**base, **extra}), b.name)
+    assert r is not None and r[0] == feature, (extra, r)
+  r = b.spec.refusal(validate(q.astype(jnp.float32), kv.astype(jnp.float32),
+                              kv.astype(jnp.float32), **base), b.name)
+  assert r is not None and r[0] == "dtype"
+  # never auto-selected on CPU (interpret only)
+  assert jattn.explain(q, kv, kv, is_causal=True).chosen != "pallas_mgpu"
