@@ -12,25 +12,14 @@ import pytest
 from flax import nnx
 
 import jattn
+from cpu_backends import cpu_backends
 
 # examples/ is not an installed package: make the checkout importable however pytest runs
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from examples import llama  # noqa: E402
 
 
-def _cpu_backends():
-  """Every registered backend that runs float32 on the CPU (compiled or interpreted)."""
-  names = []
-  for name in jattn.implementations():
-    spec = jattn.get(name).spec
-    if spec.platforms is not None and "cpu" not in spec.platforms | spec.interpret_platforms:
-      continue
-    if spec.dtypes is None or jnp.dtype(jnp.float32) in spec.dtypes:
-      names.append(name)
-  return names
-
-
-CPU_BACKENDS = _cpu_backends()
+CPU_BACKENDS = cpu_backends()
 
 TINY = dict(vocab_size=48, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
             intermediate_size=48)

@@ -23,6 +23,7 @@ import pytest
 from flax import nnx
 
 import jattn
+from cpu_backends import cpu_backends
 import jattn.aliases
 from jattn import registry
 
@@ -87,19 +88,7 @@ def test_flash_names_resolve_to_pallas_flash_or_say_it_is_missing():
 # The bridge (torch + transformers).
 
 
-def _cpu_backends():
-  """Every registered backend that runs float32 on the CPU (compiled or interpreted)."""
-  names = []
-  for name in jattn.implementations():
-    spec = jattn.get(name).spec
-    if spec.platforms is not None and "cpu" not in spec.platforms | spec.interpret_platforms:
-      continue
-    if spec.dtypes is None or jnp.dtype(jnp.float32) in spec.dtypes:
-      names.append(name)
-  return names
-
-
-CPU_BACKENDS = _cpu_backends()
+CPU_BACKENDS = cpu_backends()
 
 VOCAB, S = 61, 10
 
