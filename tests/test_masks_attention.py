@@ -19,7 +19,7 @@ def _backends():
   platform = jax.default_backend()
   for name in registry.implementations():
     spec = registry.get(name).spec
-    if spec.platforms is not None and platform not in spec.platforms:
+    if spec.platforms is not None and platform not in spec.platforms | spec.interpret_platforms:
       continue
     if spec.features is not None and "mask_fn" not in spec.features:
       continue

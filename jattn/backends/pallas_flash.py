@@ -81,6 +81,14 @@ def pallas_flash_attention(query, key, value, *, mask=None, scale, score_mod=Non
                        "the call")
     kw.update(q_offset=bm.q_offset, kv_offset=bm.kv_offset)
     mod = bm.mask_mod
+    if not all(b >= 16 and b & (b - 1) == 0 for b in (bq, bkv)):
+      # The kernel tiles with powers of two >= 16; the lists are exact at any granularity,
+      # so rebuild them from the same mask at the kernel's.
+      bq, bkv = _block_config(T, S, block_q, block_kv)
+      with jax.ensure_compile_time_eval():
+        bm = masks.create_block_mask(mod, bm.kv_num_blocks.shape[0], bm.kv_num_blocks.shape[1],
+                                     T, S, (bq, bkv), q_offset=bm.q_offset,
+                                     kv_offset=bm.kv_offset)
   else:
     mod = masks.as_mask_mod(mask)
     # Evaluated eagerly when nothing in it is traced (index-only masks, static offsets), even
