@@ -265,10 +265,11 @@ def explain_call(call: AttentionCall, implementation: Choice = None,
   if requested is not None:
     b = get(requested)
     refusal = b.spec.refusal(call, b.name)
-    chosen = None if refusal else b.name
+    # Asked for by name, an emulated (interpret-mode) backend runs: only its own refusal counts.
+    rejected = {n: r for n, r in rejected.items() if n != b.name}
     if refusal:
       rejected = {b.name: refusal[1], **rejected}
-    return Explanation(chosen, call, requested, tuple(ok), rejected)
+    return Explanation(None if refusal else b.name, call, requested, tuple(ok), rejected)
   return Explanation(ok[0][0] if ok else None, call, None, tuple(ok), rejected)
 
 

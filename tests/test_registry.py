@@ -131,3 +131,14 @@ def test_no_backend_error_lists_reasons(scratch_backend):
   finally:
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
+
+
+def test_emulated_backend_runs_when_named_and_is_never_auto_picked():
+  if "pallas_flash" not in jattn.implementations():
+    pytest.skip("pallas_flash not available on this installation")
+  q, k, v = arrays()
+  ex = jattn.explain(q, k, v, is_causal=True, implementation="pallas_flash")
+  assert ex.chosen == "pallas_flash" and "pallas_flash" not in ex.rejected
+  auto = jattn.explain(q, k, v, is_causal=True)
+  if jax.default_backend() == "cpu":
+    assert auto.chosen != "pallas_flash" and "interpret" in auto.rejected["pallas_flash"]
