@@ -11,6 +11,8 @@ def test_main_job_runs_every_backend_and_they_agree(capsys):
   assert rc == 0, out
   for name in jattn.implementations():
     assert f"  {name}" in out
-  assert "DISAGREES" not in out and " error " not in out
+  statuses = [line.split()[1] for line in out.split("results (")[1].splitlines()[1:]
+              if line.strip()]
+  assert set(statuses) <= {"agrees", "skipped"}, out
   # everything this machine can run (compiled or emulated) was run and agreed
-  assert out.count(" agrees ") >= 2
+  assert statuses.count("agrees") >= 2
