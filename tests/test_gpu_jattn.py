@@ -1,0 +1,96 @@
+"""The Pallas backends through `jattn.attention` (adapters, block masks, varlen) on the GPU.
+
+The kernels' own GPU tests (test_gpu_flash_kernel.py, test_gpu_hopper.py) check the kernels
+directly with poisoned outputs; these check what users call, against `reference` in float32.
+Run with `python3 -m pytest -m gpu`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jattn
+from jattn import masks
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU")]
+
+
+def _qkv(B, T, S, N, K, H, seed=0):
+  r = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return tuple(jax.random.normal(kk, s, jnp.float32).astype(jnp.bfloat16)
+               for kk, s in zip(r, ((B, T, N, H), (B, S, K, H), (B, S, K, H))))
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _docs(B, L, n, seed=0):
+  rng = np.random.default_rng(seed)
+  cuts = np.sort(rng.choice(np.arange(1, L), n - 1, replace=False))
+  return jnp.asarray(np.broadcast_to(np.searchsorted(cuts, np.arange(L), side="right"),
+                                     (B, L)).astype(np.int32))
+
+
+CASES = {
+    "causal_offsets": dict(is_causal=True, q_offset=300),
+    "window": dict(is_causal=True, sliding_window=(127, 0)),
+    "documents": dict(is_causal=True, segment_ids="docs"),
+    "mask_fn_softcap_sinks": dict(mask=lambda b, h, q, k: (q - k) % 7 != 3, softcap=20.0,
+                                  sinks="sinks"),
+    "block_mask": dict(mask="block"),
+}
+
+
+@pytest.mark.parametrize("backend", ["pallas_flash", "pallas_mgpu"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_pallas_backends_match_reference(backend, case):
+  B, T, S, N, K, H = 2, 384, 640, 8, 2, 128
+  kw = dict(CASES[case])
+  if kw.get("segment_ids") == "docs":
+    T = S
+    kw["segment_ids"] = _docs(B, S, 5)
+  if kw.get("sinks") == "sinks":
+    kw["sinks"] = jax.random.normal(jax.random.PRNGKey(3), (N,), jnp.float32)
+  if kw.get("mask") == "block":
+    kw["mask"] = masks.create_block_mask(
+        masks.and_masks(masks.causal(), masks.sliding_window_causal(200)), None, None, T, S, 128)
+  q, k, v = _qkv(B, T, S, N, K, H)
+  if jattn.explain(q, k, v, implementation=backend, **kw).chosen != backend:
+    with pytest.raises(jattn.NotSupportedError, match=backend):
+      jattn.attention(q, k, v, implementation=backend, **kw)
+    return
+  f = jax.jit(lambda q, k, v: jattn.attention(q, k, v, implementation=backend, **kw))
+  got = f(q, k, v)
+  want = jattn.attention(*(x.astype(jnp.float32) for x in (q, k, v)), implementation="reference",
+                         **kw)
+  assert np.isfinite(np.asarray(got, np.float32)).all()
+  assert _rel(got, want) <= 1e-2
+
+  def loss(impl, q, k, v):
+    return jnp.sum(jattn.attention(q, k, v, implementation=impl, **kw).astype(jnp.float32) ** 2)
+
+  g = jax.jit(jax.grad(lambda q, k, v: loss(backend, q, k, v), argnums=(0, 1, 2)))(q, k, v)
+  gw = jax.grad(lambda q, k, v: loss("reference", q, k, v), argnums=(0, 1, 2))(
+      *(x.astype(jnp.float32) for x in (q, k, v)))
+  for a, b in zip(g, gw):
+    assert np.isfinite(np.asarray(a, np.float32)).all()
+    assert _rel(a, b) <= 2e-2
+
+
+def test_varlen_on_pallas_flash_matches_reference():
+  lens = [100, 37, 260, 1]
+  cu = jnp.asarray(np.cumsum([0] + lens), jnp.int32)
+  total = sum(lens) + 3
+  r = jax.random.split(jax.random.PRNGKey(0), 3)
+  q, k, v = (jax.random.normal(kk, (total, 8, 64), jnp.float32).astype(jnp.bfloat16)
+             for kk in r)
+  got = jattn.varlen_attention(q, k, v, cu, cu, max(lens), max(lens), is_causal=True,
+                               implementation="pallas_flash")
+  want = jattn.varlen_attention(*(x.astype(jnp.float32) for x in (q, k, v)), cu, cu,
+                                is_causal=True, implementation="reference")
+  assert _rel(got[:sum(lens)], want[:sum(lens)]) <= 1e-2
+  assert np.all(np.asarray(got[sum(lens):], np.float32) == 0)
