@@ -223,6 +223,23 @@ def ring_causal_balanced_gqa_sinks():
 
 
 @case
+def ring_causal_pallas_flash_inner():
+  """The ring with our Pallas kernel (interpret mode here) on each block pair, as on GPUs:
+  traced per-step offsets, the kernel's lse and its gradient through the merge."""
+  jax, jnp, np = _setup()
+  import jattn
+  from jattn import parallel as par
+  mesh = _mesh((4,), ("ctx",))
+  B, T, N, K, H = 1, 128, 4, 2, 16
+  q, k, v = _qkv(B, T, N, K, H, seed=5)
+  fn = lambda q, k, v: par.ring_attention(q, k, v, mesh, context_axis="ctx", is_causal=True,
+                                          implementation="pallas_flash", return_lse=True)
+  ref = lambda q, k, v: jattn.attention(q, k, v, is_causal=True, implementation="reference",
+                                        return_lse=True)
+  _compare(fn, ref, (q, k, v), (0, 1, 2), ["q", "k", "v"], tol=1e-4)
+
+
+@case
 def ring_balanced_layout_no_gathers():
   """layout='balanced': inputs balanced once outside; only collective-permutes inside."""
   jax, jnp, np = _setup()
