@@ -301,6 +301,20 @@ def make_paged_backend(inner: str):
                        features=_PAGED_FEATURES - {"mask_fn"}, mask_form="raw", check=check,
                        description="Pallas paged-attention kernel walking the page table")
   else:
-    spec = BackendSpec(features=_PAGED_FEATURES, mask_form="raw", check=check,
+    # Claim no more than the inner backend honours, so explain() and the refusal name the
+    # feature up front instead of the inner call failing later.
+    from jattn import registry
+    try:
+      inner_spec = registry.get(inner).spec
+    except KeyError:  # "auto" / "jnp": resolved by _registry_fn itself
+      inner_spec = None
+    feats = _PAGED_FEATURES
+    if inner_spec is not None and inner_spec.features is not None:
+      feats = _PAGED_FEATURES & (inner_spec.features | {"mask_fn", "causal", "offsets"})
+    spec = BackendSpec(features=feats, mask_form="raw", check=check,
+                       platforms=None if inner_spec is None else inner_spec.platforms,
+                       interpret_platforms=(frozenset() if inner_spec is None
+                                            else inner_spec.interpret_platforms),
+                       dtypes=None if inner_spec is None else inner_spec.dtypes,
                        description=f"gathers the pages into a dense view, then {inner!r}")
   return Backend(f"{PREFIX}|{inner}", _registry_fn(inner), spec)

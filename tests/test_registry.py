@@ -142,3 +142,12 @@ def test_emulated_backend_runs_when_named_and_is_never_auto_picked():
   auto = jattn.explain(q, k, v, is_causal=True)
   if jax.default_backend() == "cpu":
     assert auto.chosen != "pallas_flash" and "interpret" in auto.rejected["pallas_flash"]
+
+
+def test_composed_paged_backend_claims_only_what_its_inner_backend_honours():
+  q, k, v = arrays()
+  ex = jattn.explain(q, k, v, is_causal=True, softcap=5.0, implementation="paged|xla")
+  assert ex.chosen is None and "softcap" in ex.rejected["paged|xla"]
+  assert "softcap" in jattn.get("paged|reference").spec.features
+  with pytest.raises(jattn.NotSupportedError, match="paged\\|xla.*softcap"):
+    jattn.attention(q, k, v, is_causal=True, softcap=5.0, implementation="paged|xla")
