@@ -18,6 +18,7 @@ import pytest
 
 from pallas_kernels import flash_attention, flash_attention_reference
 from pallas_kernels import from_dense
+from gpu_util import poison, rel_err
 
 pytestmark = pytest.mark.gpu
 
@@ -30,27 +31,6 @@ def _has_gpu():
 
 
 requires_gpu = pytest.mark.skipif(not _has_gpu(), reason="needs a CUDA GPU")
-
-
-def _poison(*shapes_dtypes):
-  """Fill and free NaN buffers of the outputs' sizes (x2 for headroom)."""
-  bufs = []
-  for shape, dtype in shapes_dtypes:
-    for _ in range(2):
-      bufs.append(jnp.full(shape, jnp.nan, dtype))
-  jax.block_until_ready(bufs)
-  for b in bufs:
-    b.delete()
-
-
-def rel_err(a, b):
-  a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
-  b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
-  fin = np.isfinite(b)
-  assert np.array_equal(np.isfinite(a), fin), "non-finite pattern differs"
-  if not fin.any():
-    return 0.0
-  return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
 
 
 def smod(s, b, h, qp, kp):
@@ -165,7 +145,7 @@ def test_gpu_flash_matches_reference(name):
       outs, vjp = jax.vjp(f, q, k, v, sinks)
       grads = vjp((dout, dlse) if lse_on else dout)
       return outs, grads
-    _poison(((B, T, N, max(D, Dv)), dt), ((B, S, K, D), dt), ((B, N, T),
+    poison(((B, T, N, max(D, Dv)), dt), ((B, S, K, D), dt), ((B, N, T),
                                                                jnp.float32))
     return jax.block_until_ready(g(q, k, v, sinks, dout, dlse))
 

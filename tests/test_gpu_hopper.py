@@ -18,6 +18,7 @@ import pytest
 
 from pallas_kernels import hopper_attention as ha
 from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+from gpu_util import poison, rel_err
 
 pytestmark = pytest.mark.gpu
 
@@ -31,26 +32,6 @@ def _hopper():
 
 
 requires_hopper = pytest.mark.skipif(not _hopper(), reason="needs a Hopper (sm_90) GPU")
-
-
-def _poison(*shapes_dtypes):
-  bufs = []
-  for shape, dtype in shapes_dtypes:
-    for _ in range(2):
-      bufs.append(jnp.full(shape, jnp.nan, dtype))
-  jax.block_until_ready(bufs)
-  for b in bufs:
-    b.delete()
-
-
-def rel_err(a, b):
-  a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
-  b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
-  fin = np.isfinite(b)
-  assert np.array_equal(np.isfinite(a), fin), "non-finite pattern differs from the reference"
-  if not fin.any():
-    return 0.0
-  return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
 
 
 def _inputs(B, T, S, N, K, D, dtype, seed=0):
@@ -70,7 +51,7 @@ def _tol(dtype):
 def check_forward(B, T, S, N, K, D, dtype, **kw):
   q, k, v, _, _ = _inputs(B, T, S, N, K, D, dtype)
   f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, **kw))
-  _poison(((B, T, N, D), dtype), ((B, N, T), jnp.float32))
+  poison(((B, T, N, D), dtype), ((B, N, T), jnp.float32))
   o, l = f(q, k, v)
   o2, l2 = ref(q, k, v, return_lse=True, **kw)
   assert o.dtype == q.dtype and l.dtype == jnp.float32
@@ -92,7 +73,7 @@ def check_backward(B, T, S, N, K, D, dtype, **kw):
 
   g = jax.jit(jax.grad(lambda *a: loss(ha.hopper_attention, *a), argnums=(0, 1, 2)))
   g2 = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))  # ignores kernel options
-  _poison(((B, T, N, D), dtype), ((B, S, K, D), dtype), ((B, S, K, D), dtype))
+  poison(((B, T, N, D), dtype), ((B, S, K, D), dtype), ((B, S, K, D), dtype))
   got = g(q, k, v)
   want = g2(q, k, v)
   tol = 2.5 * _tol(dtype)
