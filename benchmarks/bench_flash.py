@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -33,48 +32,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-H, D = 16, 128
-WINDOW = 1024
-N_DOCS = 8
+from bench_common import (D, H, N_DOCS, WINDOW, doc_ids, log, run_flex,  # noqa: E402
+                          tflops)
 
-
-def log(*a):
-  print(*a, flush=True)
 
 
 # --------------------------------------------------------------------------
 # Masks (numpy), shared by every implementation.
 # --------------------------------------------------------------------------
-def doc_ids(B, S, n_docs, seed=0):
-  import numpy as np
-  rng = np.random.default_rng(seed)
-  ids = np.zeros((B, S), np.int32)
-  for b in range(B):
-    cuts = np.sort(rng.choice(np.arange(256, S - 256), n_docs - 1,
-                              replace=False))
-    for c in cuts:
-      ids[b, c:] += 1
-  return ids
-
-
-def kept_pairs(kind, B, S):
-  """Kept (q, kv) pairs summed over the batch (per head)."""
-  import numpy as np
-  if kind == "dense":
-    return B * S * S
-  if kind == "causal":
-    return B * S * S / 2          # the convention of the issue's anchors
-  if kind == "window":
-    i = np.arange(S)
-    return B * int(np.minimum(i + 1, WINDOW).sum())
-  if kind == "docs":
-    ids = doc_ids(B, S, N_DOCS)
-    tot = 0
-    for b in range(B):
-      _, counts = np.unique(ids[b], return_counts=True)
-      tot += int((counts * (counts + 1) // 2).sum())
-    return tot
-  raise ValueError(kind)
 
 
 def band_blocks(S, bq, bkv, window=None):
@@ -207,96 +172,8 @@ def time_impl(fn, B, S, reps, what=("fwd", "fwdbwd"), check_against=None):
 
 
 # --------------------------------------------------------------------------
-# torch FlexAttention worker (subprocess).
-# --------------------------------------------------------------------------
-def flex_worker(out_path, cases, reps):
-  import torch
-  from torch.nn.attention.flex_attention import create_block_mask
-  from torch.nn.attention.flex_attention import flex_attention
-  flex = torch.compile(flex_attention)
-  results = {}
-  for kind, B, S in cases:
-    try:
-      if kind == "window":
-        def mask_mod(b, h, q, kv):
-          return (kv <= q) & (kv > q - WINDOW)
-      elif kind == "docs":
-        ids = torch.tensor(doc_ids(B, S, N_DOCS), device="cuda")
-
-        def mask_mod(b, h, q, kv):
-          return (ids[b, q] == ids[b, kv]) & (kv <= q)
-      elif kind == "causal":
-        def mask_mod(b, h, q, kv):
-          return kv <= q
-      else:
-        continue
-      bm = create_block_mask(mask_mod, B, None, S, S, device="cuda")
-      g = torch.Generator(device="cuda").manual_seed(0)
-      mk = lambda: torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16,
-                               generator=g)
-      q, k, v, do = mk(), mk(), mk(), mk()
-      q.requires_grad_(True)
-      k.requires_grad_(True)
-      v.requires_grad_(True)
-
-      def fwd():
-        with torch.no_grad():
-          return flex(q, k, v, block_mask=bm)
-
-      def fwdbwd():
-        out = flex(q, k, v, block_mask=bm)
-        return torch.autograd.grad(out, (q, k, v), do)
-
-      r = {}
-      for name, f in (("fwd_s", fwd), ("fwdbwd_s", fwdbwd)):
-        for _ in range(3):
-          f()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-          s, e = (torch.cuda.Event(enable_timing=True),
-                  torch.cuda.Event(enable_timing=True))
-          s.record()
-          f()
-          e.record()
-          torch.cuda.synchronize()
-          ts.append(s.elapsed_time(e) / 1e3)
-        r[name] = statistics.median(ts)
-      results[f"{kind}_B{B}_S{S}"] = r
-      log("flex", kind, B, S, r)
-    except Exception as e:  # pylint: disable=broad-except
-      results[f"{kind}_B{B}_S{S}"] = {"error": repr(e)[:300]}
-      log("flex failed", kind, repr(e)[:300])
-    with open(out_path, "w") as f:      # after every case (timeouts)
-      json.dump(results, f)
-
-
-def run_flex(cases, reps, timeout):
-  path = f"/tmp/flex_{os.getpid()}.json"
-  cmd = [sys.executable, os.path.abspath(__file__), "--flex-worker", path,
-         "--reps", str(reps), "--flex-cases",
-         ";".join(f"{k},{b},{s}" for k, b, s in cases)]
-  try:
-    p = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
-    sys.stdout.write(p.stdout[-3000:])
-    if p.returncode:
-      log("flex worker failed:", p.stderr[-2000:])
-  except Exception as e:  # pylint: disable=broad-except
-    log("flex stopped:", repr(e)[:300])
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except Exception:  # pylint: disable=broad-except
-    return {}
-
-
-# --------------------------------------------------------------------------
 # Main benchmark.
 # --------------------------------------------------------------------------
-def tflops(kind, B, S, seconds, factor):
-  if seconds is None:
-    return None
-  return 4.0 * H * D * kept_pairs(kind, B, S) * factor / seconds / 1e12
 
 
 def main_bench(args):
@@ -462,14 +339,7 @@ def main():
   p.add_argument("--sweep", action="store_true")
   p.add_argument("--sweep-seq", default="4096", help="comma-separated")
   p.add_argument("--sweep-kinds", default="dense,causal")
-  p.add_argument("--flex-worker", default=None, help=argparse.SUPPRESS)
-  p.add_argument("--flex-cases", default="", help=argparse.SUPPRESS)
   args = p.parse_args()
-  if args.flex_worker:
-    cases = [(c.split(",")[0], int(c.split(",")[1]), int(c.split(",")[2]))
-             for c in args.flex_cases.split(";") if c]
-    flex_worker(args.flex_worker, cases, args.reps)
-    return
   if args.sweep:
     sweep(args)
   else:

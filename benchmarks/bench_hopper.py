@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -36,50 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-H, D = 16, 128
-WINDOW = 1024
+from bench_common import D, H, WINDOW, log, run_flex, tflops  # noqa: E402
+
 BACKWARD = "mosaic"   # --backward
-N_DOCS = 8
-
-
-def log(*a):
-  print(*a, flush=True)
-
-
-def kept_pairs(kind, B, S):
-  import numpy as np
-  if kind == "dense":
-    return B * S * S
-  if kind == "causal":
-    return B * S * S / 2
-  if kind == "window":
-    i = np.arange(S)
-    return B * int(np.minimum(i + 1, WINDOW).sum())
-  if kind == "docs":
-    ids = doc_ids(B, S, N_DOCS)
-    tot = 0
-    for b in range(B):
-      _, counts = np.unique(ids[b], return_counts=True)
-      tot += int((counts * (counts + 1) // 2).sum())
-    return tot
-  raise ValueError(kind)
-
-
-def doc_ids(B, S, n_docs, seed=0):
-  import numpy as np
-  rng = np.random.default_rng(seed)
-  ids = np.zeros((B, S), np.int32)
-  for b in range(B):
-    cuts = np.sort(rng.choice(np.arange(256, S - 256), n_docs - 1, replace=False))
-    for c in cuts:
-      ids[b, c:] += 1
-  return ids
-
-
-def tflops(kind, B, S, seconds, factor):
-  if seconds is None:
-    return None
-  return 4.0 * H * D * kept_pairs(kind, B, S) * factor / seconds / 1e12
 
 
 def bench(fn, args, reps):
@@ -206,7 +164,8 @@ def section_dense(args, res):
 
 def section_sparse(args, res):
   rows = []
-  flex = {} if args.no_flex else run_flex([("window", 2, 8192), ("docs", 2, 8192)], args)
+  flex = {} if args.no_flex else run_flex([("window", 2, 8192), ("docs", 2, 8192)],
+                                                  args.reps, args.flex_timeout)
   for kind in ("window", "docs"):
     B, S = 2, 8192
     row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
@@ -340,70 +299,6 @@ def section_smoke(args, res):
 # --------------------------------------------------------------------------------------------
 # torch FlexAttention worker (subprocess).
 # --------------------------------------------------------------------------------------------
-def flex_worker(path, cases, reps):
-  import torch
-  from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-  flex = torch.compile(flex_attention)
-  results = {}
-  for kind, B, S in cases:
-    try:
-      if kind == "window":
-        def mask_mod(b, h, q, kv):
-          return (kv <= q) & (kv > q - WINDOW)
-      else:
-        ids = torch.tensor(doc_ids(B, S, N_DOCS), device="cuda")
-
-        def mask_mod(b, h, q, kv):
-          return (ids[b, q] == ids[b, kv]) & (kv <= q)
-      bm = create_block_mask(mask_mod, B, None, S, S, device="cuda")
-      g = torch.Generator(device="cuda").manual_seed(0)
-      mk = lambda: torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, generator=g)
-      q, k, v, do = mk(), mk(), mk(), mk()
-      for t in (q, k, v):
-        t.requires_grad_(True)
-
-      def fwd():
-        with torch.no_grad():
-          return flex(q, k, v, block_mask=bm)
-
-      def fwdbwd():
-        out = flex(q, k, v, block_mask=bm)
-        return torch.autograd.grad(out, (q, k, v), do)
-      r = {}
-      for name, f in (("fwd_s", fwd), ("fwdbwd_s", fwdbwd)):
-        for _ in range(3):
-          f()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-          s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-          s.record()
-          for _ in range(5):
-            f()
-          e.record()
-          torch.cuda.synchronize()
-          ts.append(s.elapsed_time(e) / 5e3)
-        r[name] = statistics.median(ts)
-      results[f"{kind}_B{B}_S{S}"] = r
-    except Exception as e:  # pylint: disable=broad-except
-      results[f"{kind}_B{B}_S{S}"] = {"error": repr(e)[:300]}
-  with open(path, "w") as f:
-    json.dump(results, f)
-
-
-def run_flex(cases, args):
-  path = f"/tmp/flex_hopper_{os.getpid()}.json"
-  cmd = [sys.executable, os.path.abspath(__file__), "--flex-worker", path, "--reps",
-         str(args.reps), "--flex-cases", ";".join(f"{k},{b},{s}" for k, b, s in cases)]
-  try:
-    p = subprocess.run(cmd, timeout=args.flex_timeout, capture_output=True, text=True)
-    if p.returncode:
-      log("flex worker failed:", p.stderr[-1500:])
-    with open(path) as f:
-      return json.load(f)
-  except Exception as e:  # pylint: disable=broad-except
-    log("flex skipped:", repr(e)[:300])
-    return {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,14 +339,7 @@ def main():
   ap.add_argument("--no-flex", action="store_true")
   ap.add_argument("--flex-timeout", type=int, default=240)
   ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "hopper.json"))
-  ap.add_argument("--flex-worker", default=None)
-  ap.add_argument("--flex-cases", default="")
   args = ap.parse_args()
-  if args.flex_worker:
-    cases = [(k, int(b), int(s)) for k, b, s in
-             (c.split(",") for c in args.flex_cases.split(";") if c)]
-    flex_worker(args.flex_worker, cases, args.reps)
-    return
   global BACKWARD
   BACKWARD = args.backward
   import jax
