@@ -127,10 +127,15 @@ def main(argv=None):
 
   C = Pn * (2 if balanced else 1)
   chunk = S // C
-  log("inner call:", jattn.explain(
-      jax.ShapeDtypeStruct((B, chunk, N, H), dtype), jax.ShapeDtypeStruct((B, chunk, K, H), dtype),
-      jax.ShapeDtypeStruct((B, chunk, K, H), dtype), is_causal=causal, q_offset=jnp.int32(0),
-      kv_offset=jnp.int32(0), return_lse=True, implementation=a.impl).chosen)
+  sds = lambda n, h: jax.ShapeDtypeStruct((B, n, h, H), dtype)
+  if balanced:   # the aligned path: one local causal call, then dense rectangles
+    calls = dict(local=(2 * chunk, 2 * chunk, True), remote=(2 * chunk, chunk, False))
+  else:
+    calls = dict(every_step=(chunk, chunk, causal))
+  for name, (tq, tk, c) in calls.items():
+    log(f"inner call ({name}, {tq}x{tk}{' causal' if c else ''}):", jattn.explain(
+        sds(tq, N), sds(tk, K), sds(tk, K), is_causal=c, return_lse=True,
+        implementation=a.impl).chosen)
 
   def comm_only(k, v):
     kl, vl = k, v
@@ -172,6 +177,16 @@ def main(argv=None):
       t_single = timeit(jax.jit(with_grad(single)), (q, k, v), a.iters)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory on one device
       log(f"single-device baseline failed: {type(e).__name__}: {str(e)[:200]}")
+  # The timed programs are only worth reporting if the ring computes the same attention.
+  err = None
+  if t_single is not None:
+    ref = jax.jit(single)(q, k, v).astype(jnp.float32)
+    got = jax.jit(ring)(qr, kr, vr)
+    got = (par.unbalance(got, Pn, axis=1) if balanced else got)
+    got = jax.device_put(got, one).astype(jnp.float32)
+    err = float(jnp.max(jnp.abs(got - ref)) / jnp.maximum(jnp.max(jnp.abs(ref)), 1e-30))
+    log(f"  ring vs single: max |diff| / max |single| = {err:.2e}")
+  res.update(max_rel_err_vs_single=err)
   flops = 4 * B * N * H * S * S * (0.5 if causal else 1.0) * (3.5 if a.backward else 1.0)
   exposed = max(0.0, t_ring - t_compute)
   res.update(single_s=t_single, ring_s=t_ring, ring_compute_only_s=t_compute, comm_only_s=t_comm,

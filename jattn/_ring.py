@@ -6,7 +6,9 @@ balancing: chunks `d` and `2P-1-d`; else 1: chunk `d`). The KV chunks travel aro
 (`ppermute` to device `d+1`) for `P` steps; at each step every local (query chunk, KV chunk)
 pair runs `jattn.attention(..., q_offset=, kv_offset=, return_lse=True)` with the chunks'
 absolute positions, unless it is known to be fully masked (then it is skipped under
-`lax.cond`), and the partial results are merged through the log-sum-exp.
+`lax.cond`), and the partial results are merged through the log-sum-exp. Balanced causal
+self-attention without other positional constraints takes the aligned path instead (one
+offset-free call per step, see `RingConfig.aligned`).
 
 The backward pass rotates the KV chunks again with their dK/dV accumulators (memory stays
 O(S/P) per device, nothing of the other devices' KV is kept) and gets each pair's gradients
@@ -67,6 +69,13 @@ class RingConfig:
   implementation: Any
   backend_kwargs: tuple     # sorted (name, value) pairs
   communicate: bool = True
+  # Balanced causal self-attention with no other positional constraint (no window, mask,
+  # score_mod, dropout or base offsets): every ring step is then one call with NO offsets -
+  # the local step plain causal attention over the device's two chunks (their positions
+  # increase with the local index), every other step one dense unmasked rectangle - so the
+  # inner call can go to the fastest kernel (static shapes, no per-element masks, no pair
+  # that is computed only to be masked away).
+  aligned: bool = False
 
   @property
   def num_chunks(self) -> int:
@@ -162,15 +171,29 @@ class _Env:
     cfg = self.cfg
     return (self.aux["q_base"] + gq * cfg.q_chunk, self.aux["kv_base"] + gk * cfg.kv_chunk)
 
-  def attend(self, qb, kb, vb, qs, ks, gq, gk):
+  @property
+  def positional(self) -> bool:
+    """Whether any constraint reads token positions (else offsets are irrelevant and are not
+    passed: static zero offsets keep more backends eligible)."""
+    return bool(self.cfg.is_causal or self.cfg.window is not None or self.mask is not None
+                or self.score_mod is not None)
+
+  def attend(self, qb, kb, vb, qs, ks, gq=None, gk=None, *, causal=None):
+    """One inner call on chunk pair (gq, gk) at its absolute positions; with gq=None a call
+    of the aligned path: no offsets, `causal` as given."""
     from jattn.attention import attention
     cfg = self.cfg
-    q_off, kv_off = self.offsets(gq, gk)
+    if gq is None:
+      q_off = kv_off = 0
+      is_causal = bool(causal)
+    else:
+      q_off, kv_off = self.offsets(gq, gk) if self.positional else (0, 0)
+      is_causal = cfg.is_causal
     rng = self.aux.get("rng")
     if rng is not None:
-      rng = jax.random.fold_in(rng, gq * cfg.num_chunks + gk)
+      rng = jax.random.fold_in(rng, 0 if gq is None else gq * cfg.num_chunks + gk)
     return attention(
-        qb, kb, vb, mask=self.mask, scale=self.scale, is_causal=cfg.is_causal,
+        qb, kb, vb, mask=self.mask, scale=self.scale, is_causal=is_causal,
         score_mod=self.score_mod, segment_ids=None if qs is None else (qs, ks),
         q_offset=q_off, kv_offset=kv_off, sliding_window=cfg.window, softcap=cfg.softcap,
         dropout_rate=cfg.dropout_rate, dropout_rng=rng, return_lse=True,
@@ -195,23 +218,25 @@ def _ring_loop(cfg: RingConfig, step, carry, cur, *, send_back=None):
   """Runs `step(s, carry, cur) -> carry` for s = 0..P-1 while `cur` (the K/V chunk) moves one
   device along the ring between steps. The `ppermute` of step s+1's chunk is issued before
   step s computes, so the two can overlap. `send_back(carry) -> carry` (the backward pass:
-  rotate the dK/dV accumulators) runs after every step. `lax.scan` over the first P-1 steps:
-  program size does not grow with P."""
+  rotate the dK/dV accumulators) runs after every step. Step 0 (the device's own chunk) gets
+  the Python int 0, so it can be specialised; steps 1..P-2 run in one `lax.scan` (program size
+  does not grow with P), step P-1 last without a further `ppermute`."""
   P = cfg.num_devices
 
-  def body(state, s):
-    carry, cur = state
-    nxt = _ppermute(cur, cfg)
+  def advance(s, carry, cur, last):
+    nxt = None if last else _ppermute(cur, cfg)
     carry = step(s, carry, cur)
     if send_back is not None:
       carry = send_back(carry)
-    return (carry, nxt), None
+    return carry, nxt
 
+  carry, cur = advance(0, carry, cur, P == 1)
+  if P > 2:
+    def body(state, s):
+      return advance(s, *state, False), None
+    (carry, cur), _ = lax.scan(body, (carry, cur), jnp.arange(1, P - 1, dtype=jnp.int32))
   if P > 1:
-    (carry, cur), _ = lax.scan(body, (carry, cur), jnp.arange(P - 1, dtype=jnp.int32))
-  carry = step(jnp.int32(P - 1), carry, cur)
-  if send_back is not None:
-    carry = send_back(carry)
+    carry, _ = advance(jnp.int32(P - 1), carry, cur, True)
   return carry
 
 
@@ -239,7 +264,108 @@ def _chunk_ids(cfg: RingConfig, d, j, a, b):
   return (jnp.where(a == 0, d, 2 * P - 1 - d), jnp.where(b == 0, j, 2 * P - 1 - j))
 
 
+def _call_grads(f, qa, kb, vb, dout_a, L, D_a, dlse_a):
+  """Float32 (dq, dk, dv) of one inner call `f(q, k, v) -> (o_i, lse_i)` whose result entered
+  the merged (out, L) with weight w_i = exp(lse_i - L): its VJP fed with the merge's cotangents
+  d o_i = w_i dout and d lse_i = w_i (<dout, o_i> - D + dlse) (module docstring)."""
+  (o_i, l_i), vjp = jax.vjp(f, qa, kb, vb)
+  fin = jnp.isfinite(L) & jnp.isfinite(l_i)
+  w = jnp.where(fin, jnp.exp(jnp.where(fin, l_i - L, 0.0)), 0.0)      # [B,N,c]
+  do_i = (jnp.swapaxes(w, 1, 2)[..., None] * dout_a).astype(o_i.dtype)
+  rows = jnp.swapaxes(jnp.sum(dout_a * o_i.astype(jnp.float32), axis=-1), 1, 2)
+  dl_i = (w * (rows - D_a + dlse_a)).astype(l_i.dtype)
+  return tuple(x.astype(jnp.float32) for x in vjp((do_i, dl_i)))
+
+
+def _halves(x, axis):
+  """(front, back) local chunks of a balanced local block."""
+  return jnp.split(x, 2, axis=axis)
+
+
+def _opt_half(x, i, axis=1):
+  return None if x is None else _halves(x, axis)[i]
+
+
+# The aligned path (cfg.aligned; see RingConfig). Device d holds chunks d (front) and
+# 2P-1-d (back); at step s >= 1 it holds the K/V of device j = (d - s) % P, chunks j and
+# 2P-1-j. If j < d: both local query chunks see all of chunk j and none of 2P-1-j; if j > d:
+# only the back query chunk sees anything, all of both. Either way one dense call of
+# 2c x c or c x 2c pairs, chosen by `lax.cond`.
+
+
+def _forward_aligned(cfg, statics, q, k, v, aux):
+  env = _Env(cfg, statics, aux)
+  d = lax.axis_index(cfg.axis)
+  q_seg = aux["q_seg"]
+  f32 = lambda r: (r[0].astype(jnp.float32), r[1].astype(jnp.float32))
+
+  def step(s, acc, cur):
+    kb, vb, ks = cur
+    if isinstance(s, int):                      # the local step: plain causal attention
+      return f32(env.attend(q, kb, vb, q_seg, ks, causal=True))
+    j = (d - s) % cfg.num_devices
+
+    def kv_front():
+      o, l = f32(env.attend(q, _halves(kb, 1)[0], _halves(vb, 1)[0], q_seg, _opt_half(ks, 0),
+                            causal=False))
+      return _merge(acc, o, l)
+
+    def q_back():
+      o, l = f32(env.attend(_halves(q, 1)[1], kb, vb, _opt_half(q_seg, 1), ks, causal=False))
+      (o0, o1), (l0, l1) = _halves(acc[0], 1), _halves(acc[1], 2)
+      mo, ml = _merge((o1, l1), o, l)
+      return jnp.concatenate([o0, mo], axis=1), jnp.concatenate([l0, ml], axis=2)
+
+    return lax.cond(j < d, kv_front, q_back)
+
+  return _ring_loop(cfg, step, None, (k, v, aux["kv_seg"]))
+
+
+def _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
+  env = _Env(cfg, statics, aux)
+  d = lax.axis_index(cfg.axis)
+  q_seg = aux["q_seg"]
+  dout = dout.astype(jnp.float32)
+  dlse = jnp.zeros_like(lse) if dlse is None else dlse.astype(jnp.float32)
+  D = jnp.swapaxes(jnp.sum(dout * out, axis=-1), 1, 2)          # [B, N, T_loc]
+  f32zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+  cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+
+  def step(s, carry, cur):
+    dq, (dk, dv) = carry
+    kb, vb, ks = cur
+    if isinstance(s, int):
+      f = lambda q_, k_, v_: env.attend(q_, k_, v_, q_seg, ks, causal=True)
+      g = _call_grads(f, q, kb, vb, dout, lse, D, dlse)
+      return dq + g[0], (dk + g[1], dv + g[2])
+    j = (d - s) % cfg.num_devices
+
+    def kv_front():
+      ksf = _opt_half(ks, 0)
+      f = lambda q_, k_, v_: env.attend(q_, k_, v_, q_seg, ksf, causal=False)
+      g = _call_grads(f, q, _halves(kb, 1)[0], _halves(vb, 1)[0], dout, lse, D, dlse)
+      (dk0, dk1), (dv0, dv1) = _halves(dk, 1), _halves(dv, 1)
+      return dq + g[0], (cat(dk0 + g[1], dk1), cat(dv0 + g[2], dv1))
+
+    def q_back():
+      qsb = _opt_half(q_seg, 1)
+      f = lambda q_, k_, v_: env.attend(q_, k_, v_, qsb, ks, causal=False)
+      g = _call_grads(f, _halves(q, 1)[1], kb, vb, _halves(dout, 1)[1], _halves(lse, 2)[1],
+                      _halves(D, 2)[1], _halves(dlse, 2)[1])
+      dq0, dq1 = _halves(dq, 1)
+      return cat(dq0, dq1 + g[0]), (dk + g[1], dv + g[2])
+
+    return lax.cond(j < d, kv_front, q_back)
+
+  send_back = lambda carry: (carry[0], _ppermute(carry[1], cfg))
+  dq, (dk, dv) = _ring_loop(cfg, step, (f32zeros(q), (f32zeros(k), f32zeros(v))),
+                            (k, v, aux["kv_seg"]), send_back=send_back)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
 def _forward(cfg, statics, q, k, v, aux):
+  if cfg.aligned:
+    return _forward_aligned(cfg, statics, q, k, v, aux)
   env = _Env(cfg, statics, aux)
   P, cq, ckv = cfg.num_devices, cfg.q_chunk, cfg.kv_chunk
   d = lax.axis_index(cfg.axis)
@@ -274,6 +400,8 @@ def _forward(cfg, statics, q, k, v, aux):
 
 
 def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
+  if cfg.aligned:
+    return _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse)
   env = _Env(cfg, statics, aux)
   P, cq, ckv = cfg.num_devices, cfg.q_chunk, cfg.kv_chunk
   d = lax.axis_index(cfg.axis)
@@ -281,7 +409,6 @@ def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
   dout = dout.astype(jnp.float32)
   dlse = jnp.zeros_like(lse) if dlse is None else dlse.astype(jnp.float32)
   D = jnp.swapaxes(jnp.sum(dout * out, axis=-1), 1, 2)          # [B, N, T_loc]
-  t = lambda w: jnp.swapaxes(w, 1, 2)[..., None]
   f32zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
 
   def step(s, carry, cur):
@@ -299,13 +426,7 @@ def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
 
       def grads():
         f = lambda q_, k_, v_: env.attend(q_, k_, v_, qs, ks, gq, gk)
-        (o_i, l_i), vjp = jax.vjp(f, qa, kb, vb)
-        fin = jnp.isfinite(L) & jnp.isfinite(l_i)
-        w = jnp.where(fin, jnp.exp(jnp.where(fin, l_i - L, 0.0)), 0.0)      # [B,N,c]
-        do_i = (t(w) * dout_a).astype(o_i.dtype)
-        rows = jnp.swapaxes(jnp.sum(dout_a * o_i.astype(jnp.float32), axis=-1), 1, 2)
-        dl_i = (w * (rows - D_a + dlse_a)).astype(l_i.dtype)
-        return tuple(x.astype(jnp.float32) for x in vjp((do_i, dl_i)))
+        return _call_grads(f, qa, kb, vb, dout_a, L, D_a, dlse_a)
 
       pred = env.pred(gq, gk)
       zeros = lambda: (f32zeros(qa), f32zeros(kb), f32zeros(vb))

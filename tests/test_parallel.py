@@ -240,6 +240,53 @@ def ring_causal_pallas_flash_inner():
 
 
 @case
+def ring_aligned_two_devices_static_calls():
+  """Balanced causal self-attention (the aligned path): on 2 devices (no scan) and 4, every
+  inner call is offset-free - one causal local call, then dense rectangles - and values, lse
+  and gradients equal the unsharded reference; adding a window takes the general path."""
+  jax, jnp, np = _setup()
+  import jattn
+  from jattn import parallel as par
+  from jattn import registry as reg
+  seen = []
+
+  def spy(query, key, value, **kw):
+    masked = bool(kw.get("is_causal")) or kw.get("mask") is not None   # causal may come folded
+    seen.append((query.shape[1], key.shape[1], masked, kw.get("q_offset"), kw.get("kv_offset")))
+    return base.fn(query, key, value, **kw)
+
+  base = reg.get("reference")
+  reg.register("ring_spy", spy, base.spec)
+  try:
+    for Pn in (2, 4):
+      mesh = _mesh((Pn,), ("ctx",))
+      B, T, N, K, H = 1, 16 * Pn, 2, 1, 8
+      q, k, v = _qkv(B, T, N, K, H, seed=7 + Pn)
+      seen.clear()
+      fn = lambda q, k, v: par.ring_attention(q, k, v, mesh, context_axis="ctx",
+                                              is_causal=True, implementation="ring_spy",
+                                              return_lse=True)
+      ref = lambda q, k, v: jattn.attention(q, k, v, is_causal=True,
+                                            implementation="reference", return_lse=True)
+      _compare(fn, ref, (q, k, v), (0, 1, 2), ["q", "k", "v"])
+      c = T // (2 * Pn)
+      calls = set(seen)
+      assert (2 * c, 2 * c, True, 0, 0) in calls, calls
+      assert calls <= {(2 * c, 2 * c, True, 0, 0), (2 * c, c, False, 0, 0),
+                       (c, 2 * c, False, 0, 0)}, calls
+    seen.clear()
+    win = lambda q, k, v: par.ring_attention(q, k, v, mesh, context_axis="ctx",
+                                             is_causal=True, sliding_window=(5, 0),
+                                             implementation="ring_spy")
+    out = jax.jit(win)(q, k, v)
+    _close("window out", out, jattn.attention(q, k, v, is_causal=True, sliding_window=(5, 0),
+                                              implementation="reference"))
+    assert all(n_q == c for n_q, *_ in seen), seen     # per chunk pair, with offsets
+  finally:
+    reg.unregister("ring_spy")
+
+
+@case
 def ring_balanced_layout_no_gathers():
   """layout='balanced': inputs balanced once outside; only collective-permutes inside."""
   jax, jnp, np = _setup()
