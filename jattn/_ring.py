@@ -339,23 +339,26 @@ def _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
       g = _call_grads(f, q, kb, vb, dout, lse, D, dlse)
       return dq + g[0], (dk + g[1], dv + g[2])
     j = (d - s) % cfg.num_devices
+    # The branches return full-size contributions and the accumulators are added outside:
+    # `dk`/`dv` arrive by ppermute, and as an operand of the cond they would make the step
+    # wait for them instead of overlapping the transfer with its compute.
+    pad = lambda x, front: cat(x, jnp.zeros_like(x)) if front else cat(jnp.zeros_like(x), x)
 
     def kv_front():
       ksf = _opt_half(ks, 0)
       f = lambda q_, k_, v_: env.attend(q_, k_, v_, q_seg, ksf, causal=False)
       g = _call_grads(f, q, _halves(kb, 1)[0], _halves(vb, 1)[0], dout, lse, D, dlse)
-      (dk0, dk1), (dv0, dv1) = _halves(dk, 1), _halves(dv, 1)
-      return dq + g[0], (cat(dk0 + g[1], dk1), cat(dv0 + g[2], dv1))
+      return g[0], pad(g[1], True), pad(g[2], True)
 
     def q_back():
       qsb = _opt_half(q_seg, 1)
       f = lambda q_, k_, v_: env.attend(q_, k_, v_, qsb, ks, causal=False)
       g = _call_grads(f, _halves(q, 1)[1], kb, vb, _halves(dout, 1)[1], _halves(lse, 2)[1],
                       _halves(D, 2)[1], _halves(dlse, 2)[1])
-      dq0, dq1 = _halves(dq, 1)
-      return cat(dq0, dq1 + g[0]), (dk + g[1], dv + g[2])
+      return pad(g[0], False), g[1], g[2]
 
-    return lax.cond(j < d, kv_front, q_back)
+    g = lax.cond(j < d, kv_front, q_back)
+    return dq + g[0], (dk + g[1], dv + g[2])
 
   send_back = lambda carry: (carry[0], _ppermute(carry[1], cfg))
   dq, (dk, dv) = _ring_loop(cfg, step, (f32zeros(q), (f32zeros(k), f32zeros(v))),
