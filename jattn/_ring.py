@@ -11,9 +11,10 @@ self-attention without other positional constraints takes the aligned path inste
 offset-free call per step, see `RingConfig.aligned`).
 
 The backward pass rotates the KV chunks again with their dK/dV accumulators (memory stays
-O(S/P) per device, nothing of the other devices' KV is kept) and gets each pair's gradients
-from the inner backend's own VJP (recomputing that pair's forward), fed with the cotangents of
-the LSE merge:
+O(S/P) per device, nothing of the other devices' KV is kept). Each pair's gradients come from
+the inner backend's `residual_vjp` fed with the merged (out, lse) - no forward recompute (see
+`_call_grads`) - or, for backends without one, from its own VJP (recomputing that pair's
+forward), fed with the cotangents of the LSE merge:
 
     out = sum_i w_i o_i,   lse = logsumexp_i lse_i,   w_i = exp(lse_i - lse)
     d o_i   = w_i * d out
@@ -178,10 +179,12 @@ class _Env:
     return bool(self.cfg.is_causal or self.cfg.window is not None or self.mask is not None
                 or self.score_mod is not None)
 
-  def attend(self, qb, kb, vb, qs, ks, gq=None, gk=None, *, causal=None):
+  def attend(self, qb, kb, vb, qs, ks, gq=None, gk=None, *, causal=None, residuals=None):
     """One inner call on chunk pair (gq, gk) at its absolute positions; with gq=None a call
-    of the aligned path: no offsets, `causal` as given."""
-    from jattn.attention import attention
+    of the aligned path: no offsets, `causal` as given. With `residuals = (out, lse, dout,
+    dlse)`: that call's (dq, dk, dv) from the backend's `residual_vjp` (None if it has none
+    or dropout is on, whose pattern a second call would not reproduce)."""
+    from jattn.attention import attention, residual_vjp
     cfg = self.cfg
     if gq is None:
       q_off = kv_off = 0
@@ -189,15 +192,17 @@ class _Env:
     else:
       q_off, kv_off = self.offsets(gq, gk) if self.positional else (0, 0)
       is_causal = cfg.is_causal
+    kw = dict(mask=self.mask, scale=self.scale, is_causal=is_causal, score_mod=self.score_mod,
+              segment_ids=None if qs is None else (qs, ks), q_offset=q_off, kv_offset=kv_off,
+              sliding_window=cfg.window, softcap=cfg.softcap,
+              implementation=cfg.implementation, **dict(cfg.backend_kwargs))
+    if residuals is not None:
+      return None if cfg.dropout_rate else residual_vjp(qb, kb, vb, *residuals, **kw)
     rng = self.aux.get("rng")
     if rng is not None:
       rng = jax.random.fold_in(rng, 0 if gq is None else gq * cfg.num_chunks + gk)
-    return attention(
-        qb, kb, vb, mask=self.mask, scale=self.scale, is_causal=is_causal,
-        score_mod=self.score_mod, segment_ids=None if qs is None else (qs, ks),
-        q_offset=q_off, kv_offset=kv_off, sliding_window=cfg.window, softcap=cfg.softcap,
-        dropout_rate=cfg.dropout_rate, dropout_rng=rng, return_lse=True,
-        implementation=cfg.implementation, **dict(cfg.backend_kwargs))
+    return attention(qb, kb, vb, dropout_rate=cfg.dropout_rate, dropout_rng=rng,
+                     return_lse=True, **kw)
 
 
 def _empty(qb, vb):
@@ -264,10 +269,18 @@ def _chunk_ids(cfg: RingConfig, d, j, a, b):
   return (jnp.where(a == 0, d, 2 * P - 1 - d), jnp.where(b == 0, j, 2 * P - 1 - j))
 
 
-def _call_grads(f, qa, kb, vb, dout_a, L, D_a, dlse_a):
-  """Float32 (dq, dk, dv) of one inner call `f(q, k, v) -> (o_i, lse_i)` whose result entered
-  the merged (out, L) with weight w_i = exp(lse_i - L): its VJP fed with the merge's cotangents
-  d o_i = w_i dout and d lse_i = w_i (<dout, o_i> - D + dlse) (module docstring)."""
+def _call_grads(f, qa, kb, vb, dout_a, L, D_a, dlse_a, out_a):
+  """Float32 (dq, dk, dv) of one inner call `f(q, k, v, residuals=None) -> (o_i, lse_i)` whose
+  result entered the merged (out, L) with weight w_i = exp(lse_i - L).
+
+  Preferably from the backend's residual VJP fed with the MERGED residuals (out_a, L): the
+  flash backward only uses P = exp(s - L) and D = <dout, out> - dlse, which for the merged
+  pair are exactly this call's share of the whole softmax's gradient - no forward recompute.
+  Else its VJP, recomputing (o_i, l_i), fed with the merge's cotangents d o_i = w_i dout and
+  d lse_i = w_i (<dout, o_i> - D + dlse) (module docstring)."""
+  g = f(qa, kb, vb, residuals=(out_a, L, dout_a, dlse_a))
+  if g is not None:
+    return tuple(x.astype(jnp.float32) for x in g)
   (o_i, l_i), vjp = jax.vjp(f, qa, kb, vb)
   fin = jnp.isfinite(L) & jnp.isfinite(l_i)
   w = jnp.where(fin, jnp.exp(jnp.where(fin, l_i - L, 0.0)), 0.0)      # [B,N,c]
@@ -335,8 +348,9 @@ def _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
     dq, (dk, dv) = carry
     kb, vb, ks = cur
     if isinstance(s, int):
-      f = lambda q_, k_, v_: env.attend(q_, k_, v_, q_seg, ks, causal=True)
-      g = _call_grads(f, q, kb, vb, dout, lse, D, dlse)
+      f = lambda q_, k_, v_, residuals=None: env.attend(q_, k_, v_, q_seg, ks, causal=True,
+                                                        residuals=residuals)
+      g = _call_grads(f, q, kb, vb, dout, lse, D, dlse, out)
       return dq + g[0], (dk + g[1], dv + g[2])
     j = (d - s) % cfg.num_devices
     # The branches return full-size contributions and the accumulators are added outside:
@@ -346,15 +360,17 @@ def _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
 
     def kv_front():
       ksf = _opt_half(ks, 0)
-      f = lambda q_, k_, v_: env.attend(q_, k_, v_, q_seg, ksf, causal=False)
-      g = _call_grads(f, q, _halves(kb, 1)[0], _halves(vb, 1)[0], dout, lse, D, dlse)
+      f = lambda q_, k_, v_, residuals=None: env.attend(q_, k_, v_, q_seg, ksf, causal=False,
+                                                        residuals=residuals)
+      g = _call_grads(f, q, _halves(kb, 1)[0], _halves(vb, 1)[0], dout, lse, D, dlse, out)
       return g[0], pad(g[1], True), pad(g[2], True)
 
     def q_back():
       qsb = _opt_half(q_seg, 1)
-      f = lambda q_, k_, v_: env.attend(q_, k_, v_, qsb, ks, causal=False)
+      f = lambda q_, k_, v_, residuals=None: env.attend(q_, k_, v_, qsb, ks, causal=False,
+                                                        residuals=residuals)
       g = _call_grads(f, _halves(q, 1)[1], kb, vb, _halves(dout, 1)[1], _halves(lse, 2)[1],
-                      _halves(D, 2)[1], _halves(dlse, 2)[1])
+                      _halves(D, 2)[1], _halves(dlse, 2)[1], _halves(out, 1)[1])
       return pad(g[0], False), g[1], g[2]
 
     g = lax.cond(j < d, kv_front, q_back)
@@ -428,8 +444,9 @@ def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
       D_a, dlse_a = _slice(D, a, cq, 2), _slice(dlse, a, cq, 2)
 
       def grads():
-        f = lambda q_, k_, v_: env.attend(q_, k_, v_, qs, ks, gq, gk)
-        return _call_grads(f, qa, kb, vb, dout_a, L, D_a, dlse_a)
+        f = lambda q_, k_, v_, residuals=None: env.attend(q_, k_, v_, qs, ks, gq, gk,
+                                                          residuals=residuals)
+        return _call_grads(f, qa, kb, vb, dout_a, L, D_a, dlse_a, _slice(out, a, cq, 1))
 
       pred = env.pred(gq, gk)
       zeros = lambda: (f32zeros(qa), f32zeros(kb), f32zeros(vb))

@@ -72,6 +72,19 @@ def attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=
     `jattn.NotSupportedError` (a `NotImplementedError`) naming backend and feature when the
     requested backend cannot honour an argument.
   """
+  backend, kw = _dispatch(query, key, value, bias=bias, mask=mask, scale=scale,
+                          is_causal=is_causal, score_mod=score_mod, segment_ids=segment_ids,
+                          q_offset=q_offset, kv_offset=kv_offset,
+                          sliding_window=sliding_window, softcap=softcap, sinks=sinks,
+                          dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                          return_lse=return_lse, implementation=implementation, name=name)
+  return backend.fn(query, key, value, **kw, **backend_kwargs)
+
+
+def _dispatch(query, key, value, *, bias, mask, scale, is_causal, score_mod, segment_ids,
+              q_offset, kv_offset, sliding_window, softcap, sinks, dropout_rate, dropout_rng,
+              return_lse, implementation, name):
+  """Validates, selects the backend and builds the keyword arguments its `fn` receives."""
   call = validate(query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
                   score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
                   kv_offset=kv_offset, sliding_window=sliding_window, softcap=softcap,
@@ -88,8 +101,29 @@ def attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=
             softcap=None if softcap is None else float(softcap), sinks=sinks,
             dropout_rate=float(dropout_rate), dropout_rng=dropout_rng,
             return_lse=bool(return_lse))
-  kw = _prepare_kwargs(backend, call, kw)
-  return backend.fn(query, key, value, **kw, **backend_kwargs)
+  return backend, _prepare_kwargs(backend, call, kw)
+
+
+def residual_vjp(query, key, value, out, lse, dout, dlse=None, *, implementation=None,
+                 name=None, **kwargs):
+  """`(dq, dk, dv)` of `attention(query, key, value, return_lse=True, **kwargs)` from the
+  residuals `(out, lse)` and cotangents `(dout, dlse)`, without recomputing the forward; None
+  when the selected backend has no `residual_vjp` (then use `jax.vjp`). See
+  `BackendSpec.residual_vjp` for what may be passed as residuals."""
+  args = dict(bias=None, mask=None, scale=None, is_causal=False, score_mod=None,
+              segment_ids=None, q_offset=0, kv_offset=0, sliding_window=None, softcap=None,
+              sinks=None, dropout_rate=0.0, dropout_rng=None)
+  backend_kwargs = {k: v for k, v in kwargs.items() if k not in args}
+  args.update({k: v for k, v in kwargs.items() if k in args})
+  backend, kw = _dispatch(query, key, value, return_lse=True, implementation=implementation,
+                          name=name, **args)
+  if backend.spec.residual_vjp is None:
+    return None
+  if dlse is None:
+    import jax.numpy as jnp
+    dlse = jnp.zeros(lse.shape, jnp.float32)
+  return backend.spec.residual_vjp(query, key, value, out, lse, dout, dlse, **kw,
+                                   **backend_kwargs)
 
 
 def explain(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,

@@ -34,6 +34,13 @@ class BackendSpec:
     (e.g. lower when a mask must be materialized densely).
   check: optional `AttentionCall -> str | None`, a reason to refuse that the fields above
     cannot express (shape limits, feature combinations).
+  residual_vjp: optional `fn(query, key, value, out, lse, dout, dlse, **kwargs) -> (dq, dk,
+    dv)` (kwargs: those `fn` gets, with `return_lse=True`): the query/key/value gradients of
+    the call's `(out, lse)` from the residuals, without recomputing the forward. It may only
+    use them the way the flash backward does - P = exp(scores - lse) and
+    D = rowsum(dout * out) - dlse - so a caller may pass the merged `(out, lse)` of a larger
+    softmax this call is one part of (ring attention does), and gets that softmax's gradient
+    restricted to this call's keys.
   """
   platforms: frozenset | None = None
   interpret_platforms: frozenset = frozenset()
@@ -44,6 +51,7 @@ class BackendSpec:
   priority: int | Callable[[AttentionCall], int] = 0
   check: Callable[[AttentionCall], str | None] | None = None
   description: str = ""
+  residual_vjp: Callable[..., Any] | None = None
 
   def __post_init__(self):
     if self.mask_form not in MASK_FORMS:

@@ -241,8 +241,8 @@ def ring_causal_pallas_flash_inner():
 
 @case
 def ring_aligned_two_devices_static_calls():
-  """Balanced causal self-attention (the aligned path): on 2 devices (no scan) and 4, every
-  inner call is offset-free - one causal local call, then dense rectangles - and values, lse
+  """Balanced causal self-attention (the aligned path): on 2 devices (no scan) and 4, with and
+  without the inner backend's residual VJP, every inner call is offset-free - one causal local call, then dense rectangles - and values, lse
   and gradients equal the unsharded reference; adding a window takes the general path."""
   jax, jnp, np = _setup()
   import jattn
@@ -255,10 +255,13 @@ def ring_aligned_two_devices_static_calls():
     seen.append((query.shape[1], key.shape[1], masked, kw.get("q_offset"), kw.get("kv_offset")))
     return base.fn(query, key, value, **kw)
 
+  import dataclasses
   base = reg.get("reference")
-  reg.register("ring_spy", spy, base.spec)
   try:
-    for Pn in (2, 4):
+    # with the residual VJP (no recompute) on 2 devices, without it (jax.vjp of each call) on 4
+    for Pn, resid in ((2, True), (4, False)):
+      spec = base.spec if resid else dataclasses.replace(base.spec, residual_vjp=None)
+      reg.register("ring_spy", spy, spec, overwrite=True)
       mesh = _mesh((Pn,), ("ctx",))
       B, T, N, K, H = 1, 16 * Pn, 2, 1, 8
       q, k, v = _qkv(B, T, N, K, H, seed=7 + Pn)

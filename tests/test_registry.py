@@ -151,3 +151,42 @@ def test_composed_paged_backend_claims_only_what_its_inner_backend_honours():
   assert "softcap" in jattn.get("paged|reference").spec.features
   with pytest.raises(jattn.NotSupportedError, match="paged\\|xla.*softcap"):
     jattn.attention(q, k, v, is_causal=True, softcap=5.0, implementation="paged|xla")
+
+
+def test_residual_vjp_matches_jax_vjp_and_is_optional():
+  """`residual_vjp` (the backward from saved out/lse, used by ring attention) equals jax.vjp
+  of the same call for the reference backend, with offsets, windows, softcap, segments with a
+  fully masked row, and sinks; backends without one give None."""
+  import jax
+  import jax.numpy as jnp
+
+  import jattn
+  from jattn.attention import residual_vjp
+  ks = jax.random.split(jax.random.PRNGKey(0), 5)
+  B, T, S, N, K, H = 2, 12, 20, 4, 2, 8
+  q = jax.random.normal(ks[0], (B, T, N, H))
+  k = jax.random.normal(ks[1], (B, S, K, H))
+  v = jax.random.normal(ks[2], (B, S, K, H))
+  do = jax.random.normal(ks[3], (B, T, N, H))
+  dl = jax.random.normal(ks[4], (B, N, T))
+  seg = (jnp.array([[0] * 6 + [1] * 6, [2] * 12]), jnp.array([[0] * 10 + [1] * 10, [1] * 20]))
+  for kw in (dict(is_causal=True, q_offset=8), dict(softcap=5.0, sliding_window=(3, 2)),
+             dict(segment_ids=seg, sinks=jnp.ones(N))):
+    f = lambda q, k, v: jattn.attention(q, k, v, return_lse=True, implementation="reference",
+                                        **kw)
+    (o, l), vjp = jax.vjp(f, q, k, v)
+    want = vjp((do, dl))
+    got = residual_vjp(q, k, v, o, l, do, dl, implementation="reference", **kw)
+    for name, a, b in zip("qkv", got, want):
+      assert jnp.all(jnp.isfinite(a)), name
+      assert float(jnp.max(jnp.abs(a - b))) < 1e-5, (kw, name)
+  import dataclasses
+
+  from jattn import registry
+  ref = registry.get("reference")
+  registry.register("no_residual", ref.fn, dataclasses.replace(ref.spec, residual_vjp=None))
+  try:
+    o, l = jattn.attention(q, k, v, return_lse=True, implementation="no_residual")
+    assert residual_vjp(q, k, v, o, l, do, implementation="no_residual") is None
+  finally:
+    registry.unregister("no_residual")
