@@ -9,8 +9,9 @@ Sections (--sections, comma separated):
   ceiling  measured bf16 matmul rate (jnp.dot, M=N=K in {4096, 8192}, best) = the "ceiling"
   dense    B*S = 16k, H = 16, D = 128, S in {1k, 4k, 16k}, causal and not: fwd and fwd+bwd
   sparse   causal sliding window 1024 (B=2, S=8k): ours (native window, block skipping),
-           cuDNN (local_window_size), Flex; 8 causal documents: ours refuses (no segment ids /
-           BlockMask yet), cuDNN cannot, Flex only
+           cuDNN (local_window_size), Flex; 8 causal documents (bench_common.doc_ids): ours
+           (segment ids: per-tile block ranges, unmasked blocks inside a document), Flex
+           (cuDNN cannot take segment ids natively: not timed)
   variants forward / backward tile and pipeline variants on S=4k (for tuning)
   smoke    compile + run each kernel once on a small shape, full tracebacks (first device run)
 FLOPs = 4*B*H*D*(kept pairs) (S^2, S^2/2 for causal), x3.5 for fwd+bwd (the convention of
@@ -35,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from bench_common import D, H, WINDOW, log, run_flex, tflops  # noqa: E402
+from bench_common import D, H, N_DOCS, WINDOW, doc_ids, log, run_flex, tflops  # noqa: E402
 
 BACKWARD = "mosaic"   # --backward
 
@@ -67,15 +68,19 @@ def inputs(B, S, dtype=None, seed=0):
   return tuple(jax.random.normal(k, shape, dtype) for k in ks)
 
 
-def make(impl, kind, config=None, backward=None):
+def make(impl, kind, config=None, backward=None, B=None, S=None):
+  """kind "docs" needs B and S: causal within the N_DOCS documents of bench_common.doc_ids
+  (the same layout FlexAttention is timed on)."""
   import jax
+  import jax.numpy as jnp
   from pallas_kernels.hopper_attention import hopper_attention
-  causal = kind in ("causal", "window")
+  causal = kind in ("causal", "window", "docs")
   window = (WINDOW - 1, 0) if kind == "window" else None
+  seg = jnp.asarray(doc_ids(B, S, N_DOCS)) if kind == "docs" else None
   if impl == "ours":
     backward = backward or BACKWARD
     return lambda q, k, v: hopper_attention(q, k, v, is_causal=causal, sliding_window=window,
-                                            config=config, backward=backward)
+                                            segment_ids=seg, config=config, backward=backward)
   if impl == "cudnn":
     kw = dict(is_causal=causal, implementation="cudnn")
     if window is not None:
@@ -169,20 +174,18 @@ def section_sparse(args, res):
   for kind in ("window", "docs"):
     B, S = 2, 8192
     row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
-    if kind == "window":
-      for impl in ("ours", "cudnn"):
-        try:
-          r = time_fn(make(impl, kind), B, S, args.reps)
-          r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
-          r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
-        except Exception as e:  # pylint: disable=broad-except
-          r = {"error": repr(e)[:400]}
-          traceback.print_exc()
-        row[impl] = r
-        log(kind, B, S, impl, r)
-    else:
-      row["ours"] = {"error": "unsupported: document masks need segment ids / BlockMask, "
-                              "which pallas_mgpu refuses"}
+    # cuDNN has no segment ids (jattn would hand it a dense [B, 1, S, S] mask): docs is ours vs
+    # Flex only.
+    for impl in (("ours", "cudnn") if kind == "window" else ("ours",)):
+      try:
+        r = time_fn(make(impl, kind, B=B, S=S), B, S, args.reps)
+        r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
+        r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
+      except Exception as e:  # pylint: disable=broad-except
+        r = {"error": repr(e)[:400]}
+        traceback.print_exc()
+      row[impl] = r
+      log(kind, B, S, impl, r)
     fl = flex.get(f"{kind}_B{B}_S{S}")
     if fl and "error" not in fl:
       fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)

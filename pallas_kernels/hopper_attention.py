@@ -14,6 +14,12 @@ GPU) kernel", for the tuning log):
 * the KV loop of a CTA runs over [lo, hi) blocks only (causal / window ranges computed from
   static offsets), in three sections: masked blocks before, unmasked ("full") blocks, masked
   blocks after. Full blocks run no mask arithmetic at all.
+* segment ids (documents): the same three sections, with bounds that depend on the ids. They
+  are computed outside the kernel (jnp, from per-tile / per-block min and max ids, intersected
+  with the static ranges) into an int32 table [B, tiles, 4] that each warpgroup reads as four
+  scalars; the ids of a tile's rows and of each streamed block travel by TMA next to Q / K
+  (same barriers) into small SMEM buffers and are loaded as WGMMA row / column vectors, so a
+  partial block's mask is one broadcast compare. See `_seg_block_ranges`.
 * backward: dK/dV kernel (grid over KV tiles; the producer streams Q, dO, lse, delta blocks
   of every query head of the GQA group, so dK/dV of a KV head are accumulated in registers and
   never reduced afterwards) and a dQ kernel (grid over query tiles, as the forward). Both
@@ -23,9 +29,10 @@ GPU) kernel", for the tuning log):
 
 Semantics follow docs/ARCHITECTURE.md for the features this kernel has: causal with static
 offsets (absolute positions `q_offset + i`, `kv_offset + j`), sliding window (left, right),
-GQA, `return_lse` (natural-log lse [B, N, T] float32, differentiable), any T and S (padded to
-tile multiples inside; padded keys are masked), head dims 64..256 (multiples of 64 natively,
-others zero-padded). Fully masked rows give out = 0, lse = -inf and zero gradients.
+segment ids (row i meets column j iff q_ids[b, i] == kv_ids[b, j]), GQA, `return_lse`
+(natural-log lse [B, N, T] float32, differentiable), any T and S (padded to tile multiples
+inside; padded keys are masked), head dims 64..256 (multiples of 64 natively, others
+zero-padded). Fully masked rows give out = 0, lse = -inf and zero gradients.
 Dtypes bf16 and f16.
 
 Entry point: `hopper_attention(q, k, v, ...)`; reference: `hopper_reference.hopper_attention_reference`.
@@ -165,6 +172,7 @@ class _Static:
   right: int | None
   cfg: HopperConfig
   interpret: bool
+  segments: bool = False   # segment ids (documents): per-tile block ranges + in-kernel equality
 
   @property
   def G(self):
@@ -252,6 +260,87 @@ def _q_ranges(st: _Static, c0, rows: int, bq: int):
     y = kp0 + st.left - st.q_off + 1
     fhi = jnp.minimum(_div_nonneg(y, bq), nq)
   return _order(lo, flo, fhi, hi)
+
+
+# Segment ids (document / packed-sequence masks). Unlike causal and window ranges, these
+# depend on data, so they cannot be derived from the program ids alone: the per-tile block
+# ranges are computed OUTSIDE the kernel with jnp (a few [B, tiles, blocks] compares, negligible
+# next to the attention) into a small int32 table [B, tiles, 4] = (lo, flo, fhi, hi) that every
+# warpgroup reads as four scalars at the start of its CTA (`_read_ranges`). The table already
+# holds the intersection with the static causal / window / padding ranges, so the kernels keep
+# one code path: the same masked | unmasked | masked sections, now with data-dependent bounds.
+def _seg_block_ranges(a_seg, b_seg, a_rows: int, b_blk: int):
+  """Segment-only ranges: for each (batch, tile of `a_rows` rows of a) the b-blocks (of `b_blk`)
+  that can hold a pair with equal ids, and a run of blocks where every pair has equal ids.
+
+  From per-tile / per-block min and max ids: a block is visited iff the [min, max] intervals
+  meet (exact for sorted ids, i.e. documents; unsorted ids stay correct, the range then just
+  covers blocks the in-kernel mask zeroes); it is full iff both sides hold one and the same
+  id. Returns (lo, flo, fhi, hi), each int32 [B, tiles]: visit [lo, hi), no mask on [flo, fhi)
+  (the first run of full blocks; for sorted ids the only one). No block meets: lo = nb, hi = 0.
+  """
+  B = a_seg.shape[0]
+  a = a_seg.reshape(B, -1, a_rows)
+  bb = b_seg.reshape(B, -1, b_blk)
+  amin, amax = a.min(-1)[:, :, None], a.max(-1)[:, :, None]       # [B, tiles, 1]
+  bmin, bmax = bb.min(-1)[:, None, :], bb.max(-1)[:, None, :]     # [B, 1, blocks]
+  nb = bb.shape[1]
+  j = jnp.arange(nb, dtype=jnp.int32)
+  meet = (bmin <= amax) & (bmax >= amin)
+  full = (amin == amax) & (bmin == bmax) & (bmin == amin)
+  lo = jnp.min(jnp.where(meet, j, nb), -1)
+  hi = jnp.max(jnp.where(meet, j + 1, 0), -1)
+  flo = jnp.min(jnp.where(full, j, nb), -1)
+  fhi = jnp.min(jnp.where((j >= flo[..., None]) & ~full, j, nb), -1)
+  return lo, flo, fhi, hi
+
+
+def _combine_ranges(static, seg):
+  """Intersection of the static and the segment ranges, ordered: [B, tiles, 4] int32.
+
+  Visit: a block must be reachable under both constraints. No mask: it must be full under
+  both (both full sets are single runs, so intersecting the runs gives exactly that)."""
+  slo, sflo, sfhi, shi = static   # [tiles] or scalars: broadcast against seg's [B, tiles]
+  glo, gflo, gfhi, ghi = seg
+  r = _order(jnp.maximum(slo, glo), jnp.maximum(sflo, gflo), jnp.minimum(sfhi, gfhi),
+             jnp.minimum(shi, ghi))
+  return jnp.stack([x.astype(jnp.int32) for x in r], axis=-1)
+
+
+def _q_tile_kv_table(st: _Static, seg, rows: int, bkv: int):
+  """Forward / dQ: per (batch, query tile of `rows`) the KV block ranges (blocks of `bkv`)."""
+  qseg, kvseg = seg
+  r0 = jnp.arange(st.Tp // rows, dtype=jnp.int32) * rows
+  return _combine_ranges(_kv_ranges(st, r0, rows, bkv),
+                         _seg_block_ranges(qseg, kvseg, rows, bkv))
+
+
+def _kv_tile_q_table(st: _Static, seg, rows: int, bq: int):
+  """dK/dV: per (batch, KV tile of `rows`) the query block ranges (blocks of `bq`)."""
+  qseg, kvseg = seg
+  c0 = jnp.arange(st.Sp // rows, dtype=jnp.int32) * rows
+  return _combine_ranges(_q_ranges(st, c0, rows, bq),
+                         _seg_block_ranges(kvseg, qseg, rows, bq))
+
+
+def _read_ranges(rng_ref, b, tile):
+  """The four range scalars of this CTA, read straight from GMEM (a scalar `memref.load` per
+  thread; 16 bytes, once per CTA, served from L2 after the first warp)."""
+  return tuple(rng_ref[b, tile, x] for x in range(4))
+
+
+def _seg_keep(q_ids, kv_ids, shape, q_axis: int):
+  """keep[i, j] = (q id of row i == kv id of column j) on a [rows, cols] tile.
+
+  `q_ids`/`kv_ids` are the vectors of the tile's two axes (registers, in the WGMMA row / column
+  layouts, so the broadcasts below are layout-preserving, as for m_i and lse)."""
+  kv_axis = 1 - q_axis
+  return (lax.broadcast_in_dim(q_ids, shape, [q_axis])
+          == lax.broadcast_in_dim(kv_ids, shape, [kv_axis]))
+
+
+def _and(a, b):
+  return b if a is None else a & b
 
 
 def _keep(st: _Static, q_pos, kv_pos, kv_idx=None):
@@ -390,7 +479,8 @@ def _interpret_arg(st: _Static):
 # --------------------------------------------------------------------------------------------
 # Forward kernel.
 # --------------------------------------------------------------------------------------------
-def _fwd_call(st: _Static, q, k, v):
+def _fwd_call(st: _Static, q, k, v, seg=None):
+  """seg: None, or (q_seg [B, Tp], kv_seg [B, Sp]) int32 (edge-padded) when st.segments."""
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cfg = st.cfg
@@ -398,9 +488,15 @@ def _fwd_call(st: _Static, q, k, v):
   D, dtype, G = st.D, st.dtype, st.G
   n_cta = st.Tp // (2 * bq)
   c = st.c
+  segs = st.segments
 
-  def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
-             q_bar, k_bar, v_bar, k_free, v_free, sched):
+  def kernel(q_ref, k_ref, v_ref, *rest):
+    if segs:
+      (qseg_ref, kvseg_ref, rng_ref, o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
+       q_bar, k_bar, v_bar, k_free, v_free, sched, qseg_smem, kvseg_smem) = rest
+    else:
+      (o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
+       q_bar, k_bar, v_bar, k_free, v_free, sched) = rest
     b = lax.axis_index("batch")
     h = lax.axis_index("heads")
     ci = lax.axis_index("q_seq")
@@ -408,7 +504,10 @@ def _fwd_call(st: _Static, q, k, v):
       ci = (n_cta - 1) - ci
     wg = lax.axis_index("wg")
     r0 = ci * (2 * bq)
-    lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
+    if segs:   # data-dependent ranges, precomputed per (batch, tile): see _seg_block_ranges
+      lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+    else:
+      lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
     n = hi - lo
 
     def sched_sync():
@@ -422,7 +521,12 @@ def _fwd_call(st: _Static, q, k, v):
       q_base = r0 + wg * bq
       qs = q_smem.at[wg]
       plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_base, bq), h], qs, q_bar.at[wg])
+      if segs:   # this consumer's row ids ride on the Q barrier (its 2nd arrival)
+        plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(q_base, bq)], qseg_smem.at[wg],
+                                q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
+      # Loop-invariant, in registers (WGMMA row layout: 2 values per thread).
+      q_ids = _load_vec(st, qseg_smem.at[wg], "ROW") if segs else None
       m_i = _cast(st, jnp.full((bq,), _NEG_INF, jnp.float32), "ROW")
       l_i = _cast(st, jnp.full((bq,), 0.0, jnp.float32), "ROW")
       acc = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
@@ -437,6 +541,10 @@ def _fwd_call(st: _Static, q, k, v):
         acc, m_i, l_i = carry
         t = j - lo
         slot = lax.rem(t, stages)
+        if masked and segs:
+          # The block's KV ids share the K slot (and its barrier, already waited on): read
+          # them before K's "free" arrival lets the producer overwrite the slot.
+          kv_ids = _load_vec(st, kvseg_smem.at[slot], "COL")
 
         s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
         plgpu.barrier_arrive(k_free.at[slot])
@@ -445,6 +553,8 @@ def _fwd_call(st: _Static, q, k, v):
           cols = _iota(st, (bq, bkv), 1)
           kv_idx = cols + j * bkv
           keep = _keep(st, rows + (st.q_off + q_base), kv_idx + st.kv_off, kv_idx)
+          if segs:
+            keep = _and(keep, _seg_keep(q_ids, kv_ids, (bq, bkv), 0))
           if keep is not None:
             s = jnp.where(keep, s, _NEG_INF)
         m_new = jnp.maximum(m_i, s.max(axis=1) * c)
@@ -497,9 +607,16 @@ def _fwd_call(st: _Static, q, k, v):
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
       kvh = lax.div(h, jnp.asarray(G, h.dtype))
 
-      def load(t, slot):
+      def load_k(t, slot):
         sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
         plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], k_bar.at[slot])
+        if segs:   # the block's KV ids: same slot index, same barrier (2nd arrival)
+          plgpu.copy_gmem_to_smem(kvseg_ref.at[b, pl.ds((lo + t) * bkv, bkv)],
+                                  kvseg_smem.at[slot], k_bar.at[slot])
+
+      def load(t, slot):
+        sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
+        load_k(t, slot)
         plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], v_bar.at[slot])
 
       for i in range(stages):
@@ -509,7 +626,7 @@ def _fwd_call(st: _Static, q, k, v):
         slot = lax.rem(t, stages)
         sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
         plgpu.barrier_wait(k_free.at[slot])
-        plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], k_bar.at[slot])
+        load_k(t, slot)
         plgpu.barrier_wait(v_free.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], v_bar.at[slot])
         return carry
@@ -522,13 +639,18 @@ def _fwd_call(st: _Static, q, k, v):
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((2, bq), jnp.float32),
-      plgpu.Barrier(num_barriers=2),
-      plgpu.Barrier(num_barriers=stages),
+      # One arrival per TMA copy signalled on the barrier: Q (+ its row ids), K (+ KV ids).
+      plgpu.Barrier(num_arrivals=1 + segs, num_barriers=2),
+      plgpu.Barrier(num_arrivals=1 + segs, num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2),
   )
+  operands = (q, k, v)
+  if segs:
+    scratch = scratch + (plgpu.SMEM((2, bq), jnp.int32), plgpu.SMEM((stages, bkv), jnp.int32))
+    operands = operands + (seg[0], seg[1], _q_tile_kv_table(st, seg, 2 * bq, bkv))
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   grid, names = _grid(st, st.N, n_cta, "q_seq")
@@ -536,13 +658,13 @@ def _fwd_call(st: _Static, q, k, v):
       kernel, out_type=out_type, scratch_types=scratch,
       grid=grid, grid_names=names,
       num_threads=3, thread_name="wg", compiler_params=_compiler_params(st.cfg),
-      **_interpret_arg(st))(q, k, v)
+      **_interpret_arg(st))(*operands)
 
 
 # --------------------------------------------------------------------------------------------
 # Backward: dQ kernel (grid over query tiles).
 # --------------------------------------------------------------------------------------------
-def _dq_call(st: _Static, q, k, v, do, lse2, delta):
+def _dq_call(st: _Static, q, k, v, do, lse2, delta, seg=None):
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cfg = st.cfg
@@ -550,9 +672,15 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta):
   D, dtype, G = st.D, st.dtype, st.G
   n_cta = st.Tp // (2 * bq)
   c = st.c
+  segs = st.segments
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref,
-             q_smem, do_smem, lse_smem, delta_smem, k_smem, v_smem, q_bar, kv_bar, kv_free):
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest):
+    if segs:
+      (qseg_ref, kvseg_ref, rng_ref, dq_ref, q_smem, do_smem, lse_smem, delta_smem, k_smem,
+       v_smem, q_bar, kv_bar, kv_free, qseg_smem, kvseg_smem) = rest
+    else:
+      (dq_ref, q_smem, do_smem, lse_smem, delta_smem, k_smem, v_smem, q_bar, kv_bar,
+       kv_free) = rest
     b = lax.axis_index("batch")
     h = lax.axis_index("heads")
     ci = lax.axis_index("q_seq")
@@ -560,7 +688,10 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta):
       ci = (n_cta - 1) - ci
     wg = lax.axis_index("wg")
     r0 = ci * (2 * bq)
-    lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
+    if segs:
+      lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+    else:
+      lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
     n = hi - lo
 
     @pl.when(wg < 2)
@@ -574,15 +705,21 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta):
       plgpu.copy_gmem_to_smem(do_ref.at[rows_sl], dos, q_bar.at[wg])
       plgpu.copy_gmem_to_smem(lse_ref.at[vec_sl], lse_smem.at[wg], q_bar.at[wg])
       plgpu.copy_gmem_to_smem(delta_ref.at[vec_sl], delta_smem.at[wg], q_bar.at[wg])
+      if segs:
+        plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(q_base, bq)], qseg_smem.at[wg],
+                                q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
       lse = _load_vec(st, lse_smem.at[wg], "ROW")
       dlt = _load_vec(st, delta_smem.at[wg], "ROW")
+      q_ids = _load_vec(st, qseg_smem.at[wg], "ROW") if segs else None
       dq = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
       def step(j, dq, masked):
         t = j - lo
         slot = lax.rem(t, stages)
         plgpu.barrier_wait(kv_bar.at[slot])
+        if masked and segs:
+          kv_ids = _load_vec(st, kvseg_smem.at[slot], "COL")
 
         s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])])
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
@@ -591,6 +728,8 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta):
           cols = _iota(st, (bq, bkv), 1)
           kv_idx = cols + j * bkv
           keep = _keep(st, rows + (st.q_off + q_base), kv_idx + st.kv_off, kv_idx)
+          if segs:
+            keep = _and(keep, _seg_keep(q_ids, kv_ids, (bq, bkv), 0))
           if keep is not None:
             p = jnp.where(keep, p, 0.0)
         ds = p * (dp - lax.broadcast_in_dim(dlt, dp.shape, [0]))
@@ -614,6 +753,9 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta):
         sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
         plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], kv_bar.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], kv_bar.at[slot])
+        if segs:
+          plgpu.copy_gmem_to_smem(kvseg_ref.at[b, pl.ds((lo + t) * bkv, bkv)],
+                                  kvseg_smem.at[slot], kv_bar.at[slot])
 
       for i in range(stages):
         pl.when(i < n)(functools.partial(load, i, i))
@@ -634,22 +776,26 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta):
       plgpu.SMEM((2, bq), jnp.float32),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
-      plgpu.Barrier(num_arrivals=4, num_barriers=2),
-      plgpu.Barrier(num_arrivals=2, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=4 + segs, num_barriers=2),   # one arrival per TMA copy
+      plgpu.Barrier(num_arrivals=2 + segs, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
+  operands = (q, k, v, do, lse2, delta)
+  if segs:
+    scratch = scratch + (plgpu.SMEM((2, bq), jnp.int32), plgpu.SMEM((stages, bkv), jnp.int32))
+    operands = operands + (seg[0], seg[1], _q_tile_kv_table(st, seg, 2 * bq, bkv))
   return plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
       scratch_types=scratch, grid=_grid(st, st.N, n_cta, "q_seq")[0],
       grid_names=_grid(st, st.N, n_cta, "q_seq")[1],
       num_threads=3, thread_name="wg", compiler_params=_compiler_params(st.cfg),
-      **_interpret_arg(st))(q, k, v, do, lse2, delta)
+      **_interpret_arg(st))(*operands)
 
 
 # --------------------------------------------------------------------------------------------
 # Backward: dK/dV kernel (grid over KV tiles; loops over the GQA group's query heads).
 # --------------------------------------------------------------------------------------------
-def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
+def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=None):
   """dK, dV (and with `fused`, dQ too: returns (dk, dv, dq)).
 
   fused: each step also computes dQ_blk = dS @ K for the query block: both consumers store
@@ -668,11 +814,17 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
   c = st.c
 
   dq_cols = D // 2 if D >= 128 else D   # dQ columns computed by each consumer (D <= 128)
+  segs = st.segments
+  if segs and fused:
+    raise NotImplementedError("the fused backward does not take segment ids")
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest):
     if fused:
       (dqacc_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
        kv_bar, in_bar, in_free, ds_smem, dq_smem, pair) = rest
+    elif segs:
+      (qseg_ref, kvseg_ref, rng_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem,
+       lse_smem, delta_smem, kv_bar, in_bar, in_free, kvseg_smem, qseg_smem) = rest
     else:
       (dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
        kv_bar, in_bar, in_free) = rest
@@ -681,7 +833,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
     ci = lax.axis_index("kv_seq")
     wg = lax.axis_index("wg")
     c0 = ci * (2 * bkv)
-    lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
+    if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
+      lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+    else:
+      lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
     n = hi - lo
 
     @pl.when(wg < 2)
@@ -692,7 +847,12 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
       sl = (b, pl.ds(kv_base, bkv), kvh)
       plgpu.copy_gmem_to_smem(k_ref.at[sl], ks, kv_bar.at[wg])
       plgpu.copy_gmem_to_smem(v_ref.at[sl], vs, kv_bar.at[wg])
+      if segs:
+        plgpu.copy_gmem_to_smem(kvseg_ref.at[b, pl.ds(kv_base, bkv)], kvseg_smem.at[wg],
+                                kv_bar.at[wg])
       plgpu.barrier_wait(kv_bar.at[wg])
+      # Rows of the transposed tiles (S^T, dP^T: [bkv, bq]) are this consumer's keys.
+      kv_ids = _load_vec(st, kvseg_smem.at[wg], "ROW") if segs else None
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
       def head(g, carry):
@@ -701,6 +861,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
           t = g * n + (i - lo)
           slot = lax.rem(t, stages)
           plgpu.barrier_wait(in_bar.at[slot])
+          if masked and segs:   # columns: the query block's ids (read before in_free)
+            q_ids = _load_vec(st, qseg_smem.at[slot], "COL")
 
           sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])])
           lse = _load_vec(st, lse_smem.at[slot], "COL")
@@ -710,6 +872,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
             rows = _iota(st, (bkv, bq), 0)
             cols = _iota(st, (bkv, bq), 1)
             keep = _keep(st, cols + (st.q_off + i * bq), rows + (st.kv_off + kv_base))
+            if segs:
+              keep = _and(keep, _seg_keep(q_ids, kv_ids, (bkv, bq), 1))
             if keep is not None:
               pT = jnp.where(keep, pT, 0.0)
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
@@ -782,6 +946,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
         plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], in_bar.at[slot])
         plgpu.copy_gmem_to_smem(lse_ref.at[vec], lse_smem.at[slot], in_bar.at[slot])
         plgpu.copy_gmem_to_smem(delta_ref.at[vec], delta_smem.at[slot], in_bar.at[slot])
+        if segs:
+          plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(i * bq, bq)], qseg_smem.at[slot],
+                                  in_bar.at[slot])
 
       total = n * G
       for i in range(stages):
@@ -803,17 +970,21 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False):
       plgpu.SMEM((stages, bq, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bq), jnp.float32),
       plgpu.SMEM((stages, bq), jnp.float32),
-      plgpu.Barrier(num_arrivals=2, num_barriers=2),
-      plgpu.Barrier(num_arrivals=4, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=2 + segs, num_barriers=2),   # one arrival per TMA copy
+      plgpu.Barrier(num_arrivals=4 + segs, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
   grid, names = _grid(st, st.K, n_cta, "kv_seq")
   if not fused:
+    operands = (q, k, v, do, lse2, delta)
+    if segs:
+      scratch = scratch + (plgpu.SMEM((2, bkv), jnp.int32), plgpu.SMEM((stages, bq), jnp.int32))
+      operands = operands + (seg[0], seg[1], _kv_tile_q_table(st, seg, 2 * bkv, bq))
     return plgpu.kernel(
         kernel, out_type=(kv_type, kv_type), scratch_types=scratch, grid=grid,
         grid_names=names, num_threads=3, thread_name="wg",
-        compiler_params=_compiler_params(st.cfg), **_interpret_arg(st))(q, k, v, do, lse2, delta)
+        compiler_params=_compiler_params(st.cfg), **_interpret_arg(st))(*operands)
   if st.interpret:
     raise NotImplementedError("the fused backward (TMA reduce-add) does not run in interpret "
                               "mode")
@@ -854,18 +1025,24 @@ def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
 # --------------------------------------------------------------------------------------------
 # custom_vjp core on padded arrays. Outputs (out [B,Tp,N,D], lse2 [B,N,Tp] base-2 units).
 # --------------------------------------------------------------------------------------------
+# `seg` is None or (q_seg [B, Tp], kv_seg [B, Sp]) int32: a primal input (it may be traced) with
+# no cotangent (`None` in the backward's output).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _core(st: _Static, bwd: str, q, k, v):
-  return _fwd_call(st, q, k, v)
+def _core(st: _Static, bwd: str, q, k, v, seg):
+  return _fwd_call(st, q, k, v, seg)
 
 
-def _core_fwd(st, bwd, q, k, v):
-  out, lse2 = _fwd_call(st, q, k, v)
-  return (out, lse2), (q, k, v, out, lse2)
+def _core_fwd(st, bwd, q, k, v, seg):
+  out, lse2 = _fwd_call(st, q, k, v, seg)
+  return (out, lse2), (q, k, v, seg, out, lse2)
 
 
 def _core_bwd(st, bwd, res, cts):
-  q, k, v, out, lse2 = res
+  return _core_bwd_impl(st, bwd, res, cts) + (None,)
+
+
+def _core_bwd_impl(st, bwd, res, cts):
+  q, k, v, seg, out, lse2 = res
   do, dlse2 = cts
   do = do.astype(q.dtype)
   delta = jnp.einsum("btnd,btnd->bnt", out.astype(jnp.float32), do.astype(jnp.float32))
@@ -875,20 +1052,20 @@ def _core_bwd(st, bwd, res, cts):
   # Rows with no kept key: lse = -inf would give p = exp2(s + inf); +inf gives p = 0.
   lse_b = jnp.where(lse2 == _NEG_INF, jnp.inf, lse2)
   if bwd == "mosaic":
-    dq = _dq_call(st, q, k, v, do, lse_b, delta)
-    dk, dv = _dkv_call(st, q, k, v, do, lse_b, delta)
+    dq = _dq_call(st, q, k, v, do, lse_b, delta, seg=seg)
+    dk, dv = _dkv_call(st, q, k, v, do, lse_b, delta, seg=seg)
     return dq, dk, dv
   if bwd == "fused":
     dk, dv, dq_acc = _dkv_call(st, q, k, v, do, lse_b, delta, fused=True)
     return (dq_acc * st.scale).astype(q.dtype), dk, dv
   # "xla": a blocked jnp recomputation with the same masking (correct, not fast).
-  return _bwd_xla(st, q, k, v, do, lse_b, delta)
+  return _bwd_xla(st, q, k, v, do, lse_b, delta, seg)
 
 
 _core.defvjp(_core_fwd, _core_bwd)
 
 
-def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta):
+def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta, seg=None):
   """Dense jnp backward from the kernel's residuals (fallback; materializes [B,N,T,S])."""
   B, Tp, N, D = q.shape
   Sp, K, G = k.shape[1], k.shape[2], st.G
@@ -906,6 +1083,8 @@ def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta):
     keep = kv_idx < st.S
   else:
     keep = keep & (kv_idx < st.S)
+  if seg is not None:   # [B, 1, 1, Tp, Sp] against p's [B, K, G, Tp, Sp]
+    keep = keep & (seg[0][:, None, None, :, None] == seg[1][:, None, None, None, :])
   p = jnp.where(keep, p, 0.0)
   dp = jnp.einsum("btkgd,bskd->bkgts", dof, vf, precision=hp)
   ds = p * (dp - delta.reshape(B, K, G, Tp)[..., None])
@@ -921,11 +1100,13 @@ def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta):
 _SMEM_LIMIT = 232448   # H100 dynamic shared memory per block (bytes)
 
 
-def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int) -> int:
-  """Forward kernel SMEM: Q (2 consumers) + K/V ring + lse + Mosaic scratch + ~1 KiB slack."""
+def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False) -> int:
+  """Forward kernel SMEM: Q (2 consumers) + K/V ring + lse + Mosaic scratch + ~1 KiB slack
+  (+ the int32 segment ids of the Q tiles and of the K ring)."""
   buffers = (2 * cfg.block_q + 2 * cfg.stages * cfg.block_kv) * D * itemsize
   scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
-  return buffers + 2 * cfg.block_q * 4 + scratch + 1024
+  seg = (2 * cfg.block_q + cfg.stages * cfg.block_kv) * 4 if segments else 0
+  return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + seg
 
 
 def _static_int(x, name):
@@ -941,12 +1122,37 @@ def _static_int(x, name):
   return x
 
 
+def _normalize_segment_ids(segment_ids, B: int, T: int, S: int):
+  """None, or (q_ids [B, T], kv_ids [B, S]) int32."""
+  if segment_ids is None:
+    return None
+  if isinstance(segment_ids, (tuple, list)):
+    if len(segment_ids) != 2:
+      raise ValueError("segment_ids must be a [B, T] array or a (q_ids, kv_ids) pair")
+    q_ids, kv_ids = segment_ids
+  else:
+    q_ids = kv_ids = segment_ids
+  q_ids, kv_ids = jnp.asarray(q_ids), jnp.asarray(kv_ids)
+  if q_ids.shape != (B, T) or kv_ids.shape != (B, S):
+    raise ValueError(f"segment_ids must be [B, T] = {(B, T)} and [B, S] = {(B, S)}, got "
+                     f"{q_ids.shape}, {kv_ids.shape}")
+  if not (jnp.issubdtype(q_ids.dtype, jnp.integer) and jnp.issubdtype(kv_ids.dtype, jnp.integer)):
+    raise TypeError("segment_ids must be integer arrays")
+  return q_ids.astype(jnp.int32), kv_ids.astype(jnp.int32)
+
+
 def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = False,
                      q_offset: int = 0, kv_offset: int = 0,
                      sliding_window: tuple[int | None, int | None] | None = None,
-                     return_lse: bool = False, config: HopperConfig | None = None,
-                     backward: str | None = None, interpret: bool = False):
+                     segment_ids=None, return_lse: bool = False,
+                     config: HopperConfig | None = None, backward: str | None = None,
+                     interpret: bool = False):
   """Flash attention on Hopper (Mosaic GPU): q [B,T,N,D], k/v [B,S,K,D] -> out [B,T,N,D].
+
+  `segment_ids`: None, a [B, T] integer array (T == S) or a pair (q_ids [B, T], kv_ids [B, S]);
+  row i attends to column j only if q_ids[b, i] == kv_ids[b, j] (documents / packed sequences;
+  ids may be traced). KV blocks whose id range cannot meet a tile's are skipped, blocks inside
+  one document (and below the causal diagonal) run unmasked; see `_seg_block_ranges`.
 
   `backward`: "mosaic" (the dQ and dK/dV kernels; head dims <= 128), "fused" (one dK/dV kernel
   that also accumulates dQ with TMA reduce-adds; head dims <= 128; GPU only) or "xla" (a dense jnp
@@ -954,6 +1160,40 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   applies, else "xla". `interpret=True` runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
+  st, backward, (qp, kp, vp, seg), pad = _prepare(
+      q, k, v, scale=scale, is_causal=is_causal, q_offset=q_offset, kv_offset=kv_offset,
+      sliding_window=sliding_window, segment_ids=segment_ids, config=config,
+      backward=backward, interpret=interpret)
+  out, lse2 = _core(st, backward, qp, kp, vp, seg)
+  out = out[:, :st.T, :, :q.shape[-1]]
+  if not return_lse:
+    return out
+  return out, lse2[:, :, :st.T] * LN2
+
+
+def hopper_attention_residual_vjp(q, k, v, out, lse, dout, dlse=None, **kwargs):
+  """(dq, dk, dv) of `hopper_attention(q, k, v, return_lse=True, **kwargs)` from residuals
+  `out [B,T,N,D]`, `lse [B,N,T]` and cotangents `dout`, `dlse`, by the same backward kernels,
+  without the forward. The kernels use the residuals only through p = exp(s - lse) and
+  delta = rowsum(dout * out) - dlse, so `(out, lse)` may be the merged result of a larger
+  softmax this call is a part of (ring attention)."""
+  st, backward, (qp, kp, vp, seg), pad = _prepare(q, k, v, **kwargs)
+  T, S, D0 = st.T, st.S, q.shape[-1]
+  # Padded rows: lse -inf (p = 0 there), out / dout zero.
+  lse2 = jnp.pad(lse.astype(jnp.float32) * LOG2E, ((0, 0), (0, 0), (0, st.Tp - T)),
+                 constant_values=_NEG_INF)
+  dlse2 = None if dlse is None else jnp.pad(dlse.astype(jnp.float32) * LN2,
+                                            ((0, 0), (0, 0), (0, st.Tp - T)))
+  res = (qp, kp, vp, seg, pad(out.astype(jnp.float32), T, st.Tp), lse2)
+  dq, dk, dv = _core_bwd_impl(st, backward, res, (pad(dout.astype(q.dtype), T, st.Tp), dlse2))
+  return dq[:, :T, :, :D0], dk[:, :S, :, :D0], dv[:, :S, :, :D0]
+
+
+def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
+             sliding_window=None, segment_ids=None, config=None, backward=None,
+             interpret=False):
+  """Checks a call and builds its `_Static`, the backward mode and the padded (q, k, v,
+  segment ids); also returns the padding function `pad(x, L, Lp)` for [B, L, N, D] arrays."""
   B, T, N, D0 = q.shape
   S, K = k.shape[1], k.shape[2]
   if k.shape != (B, S, K, D0) or v.shape != (B, S, K, D0):
@@ -972,9 +1212,10 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
     if isinstance(sliding_window, int):
       sliding_window = (sliding_window, sliding_window)
     left, right = sliding_window
+  seg_ids = _normalize_segment_ids(segment_ids, B, T, S)
   D = _padded_head_dim(D0)
   cfg = config or default_config(D0)
-  smem = _fwd_smem_bytes(cfg, D, jnp.dtype(q.dtype).itemsize)
+  smem = _fwd_smem_bytes(cfg, D, jnp.dtype(q.dtype).itemsize, seg_ids is not None)
   if smem > _SMEM_LIMIT:
     raise ValueError(f"{cfg} needs ~{smem} bytes of shared memory for head_dim {D} (limit "
                      f"{_SMEM_LIMIT}); use fewer stages, a smaller block_kv or a smaller "
@@ -987,20 +1228,25 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):
     raise ValueError(f"backward must be 'mosaic', 'fused' or 'xla', got {backward!r}")
+  if backward == "fused" and seg_ids is not None:
+    raise NotImplementedError("backward='fused' does not take segment_ids; use 'mosaic'")
   tq = 2 * max(cfg.block_q, cfg.bwd_block_q)
   tkv = math.lcm(cfg.block_kv, 2 * cfg.bwd_block_kv, cfg.bwd_block_kv)
   Tp = -(-T // tq) * tq
   Sp = -(-S // tkv) * tkv
   st = _Static(B=B, T=T, S=S, Tp=Tp, Sp=Sp, N=N, K=K, D=D, dtype=jnp.dtype(q.dtype),
                scale=float(scale), causal=bool(is_causal), q_off=q_off, kv_off=kv_off,
-               left=left, right=right, cfg=cfg, interpret=bool(interpret))
+               left=left, right=right, cfg=cfg, interpret=bool(interpret),
+               segments=seg_ids is not None)
 
   def pad(x, L, Lp):
     if L == Lp and D == D0:
       return x
     return jnp.pad(x, ((0, 0), (0, Lp - L), (0, 0), (0, D - D0)))
-  out, lse2 = _core(st, backward, pad(q, T, Tp), pad(k, S, Sp), pad(v, S, Sp))
-  out = out[:, :T, :, :D0]
-  if not return_lse:
-    return out
-  return out, lse2[:, :, :T] * LN2
+
+  def pad_ids(x, L, Lp):
+    # Edge padding: the padded rows / columns repeat the last real id, so they change no
+    # tile's [min, max] id range (padded keys are masked by index, padded rows discarded).
+    return x if L == Lp else jnp.pad(x, ((0, 0), (0, Lp - L)), mode="edge")
+  seg = None if seg_ids is None else (pad_ids(seg_ids[0], T, Tp), pad_ids(seg_ids[1], S, Sp))
+  return st, backward, (pad(q, T, Tp), pad(k, S, Sp), pad(v, S, Sp), seg), pad

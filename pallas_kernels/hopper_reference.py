@@ -1,6 +1,7 @@
 """Pure-jnp reference of `pallas_kernels.hopper_attention.hopper_attention`.
 
-Same arguments and semantics (causal with static offsets, sliding window (left, right), GQA,
+Same arguments and semantics (causal with static offsets, sliding window (left, right), segment
+ids (a [B, T] array with T == S, or a (q_ids [B, T], kv_ids [B, S]) pair), GQA,
 `return_lse` natural-log [B, N, T] float32; fully masked rows give out = 0, lse = -inf and zero
 gradients), materialising the [B, N, T, S] scores in float32. Differentiable with JAX autodiff
 (including through lse). Meant for tests and small problems; kernel-only options are ignored.
@@ -37,8 +38,8 @@ def keep_mask(T: int, S: int, *, is_causal=False, q_offset=0, kv_offset=0,
 
 
 def hopper_attention_reference(q, k, v, *, scale=None, is_causal=False, q_offset=0,
-                               kv_offset=0, sliding_window=None, return_lse=False,
-                               **unused_kernel_options):
+                               kv_offset=0, sliding_window=None, segment_ids=None,
+                               return_lse=False, **unused_kernel_options):
   del unused_kernel_options
   B, T, N, D = q.shape
   S, K = k.shape[1], k.shape[2]
@@ -51,6 +52,10 @@ def hopper_attention_reference(q, k, v, *, scale=None, is_causal=False, q_offset
   s = s.reshape(B, N, T, S) * scale
   keep = keep_mask(T, S, is_causal=is_causal, q_offset=q_offset, kv_offset=kv_offset,
                    sliding_window=sliding_window)
+  if segment_ids is not None:
+    q_ids, kv_ids = (segment_ids if isinstance(segment_ids, (tuple, list))
+                     else (segment_ids, segment_ids))
+    keep = keep & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])   # [B, 1, T, S]
   m = jnp.max(jnp.where(keep, s, -jnp.inf), axis=-1, keepdims=True)
   m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
   e = jnp.where(keep, jnp.exp(jnp.where(keep, s, 0.0) - m), 0.0)

@@ -6,7 +6,8 @@ poisoned with NaNs (allocated, filled and freed, so the allocator hands the same
 the outputs); every output must then be finite where the float32 reference is, and match it.
 Forward (out, lse) and gradients (dq, dk, dv, including through lse) across the grid of
 features: bf16/f16, head dims 64/96/128/256, causal with offsets, empty rows, sliding windows,
-GQA, lengths that are not tile multiples, the Mosaic backward and the XLA fallback backward.
+GQA, lengths that are not tile multiples, segment ids (documents: sorted, unsorted, traced, with
+fully masked rows), the Mosaic backward and the XLA fallback backward.
 """
 
 from __future__ import annotations
@@ -178,6 +179,117 @@ BWD_FEATURES = {
 def test_backward_features(name):
   c = BWD_FEATURES[name]
   check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+
+
+# --------------------------------------------------------------------------------------------
+# Segment ids (documents / packed sequences): per-tile block ranges read as scalars in-kernel,
+# per-block id vectors through TMA, equality mask on partial blocks only.
+# --------------------------------------------------------------------------------------------
+def _docs(B, L, n_docs, seed=0, orphan=None):
+  """[B, L] int32 sorted document ids, cuts at random (non-block-multiple) positions, different
+  per batch row; `orphan=(lo, hi)`: those rows get an id no key has (fully masked rows)."""
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((B, L), np.int32)
+  for b in range(B):
+    for x in rng.choice(np.arange(1, L), n_docs - 1, replace=False):
+      ids[b, x:] += 1
+  if orphan:
+    ids[:, orphan[0]:orphan[1]] = 99
+  return jnp.asarray(ids)
+
+
+def _seg(T, S, n_docs, seed=0, orphan=None, B=2):
+  ids = _docs(B, max(T, S), n_docs, seed)
+  q_ids = ids[:, :T]
+  if orphan:
+    q_ids = q_ids.at[:, orphan[0]:orphan[1]].set(99)
+  return (q_ids, ids[:, :S])
+
+
+SEG_CASES = {
+    "docs_causal_gqa": dict(shape=(2, 1000, 1000, 8, 2, 128),
+                            kw=dict(is_causal=True, segment_ids=_seg(1000, 1000, 5))),
+    "docs_not_causal_d64": dict(shape=(2, 777, 777, 4, 4, 64),
+                                kw=dict(segment_ids=_seg(777, 777, 4, seed=1))),
+    "docs_empty_rows_f16": dict(shape=(2, 640, 640, 4, 2, 128), dtype=jnp.float16,
+                                kw=dict(is_causal=True,
+                                        segment_ids=_seg(640, 640, 3, seed=2, orphan=(100, 230)))),
+    "docs_cross_lengths_offset": dict(shape=(2, 333, 517, 4, 2, 128),
+                                      kw=dict(is_causal=True, q_offset=184,
+                                              segment_ids=_seg(333, 517, 3, seed=3))),
+    "docs_window": dict(shape=(2, 900, 900, 4, 2, 128),
+                        kw=dict(is_causal=True, sliding_window=(200, 0),
+                                segment_ids=_seg(900, 900, 3, seed=4))),
+    "unsorted_ids": dict(shape=(1, 384, 384, 2, 2, 64),
+                         kw=dict(segment_ids=(jnp.asarray(np.random.default_rng(5).integers(
+                             0, 3, (1, 384)), jnp.int32),) * 2)),
+    "docs_single_array_head_dim_96": dict(shape=(2, 300, 300, 2, 1, 96),
+                                          kw=dict(is_causal=True,
+                                                  segment_ids=_docs(2, 300, 3, seed=6))),
+    "docs_block_kv64_3stages": dict(shape=(2, 640, 640, 4, 2, 128),
+                                    kw=dict(is_causal=True, segment_ids=_seg(640, 640, 4, seed=7),
+                                            config=ha.HopperConfig(block_kv=64, stages=3,
+                                                                   bwd_stages=3))),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(SEG_CASES))
+def test_segments_forward(name):
+  c = SEG_CASES[name]
+  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(SEG_CASES))
+def test_segments_backward(name):
+  c = SEG_CASES[name]
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+
+
+@requires_hopper
+def test_segments_head_dim_256_xla_backward():
+  kw = dict(is_causal=True, segment_ids=_seg(384, 384, 3, seed=8, B=1))
+  check_forward(1, 384, 384, 2, 1, 256, jnp.bfloat16, **kw)
+  check_backward(1, 384, 384, 2, 1, 256, jnp.bfloat16, backward="xla", **kw)
+
+
+@requires_hopper
+def test_segments_traced_ids():
+  """Ids as jit arguments (traced): the range tables are computed on the device."""
+  B, T, N, K, D = 2, 768, 4, 2, 128
+  q, k, v, do, _ = _inputs(B, T, T, N, K, D, jnp.bfloat16)
+  ids = _docs(B, T, 6, seed=9)
+  f = jax.jit(lambda q, k, v, ids: ha.hopper_attention(q, k, v, is_causal=True,
+                                                        segment_ids=ids, return_lse=True))
+  poison(((B, T, N, D), jnp.bfloat16), ((B, N, T), jnp.float32))
+  o, l = f(q, k, v, ids)
+  o2, l2 = ref(q, k, v, is_causal=True, segment_ids=ids, return_lse=True)
+  assert rel_err(o, o2) < 2e-2 and rel_err(l, l2) < 1e-3
+  g = jax.jit(jax.grad(lambda q, k, v, ids: jnp.sum(ha.hopper_attention(
+      q, k, v, is_causal=True, segment_ids=ids).astype(jnp.float32) * do), argnums=(0, 1, 2)))
+  g2 = jax.grad(lambda q, k, v: jnp.sum(ref(q, k, v, is_causal=True, segment_ids=ids)
+                                        .astype(jnp.float32) * do), argnums=(0, 1, 2))
+  for name, a, b in zip(("dq", "dk", "dv"), g(q, k, v, ids), g2(q, k, v)):
+    assert rel_err(a, b) < 5e-2, name
+
+
+@requires_hopper
+def test_documents_through_jattn():
+  """segment_ids through jattn: auto-selected on Hopper, matches the reference backend."""
+  import jattn
+  from jattn.backends import pallas_mgpu
+  pallas_mgpu.register_backends()
+  q, k, v, do, _ = _inputs(2, 1024, 1024, 8, 2, 128, jnp.bfloat16)
+  kw = dict(is_causal=True, segment_ids=_docs(2, 1024, 8, seed=10))
+  assert jattn.explain(q, k, v, **kw).chosen == "pallas_mgpu"
+  out = jattn.attention(q, k, v, **kw)
+  want = jattn.attention(q, k, v, implementation="reference", **kw)
+  assert rel_err(out, want) < 2e-2
+  g = jax.grad(lambda q: jnp.sum(jattn.attention(q, k, v, **kw).astype(jnp.float32) * do))(q)
+  g2 = jax.grad(lambda q: jnp.sum(jattn.attention(q, k, v, implementation="reference", **kw)
+                                  .astype(jnp.float32) * do))(q)
+  assert rel_err(g, g2) < 5e-2
 
 
 # --------------------------------------------------------------------------------------------

@@ -118,6 +118,89 @@ def test_q_ranges_cover_exactly_the_needed_blocks(ts, causal, offs, window):
         assert blk.all(), (c0, i, flo, fhi)
 
 
+def _seg_layout(kind, B, T, S, seed):
+  """(q_ids [B, T], kv_ids [B, S]) numpy int32."""
+  rng = np.random.default_rng(seed)
+  if kind == "unsorted":
+    return rng.integers(0, 3, (B, T)).astype(np.int32), rng.integers(0, 3, (B, S)).astype(np.int32)
+  L = max(T, S)
+  ids = np.zeros((B, L), np.int32)
+  for b in range(B):
+    for x in rng.choice(np.arange(1, L), 3, replace=False):
+      ids[b, x:] += 1
+  q_ids, kv_ids = ids[:, :T].copy(), ids[:, :S].copy()
+  if kind == "docs_orphan":   # query rows in a document no key has
+    q_ids[:, T // 3:T // 3 + 20] = 99
+  return q_ids, kv_ids
+
+
+SEG_RANGE_CASES = list(itertools.product(
+    [(128, 128), (200, 333), (300, 140)],                 # T, S
+    [(False, (0, 0), (None, None)), (True, (0, 0), (None, None)),
+     (True, (37, 5), (100, None)), (False, (0, 0), (60, 20))],   # causal, offsets, window
+    ["docs", "docs_orphan", "unsorted"],
+))
+
+
+@pytest.mark.parametrize("ts,static,layout", SEG_RANGE_CASES)
+def test_segment_range_tables_cover_exactly_the_needed_blocks(ts, static, layout):
+  """The per-(batch, tile) tables of the segment-id path (static ranges intersected with the
+  ids' min/max ranges): every block holding a kept pair is visited, every block run without a
+  mask has all its pairs kept (and no padding), for the forward / dQ and the dK/dV tables."""
+  import jax.numpy as jnp
+  T, S = ts
+  causal, offs, window = static
+  B = 2
+  st = ha._Static(B=B, T=T, S=S, Tp=-(-T // 128) * 128, Sp=-(-S // 128) * 128, N=1, K=1, D=64,
+                  dtype=np.dtype("float16"), scale=1.0, causal=causal, q_off=offs[0],
+                  kv_off=offs[1], left=window[0], right=window[1], cfg=ha.HopperConfig(),
+                  interpret=True, segments=True)
+  q_ids, kv_ids = _seg_layout(layout, B, T, S, seed=T + S)
+  seg = (jnp.pad(jnp.asarray(q_ids), ((0, 0), (0, st.Tp - T)), mode="edge"),
+         jnp.pad(jnp.asarray(kv_ids), ((0, 0), (0, st.Sp - S)), mode="edge"))
+  keep = _keep_np(st, T, S)[None] & (q_ids[:, :, None] == kv_ids[:, None, :])   # [B, T, S]
+  rows = 128
+  n_full = n_skipped = 0
+  for bkv in (64, 128):   # forward (block_kv 64 / 128) and dQ (64) tables
+    tab = np.asarray(ha._q_tile_kv_table(st, seg, rows, bkv))
+    nkv = st.Sp // bkv
+    assert tab.shape == (B, st.Tp // rows, 4)
+    for b in range(B):
+      for ti in range(st.Tp // rows):
+        lo, flo, fhi, hi = tab[b, ti]
+        assert 0 <= lo <= flo <= fhi <= hi <= nkv
+        sub = keep[b, ti * rows:min((ti + 1) * rows, T)]
+        for j in range(nkv):
+          blk = sub[:, j * bkv:min((j + 1) * bkv, S)]
+          if blk.any():
+            assert lo <= j < hi, (b, ti, j, tab[b, ti])
+          elif not lo <= j < hi:
+            n_skipped += 1
+          if flo <= j < fhi:
+            n_full += 1
+            assert (j + 1) * bkv <= S and blk.all(), (b, ti, j, tab[b, ti])
+  bq = 64
+  tab = np.asarray(ha._kv_tile_q_table(st, seg, rows, bq))
+  nq = st.Tp // bq
+  assert tab.shape == (B, st.Sp // rows, 4)
+  for b in range(B):
+    for ci in range(st.Sp // rows):
+      if ci * rows >= S:
+        continue
+      lo, flo, fhi, hi = tab[b, ci]
+      assert 0 <= lo <= flo <= fhi <= hi <= nq
+      sub = keep[b, :, ci * rows:min((ci + 1) * rows, S)]
+      for i in range(nq):
+        blk = sub[i * bq:min((i + 1) * bq, T)]
+        if blk.any():
+          assert lo <= i < hi, (b, ci, i, tab[b, ci])
+        if flo <= i < fhi:
+          assert blk.all(), (b, ci, i, tab[b, ci])
+  if layout != "unsorted" and not causal and window == (None, None) and T >= 200:
+    # documents alone: some blocks are skipped and some run unmasked (the point of the tables)
+    assert n_skipped > 0 and n_full > 0, (n_skipped, n_full)
+
+
 def test_config_validation():
   with pytest.raises(ValueError):
     ha.HopperConfig(block_q=128)
@@ -152,6 +235,9 @@ _CASE_SCRIPT = textwrap.dedent("""
     dt = jnp.dtype(c["dtype"])
     kw = dict(is_causal=c["causal"], q_offset=c["q_offset"], kv_offset=c["kv_offset"],
               sliding_window=tuple(c["window"]) if c["window"] else None)
+    if c.get("seg"):
+      kw["segment_ids"] = (jnp.asarray(c["seg"]["q"], jnp.int32),
+                           jnp.asarray(c["seg"]["kv"], jnp.int32))
     ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
     q = jax.random.normal(ks[0], (B, T, N, D), dt)
     k = jax.random.normal(ks[1], (B, S, K, D), dt)
@@ -172,10 +258,22 @@ _CASE_SCRIPT = textwrap.dedent("""
         return 0.0
       return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
 
-    o, l = ha.hopper_attention(q, k, v, return_lse=True, interpret=True, config=cfg, **kw)
-    o2, l2 = ref(q, k, v, return_lse=True, **kw)
+    if c.get("via_jattn"):   # the pallas_mgpu backend (interpret on CPU) vs jattn's reference
+      import jattn
+      from jattn.backends import pallas_mgpu
+      pallas_mgpu.register_backends()
+      o, l = jattn.attention(q, k, v, return_lse=True, implementation="pallas_mgpu",
+                             hopper_config=cfg, **kw)
+      o2, l2 = jattn.attention(q, k, v, return_lse=True, implementation="reference", **kw)
+    else:
+      o, l = ha.hopper_attention(q, k, v, return_lse=True, interpret=True, config=cfg, **kw)
+      o2, l2 = ref(q, k, v, return_lse=True, **kw)
     res["out"] = rel(o, o2)
     res["lse"] = rel(l, l2)
+    empty = ~np.isfinite(np.asarray(l2))
+    res["empty_rows_zero"] = float(np.abs(np.asarray(o, np.float32).transpose(0, 2, 1, 3)[empty]
+                                          ).max()) if empty.any() else 0.0
+    res["n_empty_rows"] = int(empty.sum())   # a count, not an error
     if c["grad"]:
       def loss(fn, q, k, v, **extra):
         o, l = fn(q, k, v, return_lse=True, **kw, **extra)
@@ -186,6 +284,13 @@ _CASE_SCRIPT = textwrap.dedent("""
       g2 = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
       for name, a, b in zip(("dq", "dk", "dv"), g, g2):
         res[name] = rel(a, b)
+        res[name + "_finite"] = 0.0 if bool(jnp.all(jnp.isfinite(a))) else float("inf")
+      if c.get("residual"):   # the same backward kernels fed (out, lse) instead of recomputing
+        gr = ha.hopper_attention_residual_vjp(
+            q, k, v, o, l, do, jnp.where(jnp.isfinite(l), dl, 0.0), interpret=True,
+            config=cfg, backward=c["grad"], **kw)
+        for name, a, b in zip(("dq", "dk", "dv"), gr, g2):
+          res[name + "_residual"] = rel(a, b)
     print("RESULT", json.dumps(res))
 """)
 
@@ -212,15 +317,44 @@ def _case(**kw):
   return c
 
 
+def _doc_ids(B, L, cuts, orphan=None):
+  """[B, L] sorted document ids from per-batch cut positions; `orphan=(lo, hi)` gives rows
+  [lo, hi) an id (99) that no key has (fully masked rows)."""
+  ids = np.zeros((B, L), np.int32)
+  for b, cs in enumerate(cuts):
+    for x in cs:
+      ids[b, x:] += 1
+  if orphan:
+    ids[:, orphan[0]:orphan[1]] = 99
+  return ids.tolist()
+
+
 INTERPRET_CASES = {
     # dense forward, f16, ping-pong schedule barrier, 2-slot ring
     "fwd_dense_f16": (_case(), 2e-2),
     # everything at once, forward + Mosaic backward: bf16, GQA (N=2, K=1), causal with a
     # query offset, left window, lengths that are not tile multiples (padding + kv mask),
-    # lse and its gradient, 3-slot ring with more steps than slots
+    # lse and its gradient, 3-slot ring with more steps than slots; and the residual VJP
+    # (the backward kernels from the forward's out / lse, as ring attention calls them)
     "fwdbwd_mosaic_all_features": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
                                          causal=True, q_offset=40, window=(90, None),
-                                         stages=3, grad="mosaic"), 3e-2),
+                                         stages=3, grad="mosaic", residual=True), 3e-2),
+    # documents (segment ids) + causal, forward + Mosaic backward: 2 batch rows with different
+    # document cuts that are not block multiples (so the range table is indexed per batch,
+    # and blocks straddle documents), GQA (N=2, K=1), lse and its gradient, rows 60..69 of
+    # the queries in a document no key has (out = 0, lse = -inf, finite gradients), 64-key
+    # blocks so that every kernel has skipped, unmasked and masked blocks.
+    "fwdbwd_mosaic_documents_causal": (_case(
+        shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, grad="mosaic",
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
+    # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
+    # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
+    # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
+    "fwd_jattn_unsorted_segments": (_case(
+        shape=(1, 100, 300, 2, 2, 64), block_kv=128, via_jattn=True,
+        seg=dict(q=np.random.default_rng(0).integers(0, 3, (1, 100)).tolist(),
+                 kv=np.random.default_rng(1).integers(0, 3, (1, 300)).tolist())), 2e-2),
 }
 
 
@@ -230,7 +364,10 @@ def test_interpret_mode(name):
   case, tol = INTERPRET_CASES[name]
   res = _run_case(case)
   for key, err in res.items():
-    assert err <= tol, (name, key, err, res)
+    if not key.startswith("n_"):
+      assert err <= tol, (name, key, err, res)
+  if "documents" in name:   # the case must really have fully masked rows
+    assert res["n_empty_rows"] > 0, res
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +388,22 @@ def test_backend_spec_and_refusals():
               sinks=None, dropout_rate=0.0, dropout_rng=None, return_lse=True)
   call = validate(q, kv, kv, **base)
   assert b.spec.refusal(call, b.name) is None  # causal + window + GQA + lse on cpu (interpret)
+  # documents (segment ids) are honoured, with and without causal, and preferred over
+  # pallas_flash (20) and cuDNN's dense-mask path (5) when the Mosaic backward applies
+  seg_call = validate(q, kv, kv, **{**base, "sliding_window": None,
+                                    "segment_ids": jnp.zeros((1, 128), jnp.int32)})
+  assert b.spec.refusal(seg_call, b.name) is None
+  assert b.spec.priority_for(seg_call) > jattn.get("pallas_flash").spec.priority_for(seg_call)
+  q256, kv256 = jnp.zeros((1, 128, 4, 256), jnp.bfloat16), jnp.zeros((1, 128, 2, 256), jnp.bfloat16)
+  seg256 = validate(q256, kv256, kv256, **{**base, "sliding_window": None,
+                                           "segment_ids": jnp.zeros((1, 128), jnp.int32)})
+  assert b.spec.priority_for(seg256) < jattn.get("pallas_flash").spec.priority_for(seg256)
+  from jattn import masks
   for extra, feature in ((dict(softcap=5.0), "softcap"),
-                         (dict(segment_ids=jnp.zeros((1, 128), jnp.int32)), "segment_ids"),
+                         (dict(mask=masks.causal()), "mask_fn"),
+                         (dict(mask=masks.create_block_mask(masks.causal(), None, None, 128, 128,
+                                                            block_size=64)), "mask_fn"),
+                         (dict(score_mod=lambda s, b, h, i, j: s), "score_mod"),
                          (dict(mask=jnp.ones((1, 1, 128, 128), bool)), "mask"),
                          (dict(q_offset=jnp.int32(3)), "this call")):
     r = b.spec.refusal(validate(q, kv, kv, **{**base, **extra}), b.name)
