@@ -20,6 +20,7 @@ Median of >= 10 timed runs after warm-up, block_until_ready.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -89,9 +90,21 @@ def jax_bench(fn, args, reps, min_rep_s=0.005, warm_s=0.1):
   return statistics.median(times)
 
 
+@functools.lru_cache(maxsize=8)
+def docs_sparsity(B, S, bq, bkv):
+  """Block lists of the causal document mask (doc_ids(B, S, N_DOCS))."""
+  import numpy as np
+  from pallas_kernels import from_dense
+  ids = doc_ids(B, S, N_DOCS)
+  pos = np.arange(S)
+  dense = (ids[:, :, None] == ids[:, None, :]) & (pos[None, :, None]
+                                                  >= pos[None, None, :])
+  return from_dense(dense, bq, bkv)
+
+
 def make_ours(kind, B, S, kernel_kw=None):
   import jax.numpy as jnp
-  from pallas_kernels import flash_attention, from_blocks, from_dense
+  from pallas_kernels import flash_attention, from_blocks
   kernel_kw = dict(kernel_kw or {})
   bq = bkv = 128
   if kind == "dense":
@@ -108,13 +121,8 @@ def make_ours(kind, B, S, kernel_kw=None):
         q, k, v, block_sparsity=bs, block_q=bq, block_kv=bkv, mask_fn=fn,
         **kernel_kw)
   if kind == "docs":
-    import numpy as np
     ids = doc_ids(B, S, N_DOCS)
-    pos = np.arange(S)
-    dense = (ids[:, :, None] == ids[:, None, :]) & (pos[None, :, None]
-                                                    >= pos[None, None, :])
-    bs = from_dense(dense, bq, bkv)
-    del dense
+    bs = docs_sparsity(B, S, bq, bkv)
     side = (jnp.asarray(ids),)
     fn = lambda b, h, q, kv, qv, kvv: (qv[0] == kvv[0]) & (kv <= q)
     return lambda q, k, v: flash_attention(
@@ -123,7 +131,7 @@ def make_ours(kind, B, S, kernel_kw=None):
   raise ValueError(kind)
 
 
-def make_baseline(impl, kind, B, S):
+def make_baseline(impl, kind, B, S, interpret=False):
   import jax
   import jax.numpy as jnp
   scale = 1.0 / D ** 0.5
@@ -140,29 +148,42 @@ def make_baseline(impl, kind, B, S):
       return None
     from jax.experimental.pallas.ops.gpu import attention as jpa
     return lambda q, k, v: jpa.mha(q, k, v, None, sm_scale=scale,
-                                   causal=kind == "causal")
+                                   causal=kind == "causal",
+                                   interpret=interpret)
   raise ValueError(impl)
+
+
+def make_inputs(B, S, heads=H, head_dim=D):
+  """q, k, v, dout: bf16 [B, S, heads, head_dim] normal (PRNGKey 0)."""
+  import jax
+  import jax.numpy as jnp
+  key = jax.random.PRNGKey(0)
+  kq, kk, kv_, kd = jax.random.split(key, 4)
+  shape = (B, S, heads, head_dim)
+  return tuple(jax.random.normal(x, shape, jnp.bfloat16)
+               for x in (kq, kk, kv_, kd))
+
+
+def fwd_bwd(fn):
+  """(q, k, v, dout) -> (dq, dk, dv) of `fn(q, k, v)`: the fwd+bwd timed."""
+  import jax
+
+  def fb(q, k, v, do):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return vjp(do)
+  return fb
 
 
 def time_impl(fn, B, S, reps, what=("fwd", "fwdbwd"), check_against=None):
   import jax
   import jax.numpy as jnp
-  key = jax.random.PRNGKey(0)
-  kq, kk, kv_, kd = jax.random.split(key, 4)
-  shape = (B, S, H, D)
-  q = jax.random.normal(kq, shape, jnp.bfloat16)
-  k = jax.random.normal(kk, shape, jnp.bfloat16)
-  v = jax.random.normal(kv_, shape, jnp.bfloat16)
-  do = jax.random.normal(kd, shape, jnp.bfloat16)
+  q, k, v, do = make_inputs(B, S)
   res = {}
   fwd = jax.jit(fn)
   if "fwd" in what:
     res["fwd_s"] = jax_bench(fwd, (q, k, v), reps)
   if "fwdbwd" in what:
-    def fb(q, k, v, do):
-      out, vjp = jax.vjp(fn, q, k, v)
-      return vjp(do)
-    res["fwdbwd_s"] = jax_bench(jax.jit(fb), (q, k, v, do), reps)
+    res["fwdbwd_s"] = jax_bench(jax.jit(fwd_bwd(fn)), (q, k, v, do), reps)
   if check_against is not None:
     a = fwd(q, k, v).astype(jnp.float32)
     b = jax.jit(check_against)(q, k, v).astype(jnp.float32)

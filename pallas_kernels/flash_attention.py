@@ -8,6 +8,15 @@ query head of its GQA group, so K/V are never repeated in memory and dK/dV are
 accumulated in registers (no atomics).  `block_sparsity=None` means every block
 is full (dense attention); only the padding tail is masked.
 
+Backward modes (`KernelConfig.bwd` / `backward=`): "split" (default) runs the
+dK/dV kernel and a separate dQ kernel (7 matmuls per visited block pair);
+"fused" lets the dK/dV kernel also add each pair's dQ part into a float32
+buffer with atomic adds (5 matmuls; dQ not bitwise deterministic).
+
+Tile configuration: `default_config(head_dim, dtype, kv_len)` picks per call
+shape (short / long KV extent, see SHORT_KV_EXTENT); callers override it with
+`config=` and the per-pass tile / launch arguments.
+
 Entry point: `flash_attention(q, k, v, *, ...)`; see its docstring and
 docs/ARCHITECTURE.md ("Score pipeline") for the semantics.  The pure-jnp
 `pallas_kernels.flash_reference.flash_attention_reference` has the same contract.
@@ -49,6 +58,14 @@ def _triton_compiler_params(num_warps: int, num_stages: int):
   return cls(num_warps=num_warps, num_stages=num_stages)
 
 
+def _atomic_add(ref, idx, val):
+  """ref[idx] += val, atomically (Triton: tt.atomic_rmw fadd; interpret
+  mode: a read-modify-write of the discharged array)."""
+  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
+  fn = getattr(plgpu, "atomic_add", None) or getattr(pl, "atomic_add")
+  fn(ref, idx, val)
+
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 _NEG_INF = float("-inf")
@@ -56,32 +73,93 @@ _POS_INF = float("inf")
 
 
 # --------------------------------------------------------------------------
-# Defaults (H100, tuned with benchmarks/bench_flash.py --sweep; see
-# benchmarks/NOTES.md "Portable Pallas flash kernel").
+# Defaults (H100, tuned with benchmarks/bench_flash.py --sweep and
+# benchmarks/sweep_flash.py; see benchmarks/NOTES.md "Portable Pallas flash
+# kernel").
 # --------------------------------------------------------------------------
+BACKWARD_MODES = ("split", "fused")
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-  """Tile sizes and launch parameters of the three passes."""
+  """Tile sizes and launch parameters of the passes (immutable; derive
+  variants with `dataclasses.replace`).
+
+  bwd: "split" = dK/dV kernel + separate dQ kernel (7 matmuls per visited
+  block pair, deterministic); "fused" = one kernel over KV tiles that also
+  accumulates dQ into a float32 buffer with atomic adds (5 matmuls; not
+  bitwise deterministic).  The fused kernel uses the `dkv` tiles / launch
+  parameters; `dq` / `dq_launch` are then unused.
+  """
   fwd: tuple[int, int] = (128, 128)       # (tile_q, tile_kv)
   fwd_launch: tuple[int, int] = (8, 3)    # (num_warps, num_stages)
   dkv: tuple[int, int] = (64, 128)
   dkv_launch: tuple[int, int] = (8, 3)
   dq: tuple[int, int] = (128, 64)
   dq_launch: tuple[int, int] = (8, 3)
+  bwd: str = "split"
+
+  def __post_init__(self):
+    if self.bwd not in BACKWARD_MODES:
+      raise ValueError(f"KernelConfig.bwd must be one of {BACKWARD_MODES}, "
+                       f"got {self.bwd!r}")
 
 
-def default_config(head_dim: int, dtype) -> KernelConfig:
-  """Per-head-dim defaults for the H100 (bf16/f16); f32 gets smaller tiles."""
+# A call counts as "short" when the KV extent one query block walks (mean
+# over the query blocks of the visited blocks x block_kv for concrete block
+# lists; the kv length for dense calls or traced lists) is at most this.
+# Measured cells (bench_flash.py, block 128): dense S=1k -> 1024, causal
+# S=1k -> 576, 8 documents S=8k -> 1204, window 1024 S=8k -> 1080, causal
+# S=2k -> 1088, causal S=4k -> 2112, dense S=4k -> 4096.
+SHORT_KV_EXTENT = 2048
+
+# bf16/f16, head dim <= 128: long calls (tuned, v3 of NOTES.md) ...
+_LONG_D128 = KernelConfig(fwd=(128, 128), fwd_launch=(8, 3),
+                          dkv=(64, 128), dkv_launch=(8, 3),
+                          dq=(128, 64), dq_launch=(8, 3), bwd="split")
+# ... and short calls (kv extent <= SHORT_KV_EXTENT).  Same as long until
+# benchmarks/sweep_flash.py on the H100 says otherwise: edit here.
+_SHORT_D128 = KernelConfig(fwd=(128, 128), fwd_launch=(8, 3),
+                           dkv=(64, 128), dkv_launch=(8, 3),
+                           dq=(128, 64), dq_launch=(8, 3), bwd="split")
+# dK/dV tiles/launch of each backward mode, used when a caller forces the
+# mode the table entry does not have (bf16/f16, head dim <= 128).
+_BWD_TILES_D128 = {
+    "split": dict(dkv=(64, 128), dkv_launch=(8, 3)),
+    "fused": dict(dkv=(64, 128), dkv_launch=(8, 3)),
+}
+
+
+def default_config(head_dim: int, dtype, kv_len: int | None = None, *,
+                   bwd: str | None = None) -> KernelConfig:
+  """The tile configuration for a call.
+
+  head_dim: max(H, Hv); dtype: of q/k/v; kv_len: the KV extent one query
+  block walks (see SHORT_KV_EXTENT; None = long); bwd: force a backward
+  mode ("split" / "fused"; None = the table's choice).  bf16/f16 with head
+  dim <= 128 pick between the short and the long table entries; f32 and
+  larger head dims get smaller tiles regardless of length.
+  """
   dp = _pow2(head_dim)
   if jnp.dtype(dtype) == jnp.float32:
     if dp <= 64:
-      return KernelConfig((64, 64), (4, 2), (32, 64), (4, 2), (64, 32), (4, 2))
-    if dp <= 128:
-      return KernelConfig((64, 32), (4, 2), (32, 64), (4, 1), (64, 32), (4, 1))
-    return KernelConfig((32, 32), (4, 1), (16, 32), (4, 1), (32, 16), (4, 1))
-  if dp <= 128:
-    return KernelConfig((128, 128), (8, 3), (64, 128), (8, 3), (128, 64), (8, 3))
-  return KernelConfig((64, 64), (4, 2), (32, 64), (4, 2), (64, 32), (4, 2))
+      cfg = KernelConfig((64, 64), (4, 2), (32, 64), (4, 2), (64, 32), (4, 2))
+    elif dp <= 128:
+      cfg = KernelConfig((64, 32), (4, 2), (32, 64), (4, 1), (64, 32), (4, 1))
+    else:
+      cfg = KernelConfig((32, 32), (4, 1), (16, 32), (4, 1), (32, 16), (4, 1))
+  elif dp <= 128:
+    short = kv_len is not None and kv_len <= SHORT_KV_EXTENT
+    cfg = _SHORT_D128 if short else _LONG_D128
+  else:
+    cfg = KernelConfig((64, 64), (4, 2), (32, 64), (4, 2), (64, 32), (4, 2))
+  if bwd is not None and bwd != cfg.bwd:
+    if bwd not in BACKWARD_MODES:
+      raise ValueError(f"bwd must be one of {BACKWARD_MODES}, got {bwd!r}")
+    extra = (_BWD_TILES_D128[bwd]
+             if jnp.dtype(dtype) != jnp.float32 and dp <= 128 else {})
+    cfg = dataclasses.replace(cfg, bwd=bwd, **extra)
+  return cfg
 
 
 def _pow2(x: int) -> int:
@@ -114,6 +192,7 @@ class _Static:
   fwd_launch: tuple
   dkv_launch: tuple
   dq_launch: tuple
+  bwd: str             # "split" | "fused"
   scale: float
   softcap: float | None
   has_sinks: bool
@@ -402,17 +481,26 @@ def _dq_kernel(*refs, st: _Static):
 # dK/dV kernel: grid (kv tiles, B*K); loops over the G query heads of the group
 # and, for each, over the transposed (query-block) lists.  Works transposed
 # ([kv, q] tiles) so every computed matrix feeds the next dot unshuffled.
+#
+# bwd="fused": the same kernel also computes each block pair's dQ
+# contribution dS @ K (the 5th matmul) and adds it atomically into a float32
+# [B, T_pad, N, Dp] buffer (aliased input -> output), so the separate dQ
+# kernel (which recomputes S and dP: 2 more matmuls) is not needed.
 # --------------------------------------------------------------------------
 def _dkv_kernel(*refs, st: _Static):
   tq, tkv = st.dkv
   G = st.G
+  fused = st.bwd == "fused"
   it = iter(refs)
   q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref = (next(it) for _ in range(6))
   offs_ref = next(it) if st.static_offsets is None else None
   blk = tuple(next(it) for _ in range(4)) if st.sparse else None
   qs_refs = [next(it) for _ in st.q_side_b]
   ks_refs = [next(it) for _ in st.kv_side_b]
+  if fused:
+    next(it)             # the zero-initialised dQ buffer, aliased to dq_ref
   dk_ref, dv_ref = next(it), next(it)
+  dq_ref = next(it) if fused else None
 
   kj = pl.program_id(0)
   bk = pl.program_id(1)
@@ -446,10 +534,11 @@ def _dkv_kernel(*refs, st: _Static):
     keep = None
     if masked:
       q_vals = tuple(r[pl.ds(start, tq)][None, :] for r in qs_refs)
-      # The kv-length mask is not needed here: padded kv rows only produce
-      # dK/dV rows that are sliced off.
+      # Split: the kv-length mask is not needed here: padded kv rows only
+      # produce dK/dV rows that are sliced off.  Fused: they would also feed
+      # dQ (through exp of an unmasked score), so they are masked.
       keep = _keep(st, (tkv, tq), b, h, q_pos, kv_pos, q_vals, kv_vals,
-                   kv_local, kv_len_mask=False)
+                   kv_local, kv_len_mask=fused)
       if keep is not None:
         s2 = jnp.where(keep, s2, _NEG_INF)
     pT = jnp.exp2(s2 - lse2)
@@ -460,7 +549,13 @@ def _dkv_kernel(*refs, st: _Static):
       dsT = dsT * grad
       if keep is not None:
         dsT = jnp.where(keep, dsT, 0.0)
-    dk = dk + _dot(dsT.astype(q.dtype), q)
+    dsT = dsT.astype(q.dtype)
+    dk = dk + _dot(dsT, q)
+    if fused:
+      dq_part = _dot(dsT, k, trans_a=True)              # [tq, Dp]
+      idx = ((pl.ds(start, tq), slice(None)) if G == 1
+             else (pl.ds(start, tq), g, slice(None)))
+      _atomic_add(dq_ref, idx, dq_part)
     return dk, dv
 
   mrow = lax.shift_right_logical(kj, int(st.bkv // tkv).bit_length() - 1) \
@@ -468,12 +563,16 @@ def _dkv_kernel(*refs, st: _Static):
   bm = b if st.Bm > 1 else 0
   n_q_tiles = -(-st.T // tq)
 
+  # Dense calls walk every tile unmasked; with a ragged kv length the fused
+  # kernel must still mask the padded kv rows (see `step`).
+  full_masked = fused and not st.sparse and st.S_pad > st.S
+
   def head(g, carry):
     h = kvh * G + g
     hm = h if st.Hm > 1 else 0
     full, part = _lists(st, blk, bm, hm, mrow, st.bq // tq, n_q_tiles, (),
                         st.contig_q)
-    carry = _walk(full, lambda i, c: step(i, c, g, h, False), carry)
+    carry = _walk(full, lambda i, c: step(i, c, g, h, full_masked), carry)
     carry = _walk(part, lambda i, c: step(i, c, g, h, True), carry)
     return carry
 
@@ -649,18 +748,33 @@ def _dkv_call(st, q, k, v, do, lse2, dl, arrays, q_side, kv_side, offs):
   a, s = _side_inputs(st, q_side, kv_side, None, tkv, "dkv")
   ins += a
   specs += s
+  out_specs = [pl.BlockSpec((None, tkv, None, st.Dp), kmap),
+               pl.BlockSpec((None, tkv, None, st.Dvp), kmap)]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype),
+               jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  aliases = {}
+  fused = st.bwd == "fused"
+  if fused:
+    # Every program adds into the dQ rows of its batch and head group; the
+    # buffer is zero-initialised and aliased to the third output.
+    dq_spec = pl.BlockSpec((None, st.T_pad, gdim, st.Dp), qmap)
+    aliases = {len(ins): 2}
+    ins.append(jnp.zeros((st.B, st.T_pad, st.N, st.Dp), jnp.float32))
+    specs.append(dq_spec)
+    out_specs.append(dq_spec)
+    out_shape.append(
+        jax.ShapeDtypeStruct((st.B, st.T_pad, st.N, st.Dp), jnp.float32))
   nw, ns = st.dkv_launch
   return pl.pallas_call(
       functools.partial(_dkv_kernel, st=st),
       grid=(nkt, st.B * K),
       in_specs=specs,
-      out_specs=[pl.BlockSpec((None, tkv, None, st.Dp), kmap),
-                 pl.BlockSpec((None, tkv, None, st.Dvp), kmap)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      out_specs=out_specs,
+      out_shape=out_shape,
+      input_output_aliases=aliases,
       compiler_params=_triton_compiler_params(nw, ns),
       interpret=st.interpret,
-      name="jattn_flash_dkv",
+      name="jattn_flash_dkv_dq" if fused else "jattn_flash_dkv",
   )(*ins)
 
 
@@ -690,9 +804,15 @@ def _flash_core_bwd(st, res, cts):
   lse2 = jnp.where(ok, lse * LOG2E, _POS_INF)     # p = exp2(s2 - lse2) = 0 off ok
   delta = jnp.where(valid, delta, 0.0)
   dout = dout.astype(q.dtype)
-  dk, dv = _dkv_call(st, q, k, v, dout, lse2, delta, arrays, q_side, kv_side,
-                     offs)
-  dq = _dq_call(st, q, k, v, dout, lse2, delta, arrays, q_side, kv_side, offs)
+  if st.bwd == "fused":
+    dk, dv, dq_acc = _dkv_call(st, q, k, v, dout, lse2, delta, arrays, q_side,
+                               kv_side, offs)
+    dq = (dq_acc * st.scale).astype(q.dtype)
+  else:
+    dk, dv = _dkv_call(st, q, k, v, dout, lse2, delta, arrays, q_side,
+                       kv_side, offs)
+    dq = _dq_call(st, q, k, v, dout, lse2, delta, arrays, q_side, kv_side,
+                  offs)
   dsinks = None
   if st.has_sinks:
     # d lse_i / d sink_h = exp(sink_h - lse_i); the sink column has v = 0, so
@@ -747,6 +867,23 @@ def _all_contiguous(num, idx) -> bool:
   return bool(np.all(np.where(valid, run, True)))
 
 
+def _kv_extent(block_sparsity, block_kv, S: int) -> int:
+  """The KV extent one query block walks, for `default_config`: the mean
+  number of visited (full + partial) kv blocks times block_kv when the block
+  lists are concrete, else S."""
+  if block_sparsity is None or block_kv is None:
+    return int(S)
+  try:
+    n = (np.asarray(block_sparsity.full_kv_num_blocks)
+         + np.asarray(block_sparsity.kv_num_blocks))
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return int(S)
+  if n.size == 0:
+    return int(S)
+  return int(min(S, math.ceil(float(n.mean()) * int(block_kv))))
+
+
 def _static_int(x):
   if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
     return int(x)
@@ -773,7 +910,9 @@ def flash_attention(q, k, v, *,
                     backward_block_q=None,
                     backward_block_kv=None,
                     forward_block_q: int | None = None,
-                    forward_block_kv: int | None = None):
+                    forward_block_kv: int | None = None,
+                    config: KernelConfig | None = None,
+                    backward: str | None = None):
   """Block-sparse flash attention (Pallas, Triton lowering), differentiable.
 
   Args:
@@ -807,10 +946,76 @@ def flash_attention(q, k, v, *,
       sizes for the backward kernels; each must divide the block size.
     forward_block_q, forward_block_kv: forward tiles (default: per-head-dim
       default, capped at the block size); each must divide the block size.
+    config: a `KernelConfig` replacing `default_config(...)` (its tiles are
+      capped at the block size like the defaults); the explicit tile /
+      launch arguments above still override its fields.
+    backward: "split" (dK/dV kernel + dQ kernel) or "fused" (one kernel,
+      dQ accumulated with float32 atomic adds; not bitwise deterministic);
+      None = the config's `bwd`.  With "fused" the dK/dV tiles and launch
+      parameters (`backward_block_q[0]`, `num_warps[1]`, ...) are the fused
+      kernel's; the dQ ones are unused.
 
   Returns:
     out [B, T, N, Hv] in q's dtype, or (out, lse) when return_lse.
   """
+  st, ops = _prepare_call(q, k, v, block_sparsity=block_sparsity, block_q=block_q, block_kv=block_kv, mask_fn=mask_fn, q_side=q_side, kv_side=kv_side, q_offset=q_offset, kv_offset=kv_offset, scale=scale, softcap=softcap, sinks=sinks, score_mod=score_mod, return_lse=return_lse, interpret=interpret, num_warps=num_warps, num_stages=num_stages, backward_block_q=backward_block_q, backward_block_kv=backward_block_kv, forward_block_q=forward_block_q, forward_block_kv=forward_block_kv, config=config, backward=backward)
+  out, lse = _flash_core(st, *ops)
+  T, Dv = q.shape[1], v.shape[-1]
+  if st.T_pad != T or st.Dvp != Dv:
+    out = out[:, :T, :, :Dv]
+  if st.T_pad != T:
+    lse = lse[:, :, :T]
+  if return_lse:
+    return out, lse
+  return out
+
+
+def flash_attention_residual_vjp(q, k, v, out, lse, dout, dlse=None, **kwargs):
+  """(dq, dk, dv) of `flash_attention(q, k, v, return_lse=True, **kwargs)` from residuals
+  `out [B, T, N, Hv]`, `lse [B, N, T]` and cotangents `dout`, `dlse`, by the same backward
+  kernels, without the forward. They use the residuals only through p = exp(s - lse) and
+  D = rowsum(dout * out) - dlse, so `(out, lse)` may be the merged result of a larger softmax
+  this call is one part of (ring attention). Sinks get no gradient here."""
+  kwargs.pop("return_lse", None)
+  st, ops = _prepare_call(q, k, v, **kwargs)
+  B, T, N, D = q.shape
+  S, Dv = k.shape[1], v.shape[-1]
+  padT = lambda x: jnp.pad(x, ((0, 0), (0, st.T_pad - T), (0, 0), (0, st.Dvp - Dv)))
+  lse_p = jnp.pad(lse.astype(jnp.float32), ((0, 0), (0, 0), (0, st.T_pad - T)),
+                  constant_values=_NEG_INF)
+  dlse_p = None if dlse is None else jnp.pad(dlse.astype(jnp.float32),
+                                             ((0, 0), (0, 0), (0, st.T_pad - T)))
+  grads = _flash_core_bwd(st, tuple(ops) + (padT(out.astype(jnp.float32)), lse_p),
+                          (padT(dout), dlse_p))
+  dq, dk, dv = grads[:3]
+  return dq[:, :T, :, :D], dk[:, :S, :, :D], dv[:, :S, :, :Dv]
+
+
+def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
+                  block_q: int | None = None,
+                  block_kv: int | None = None,
+                  mask_fn: Callable | None = None,
+                  q_side: tuple = (),
+                  kv_side: tuple = (),
+                  q_offset: Any = 0,
+                  kv_offset: Any = 0,
+                  scale: float | None = None,
+                  softcap: float | None = None,
+                  sinks=None,
+                  score_mod: Callable | None = None,
+                  return_lse: bool = False,
+                  interpret: bool = False,
+                  num_warps=None,
+                  num_stages=None,
+                  backward_block_q=None,
+                  backward_block_kv=None,
+                  forward_block_q: int | None = None,
+                  forward_block_kv: int | None = None,
+                  config: KernelConfig | None = None,
+                  backward: str | None = None):
+  """Checks a call of `flash_attention` and builds its `_Static` and the padded operands
+  (q, k, v, sinks, block arrays, side arrays, offsets) of `_flash_core`."""
+  del return_lse   # the caller's business
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError("q, k, v must be [B, T, N, H], [B, S, K, H], [B, S, K, Hv]")
   B, T, N, D = q.shape
@@ -842,7 +1047,16 @@ def flash_attention(q, k, v, *,
   if (q_side or kv_side) and block_sparsity is None:
     raise ValueError("side arrays need a mask_fn, hence a block_sparsity")
 
-  cfg = default_config(max(D, Dv), q.dtype)
+  if config is not None:
+    if not isinstance(config, KernelConfig):
+      raise TypeError(f"config must be a KernelConfig, got {type(config)}")
+    cfg = config
+    if backward is not None and backward != cfg.bwd:
+      cfg = dataclasses.replace(cfg, bwd=backward)
+  else:
+    cfg = default_config(max(D, Dv), q.dtype,
+                         _kv_extent(block_sparsity, block_kv, S),
+                         bwd=backward)
   fq, fkv = forward_block_q, forward_block_kv
   dkv_q, dq_q = _pair(backward_block_q, "backward_block_q")
   dkv_kv, dq_kv = _pair(backward_block_kv, "backward_block_kv")
@@ -954,6 +1168,7 @@ def flash_attention(q, k, v, *,
       fwd=(tiles_q[0], tiles_kv[0]), dkv=(tiles_q[1], tiles_kv[1]),
       dq=(tiles_q[2], tiles_kv[2]),
       fwd_launch=launches[0], dkv_launch=launches[1], dq_launch=launches[2],
+      bwd=cfg.bwd,
       scale=scale, softcap=softcap, has_sinks=has_sinks,
       mask_fn=mask_fn, score_mod=score_mod,
       q_side_b=tuple(q_side_b), kv_side_b=tuple(kv_side_b),
@@ -969,12 +1184,4 @@ def flash_attention(q, k, v, *,
   qp = pad(q, T, T_pad, D, Dp)
   kp = pad(k, S, S_pad, D, Dp)
   vp = pad(v, S, S_pad, Dv, Dvp)
-  out, lse = _flash_core(st, qp, kp, vp, sinks, arrays, tuple(q_side_p),
-                         tuple(kv_side_p), offs)
-  if T_pad != T or Dvp != Dv:
-    out = out[:, :T, :, :Dv]
-  if T_pad != T:
-    lse = lse[:, :, :T]
-  if return_lse:
-    return out, lse
-  return out
+  return st, (qp, kp, vp, sinks, arrays, tuple(q_side_p), tuple(kv_side_p), offs)

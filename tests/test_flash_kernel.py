@@ -9,6 +9,8 @@ cores.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 
 import jax
@@ -16,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import BlockSparsity, flash_attention
+from pallas_kernels import BlockSparsity, KernelConfig, default_config
+from pallas_kernels import flash_attention
 from pallas_kernels import flash_attention_reference, from_dense
 from pallas_kernels.block_sparsity import classify_blocks, dense_blocks
 
@@ -305,21 +308,36 @@ def _run(fn, q, k, v, kw, lse, dout, dlse):
   return out, lse_, grads
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_flash_matches_reference_and_float64(name):
+# The fused backward (one dK/dV kernel that also adds dQ atomically) runs on
+# every case but the two that add no feature to the others (CPU time).
+_FUSED_SKIP = {"dense_f32_d64", "docs_f32_fully_masked_rows_sinks"}
+GRID = [(n, "split") for n in CASES] + [(n, "fused") for n in CASES
+                                        if n not in _FUSED_SKIP]
+_REFERENCE = {}     # case name -> (reference outputs, float64 oracle)
+
+
+def _reference(name, q, k, v, kw, lse_on, dout, dlse, dense):
+  if name not in _REFERENCE:
+    ref = _run(flash_attention_reference, q, k, v, kw, lse_on, dout, dlse)
+    oracle = np_attention(q, k, v, dense, scale=kw["scale"],
+                          softcap=kw.get("softcap"), sinks=kw.get("sinks"),
+                          score_mod=kw.get("score_mod"),
+                          q_offset=kw["q_offset"], kv_offset=kw["kv_offset"],
+                          dout=dout, dlse=dlse if lse_on else None)
+    _REFERENCE[name] = (ref, oracle)
+  return _REFERENCE[name]
+
+
+@pytest.mark.parametrize("name,bwd", GRID)
+def test_flash_matches_reference_and_float64(name, bwd):
   c, (q, k, v), kw, kernel_kw, dense, dout, dlse = _build(name)
   tol = 2e-5 if c["dtype"] == "f32" else 1.5e-2
   lse_on = bool(c.get("lse"))
-  kern = lambda *a, **k_: flash_attention(*a, interpret=True, **kernel_kw,
-                                          **k_)
+  kern = lambda *a, **k_: flash_attention(*a, interpret=True, backward=bwd,
+                                          **kernel_kw, **k_)
   out, lse, grads = _run(kern, q, k, v, kw, lse_on, dout, dlse)
-  rout, rlse, rgrads = _run(flash_attention_reference, q, k, v, kw, lse_on,
-                            dout, dlse)
-  oracle = np_attention(q, k, v, dense, scale=kw["scale"],
-                        softcap=kw.get("softcap"), sinks=kw.get("sinks"),
-                        score_mod=kw.get("score_mod"),
-                        q_offset=kw["q_offset"], kv_offset=kw["kv_offset"],
-                        dout=dout, dlse=dlse if lse_on else None)
+  (rout, rlse, rgrads), oracle = _reference(name, q, k, v, kw, lse_on, dout,
+                                            dlse, dense)
   assert out.shape == rout.shape and out.dtype == q.dtype
   for a in (out, *[g for g in grads if g is not None]):
     assert bool(jnp.all(jnp.isfinite(a.astype(jnp.float32)))), "non-finite"
@@ -342,7 +360,7 @@ def test_flash_matches_reference_and_float64(name):
   errs["ref/f64"] = rel_err(rout, oracle["out"])
   errs["refdq/f64"] = rel_err(rgrads[0], oracle["dq"])
   bad = {k_: e for k_, e in errs.items() if not e <= tol}
-  assert not bad, f"{name}: {bad} (tol {tol}); all: {errs}"
+  assert not bad, f"{name} ({bwd}): {bad} (tol {tol}); all: {errs}"
 
 
 def test_fully_masked_rows_are_zero_with_neg_inf_lse():
@@ -437,3 +455,43 @@ def test_traced_block_sparsity_matches_concrete():
   assert abs(float(lt) - float(lc)) <= 1e-5 * abs(float(lc)) + 1e-6
   for a, b in zip(gt, gc):
     assert rel_err(a, np.asarray(b)) < 1e-5
+
+
+def test_config_selection_and_overrides():
+  """default_config picks per call shape (kv extent) and backward mode;
+  KernelConfig stays immutable; config= / backward= reach the kernel."""
+  fa_mod = importlib.import_module("pallas_kernels.flash_attention")
+  long_ = default_config(128, jnp.bfloat16)
+  assert long_ == default_config(128, jnp.bfloat16, 16384)
+  assert long_.bwd == "split"
+  short = default_config(128, jnp.bfloat16, fa_mod.SHORT_KV_EXTENT)
+  assert short is fa_mod._SHORT_D128 and long_ is fa_mod._LONG_D128
+  fused = default_config(128, jnp.bfloat16, 4096, bwd="fused")
+  assert fused.bwd == "fused" and fused.fwd == long_.fwd
+  assert default_config(64, jnp.float32, bwd="fused").bwd == "fused"
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    long_.bwd = "fused"
+  with pytest.raises(ValueError, match="bwd"):
+    KernelConfig(bwd="atomic")
+  with pytest.raises(ValueError, match="bwd"):
+    default_config(128, jnp.bfloat16, bwd="both")
+  # kv extent of concrete block lists: mean visited blocks x block_kv.
+  T = 128
+  bs = from_dense(np.tril(np.ones((T, T), bool)), 32, 32)
+  assert fa_mod._kv_extent(bs, 32, T) == 80       # (1+2+3+4)/4 * 32
+  assert fa_mod._kv_extent(None, None, 300) == 300
+  # config= and backward= are honoured (and validated) by the entry point.
+  q = jnp.asarray(np.random.default_rng(0).standard_normal((1, 32, 2, 16)),
+                  jnp.float32)
+  cfg = KernelConfig((16, 16), (4, 1), (16, 16), (4, 1), (16, 16), (4, 1),
+                     bwd="fused")
+  f = lambda q: jnp.sum(flash_attention(q, q, q, interpret=True,
+                                        config=cfg) ** 2)
+  rf = lambda q: jnp.sum(flash_attention_reference(q, q, q) ** 2)
+  (v1, g1), (v2, g2) = jax.value_and_grad(f)(q), jax.value_and_grad(rf)(q)
+  assert abs(float(v1) - float(v2)) < 1e-4 * abs(float(v2))
+  assert rel_err(g1, np.asarray(g2)) < 2e-5
+  with pytest.raises(ValueError, match="bwd"):
+    flash_attention(q, q, q, interpret=True, backward="nope")
+  with pytest.raises(TypeError, match="KernelConfig"):
+    flash_attention(q, q, q, interpret=True, config={"fwd": (16, 16)})

@@ -9,6 +9,7 @@ finite and match the float32 jnp reference.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -105,8 +106,9 @@ CASES = {
 
 
 @requires_gpu
+@pytest.mark.parametrize("bwd", ["split", "fused"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_gpu_flash_matches_reference(name):
+def test_gpu_flash_matches_reference(name, bwd):
   c = CASES[name]
   rng = np.random.default_rng(0)
   dt = c["dtype"]
@@ -149,7 +151,7 @@ def test_gpu_flash_matches_reference(name):
                                                                jnp.float32))
     return jax.block_until_ready(g(q, k, v, sinks, dout, dlse))
 
-  outs, grads = run(flash_attention)
+  outs, grads = run(functools.partial(flash_attention, backward=bwd))
   routs, rgrads = run(flash_attention_reference)
   out, lse = outs if lse_on else (outs, None)
   rout, rlse = routs if lse_on else (routs, None)
@@ -176,9 +178,9 @@ def test_gpu_flash_matches_reference(name):
     ps = jnp.exp(sinks[None, :, None] - jnp.where(jnp.isfinite(rl), rl,
                                                   jnp.inf))
     errs["dsinks"] = rel_err(grads[3], -jnp.sum(ps * d, axis=(0, 2)))
-  print(name, {k_: f"{e:.2e}" for k_, e in errs.items()})
+  print(name, bwd, {k_: f"{e:.2e}" for k_, e in errs.items()})
   bad = {k_: e for k_, e in errs.items() if not e <= tol}
-  assert not bad, f"{name}: {bad}; all {errs}"
+  assert not bad, f"{name} ({bwd}): {bad}; all {errs}"
   if c.get("mask") == "docs":
     assert np.all(np.asarray(out)[:, 10:20] == 0)
     assert np.all(np.isneginf(np.asarray(lse)[:, :, 10:20]))

@@ -155,7 +155,7 @@ def test_composed_paged_backend_claims_only_what_its_inner_backend_honours():
 
 def test_residual_vjp_matches_jax_vjp_and_is_optional():
   """`residual_vjp` (the backward from saved out/lse, used by ring attention) equals jax.vjp
-  of the same call for the reference backend, with offsets, windows, softcap, segments with a
+  of the same call for the reference backend and the Pallas kernel, with offsets, windows, softcap, segments with a
   fully masked row, and sinks; backends without one give None."""
   import jax
   import jax.numpy as jnp
@@ -170,16 +170,22 @@ def test_residual_vjp_matches_jax_vjp_and_is_optional():
   do = jax.random.normal(ks[3], (B, T, N, H))
   dl = jax.random.normal(ks[4], (B, N, T))
   seg = (jnp.array([[0] * 6 + [1] * 6, [2] * 12]), jnp.array([[0] * 10 + [1] * 10, [1] * 20]))
-  for kw in (dict(is_causal=True, q_offset=8), dict(softcap=5.0, sliding_window=(3, 2)),
-             dict(segment_ids=seg, sinks=jnp.ones(N))):
+  cases = [("reference", dict(is_causal=True, q_offset=8)),
+           ("reference", dict(softcap=5.0, sliding_window=(3, 2))),
+           ("reference", dict(segment_ids=seg, sinks=jnp.ones(N))),
+           # the Pallas kernel's backward (interpret mode here) fed the residuals
+           ("pallas_flash", dict(is_causal=True, q_offset=8, softcap=5.0)),
+           ("pallas_flash", dict(segment_ids=seg))]
+  for impl, kw in cases:
     f = lambda q, k, v: jattn.attention(q, k, v, return_lse=True, implementation="reference",
                                         **kw)
     (o, l), vjp = jax.vjp(f, q, k, v)
-    want = vjp((do, dl))
-    got = residual_vjp(q, k, v, o, l, do, dl, implementation="reference", **kw)
+    dl_ = jnp.where(jnp.isfinite(l), dl, 0.0)
+    want = vjp((do, dl_))
+    got = residual_vjp(q, k, v, o, l, do, dl_, implementation=impl, **kw)
     for name, a, b in zip("qkv", got, want):
-      assert jnp.all(jnp.isfinite(a)), name
-      assert float(jnp.max(jnp.abs(a - b))) < 1e-5, (kw, name)
+      assert jnp.all(jnp.isfinite(a)), (impl, name)
+      assert float(jnp.max(jnp.abs(a - b))) < 1e-5, (impl, kw, name)
   import dataclasses
 
   from jattn import registry

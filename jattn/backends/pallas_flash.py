@@ -46,20 +46,22 @@ def _block_config(q_len: int, kv_len: int, block_q, block_kv):
   return block_q or min(128, _pow2(q_len)), block_kv or min(128, _pow2(kv_len))
 
 
-def pallas_flash_attention(query, key, value, *, mask=None, scale, score_mod=None, q_offset=0,
-                           kv_offset=0, softcap=None, sinks=None, return_lse=False, bias=None,
-                           dropout_rate=0.0, dropout_rng=None, is_causal=False, segment_ids=None,
-                           sliding_window=None, block_q=None, block_kv=None, interpret=None,
-                           **tuning):
-  """Runs the kernel. `block_q` / `block_kv` / `interpret` and the kernel's tuning options
-  (`num_warps`, `num_stages`, `backward_block_q`, `backward_block_kv`) may be passed through
+def _kernel_call(kernel, query, key, value, *, mask=None, scale, score_mod=None, q_offset=0,
+                 kv_offset=0, softcap=None, sinks=None, return_lse=False, bias=None,
+                 dropout_rate=0.0, dropout_rng=None, is_causal=False, segment_ids=None,
+                 sliding_window=None, block_q=None, block_kv=None, interpret=None, **tuning):
+  """Turns the call's folded mask into the kernel's block lists, mask function and side arrays
+  and calls `kernel` (the kernel or its residual VJP) with them. `block_q` / `block_kv` /
+  `interpret` and the kernel's tuning options (`num_warps`, `num_stages`, `backward_block_q`,
+  `backward_block_kv`, `forward_block_q`, `forward_block_kv`, `config` (a
+  `pallas_kernels.KernelConfig`), `backward` ("split" / "fused")) may be passed through
   `jattn.attention(..., **backend_kwargs)`."""
   del is_causal, segment_ids, sliding_window  # folded into `mask` by the dispatcher
   if bias is not None:
     raise NotSupportedError(NAME, "bias")
   if dropout_rate:
     raise NotSupportedError(NAME, "dropout")
-  from pallas_kernels import flash_attention, from_block_mask
+  from pallas_kernels import from_block_mask
   B, T, N, H = query.shape
   S = key.shape[1]
   if interpret is None:
@@ -69,7 +71,7 @@ def pallas_flash_attention(query, key, value, *, mask=None, scale, score_mod=Non
             return_lse=return_lse, interpret=interpret, q_offset=q_offset, kv_offset=kv_offset,
             **tuning)
   if mask is None:
-    return flash_attention(query, key, value, block_q=bq, block_kv=bkv, **kw)
+    return kernel(query, key, value, block_q=bq, block_kv=bkv, **kw)
   if isinstance(mask, masks.BlockMask):
     bm = mask
     bq, bkv = bm.block_size
@@ -100,9 +102,23 @@ def pallas_flash_attention(query, key, value, *, mask=None, scale, score_mod=Non
           mod, B if _depends_on(mod, 0) else None, N if _depends_on(mod, 1) else None, T, S,
           (bq, bkv), q_offset=q_offset, kv_offset=kv_offset)
   side = masks.token_rows(mod, T, S, kw["q_offset"], kw["kv_offset"], batch=B)
-  return flash_attention(query, key, value, block_sparsity=from_block_mask(bm), block_q=bq,
+  return kernel(query, key, value, block_sparsity=from_block_mask(bm), block_q=bq,
                          block_kv=bkv, mask_fn=mod.evaluate, q_side=tuple(side.q),
                          kv_side=tuple(side.kv), **kw)
+
+
+def pallas_flash_attention(query, key, value, **kwargs):
+  """Runs the kernel (keyword arguments: see `_kernel_call`)."""
+  from pallas_kernels import flash_attention
+  return _kernel_call(flash_attention, query, key, value, **kwargs)
+
+
+def pallas_flash_residual_vjp(query, key, value, out, lse, dout, dlse, **kwargs):
+  """`BackendSpec.residual_vjp`: the backward kernels from given (out, lse)."""
+  from pallas_kernels.flash_attention import flash_attention_residual_vjp
+  kernel = lambda q, k, v, **kw: flash_attention_residual_vjp(q, k, v, out, lse, dout, dlse,
+                                                              **kw)
+  return _kernel_call(kernel, query, key, value, **kwargs)
 
 
 def _priority(call: AttentionCall) -> int:
@@ -123,6 +139,7 @@ SPEC = registry.BackendSpec(
     priority=_priority,
     description="Pallas (Triton) block-sparse flash attention, fwd+bwd; interpret mode on CPU; "
                 "no bias / dropout / dense mask arrays",
+    residual_vjp=pallas_flash_residual_vjp,
 )
 
 
