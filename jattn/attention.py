@@ -78,7 +78,55 @@ def attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=
                           sliding_window=sliding_window, softcap=softcap, sinks=sinks,
                           dropout_rate=dropout_rate, dropout_rng=dropout_rng,
                           return_lse=return_lse, implementation=implementation, name=name)
+  if not backend.spec.spmd_partitionable:
+    axes = _explicit_batch_head_axes(query, key)
+    if axes is not None:
+      # An opaque kernel on Explicit-sharded inputs: XLA would gather them and run it on
+      # every device; run it per shard instead (inside, the arrays are manual: no recursion).
+      from jattn.parallel import sharded_attention
+      mesh, batch_axis, head_axis = axes
+      return sharded_attention(
+          query, key, value, mesh, batch_axis=batch_axis, head_axis=head_axis, bias=bias,
+          mask=mask, segment_ids=segment_ids, sinks=sinks, scale=scale, score_mod=score_mod,
+          q_offset=q_offset, kv_offset=kv_offset, dropout_rng=dropout_rng,
+          return_lse=return_lse, is_causal=is_causal, sliding_window=sliding_window,
+          softcap=softcap, dropout_rate=dropout_rate, implementation=backend.name,
+          **backend_kwargs)
   return backend.fn(query, key, value, **kw, **backend_kwargs)
+
+
+def _explicit_batch_head_axes(query, key):
+  """(mesh, batch_axis, head_axis) when `query` carries an Explicit sharding of its batch
+  and/or head dimension (sharding in types: `jax.sharding.AxisType.Explicit`), else None. A
+  head axis is used only if it divides the KV heads (whole GQA groups per device)."""
+  import jax
+  try:
+    sharding = getattr(jax.typeof(query), "sharding", None)
+  except TypeError:
+    return None
+  spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+  if spec is None or mesh is None or not len(spec):
+    return None
+  explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+  types = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ()) or ()))
+  entries = tuple(spec) + (None,) * (4 - len(tuple(spec)))
+
+  def usable(entry):
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return entry is not None and all(types.get(n) == explicit for n in names)
+
+  batch_axis = entries[0] if usable(entries[0]) else None
+  head_axis = entries[2] if usable(entries[2]) else None
+  if head_axis is not None:
+    names = head_axis if isinstance(head_axis, tuple) else (head_axis,)
+    size = 1
+    for n in names:
+      size *= mesh.shape[n]
+    if key.shape[2] % size:
+      head_axis = None
+  if batch_axis is None and head_axis is None:
+    return None
+  return mesh, batch_axis, head_axis
 
 
 def _dispatch(query, key, value, *, bias, mask, scale, is_causal, score_mod, segment_ids,

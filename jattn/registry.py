@@ -34,6 +34,11 @@ class BackendSpec:
     (e.g. lower when a mask must be materialized densely).
   check: optional `AttentionCall -> str | None`, a reason to refuse that the fields above
     cannot express (shape limits, feature combinations).
+  spmd_partitionable: whether XLA can split the backend's computation along batch and heads
+    by itself (jnp / XLA ops, custom calls with partitioning rules such as cuDNN's). False for
+    opaque kernels (Pallas): on inputs with Explicit batch / head shardings `jattn.attention`
+    then runs the backend per shard inside `shard_map` (`jattn.parallel.sharded_attention`)
+    instead of letting XLA gather the inputs.
   residual_vjp: optional `fn(query, key, value, out, lse, dout, dlse, **kwargs) -> (dq, dk,
     dv)` (kwargs: those `fn` gets, with `return_lse=True`): the query/key/value gradients of
     the call's `(out, lse)` from the residuals, without recomputing the forward. It may only
@@ -52,6 +57,7 @@ class BackendSpec:
   check: Callable[[AttentionCall], str | None] | None = None
   description: str = ""
   residual_vjp: Callable[..., Any] | None = None
+  spmd_partitionable: bool = True
 
   def __post_init__(self):
     if self.mask_form not in MASK_FORMS:

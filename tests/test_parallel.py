@@ -204,6 +204,54 @@ def plain_jit_keeps_shards_local():
 
 
 @case
+def explicit_sharding_runs_opaque_kernels_per_shard():
+  """Sharding in types (Explicit mesh axes): plain `jax.jit(jattn.attention)` on batch x head
+  sharded inputs runs a backend XLA cannot split (`spmd_partitionable=False`, as the Pallas
+  kernels) once per shard - it sees local shapes - with the unsharded values, lse and
+  gradients, and keeps the output sharded; XLA-partitionable backends are left to XLA."""
+  jax, jnp, np = _setup()
+  import dataclasses
+
+  import jattn
+  from jattn import registry as reg
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = _mesh((2, 4), ("data", "model"), explicit=True)
+  B, T, N, K, H = 4, 16, 8, 4, 8
+  q, k, v = _qkv(B, T, N, K, H, seed=9)
+  spec = NamedSharding(mesh, P("data", None, "model", None))
+  placed = [jax.device_put(x, spec) for x in (q, k, v)]
+  seen = []
+  base = reg.get("reference")
+
+  def spy(query, key, value, **kw):
+    seen.append((query.shape[0], query.shape[2], key.shape[2]))
+    return base.fn(query, key, value, **kw)
+
+  for partitionable in (False, True):
+    reg.register("opaque_spy", spy,
+                 dataclasses.replace(base.spec, spmd_partitionable=partitionable),
+                 overwrite=True)
+    try:
+      seen.clear()
+      kw = dict(is_causal=True, implementation="opaque_spy", return_lse=True)
+      fn = lambda q, k, v: jattn.attention(q, k, v, **kw)
+      ref = lambda q, k, v: jattn.attention(q, k, v, **{**kw, "implementation": "reference"})
+      out, lse, g = _value_and_grads(fn, placed, (0, 1, 2))
+      rout, rlse, rg = _value_and_grads(ref, (q, k, v), (0, 1, 2))
+      _close("out", out, rout)
+      _close("lse", lse, rlse)
+      for n, a, b in zip("qkv", g, rg):
+        _close(f"d{n}", a, b)
+      if not partitionable:
+        assert seen and set(seen) == {(B // 2, N // 4, K // 4)}, seen
+        assert jax.jit(fn)(*placed)[0].sharding.spec == P("data", None, "model", None)
+      else:
+        assert seen and set(seen) == {(B, N, K)}, seen     # traced globally, XLA splits it
+    finally:
+      reg.unregister("opaque_spy")
+
+
+@case
 def ring_causal_balanced_gqa_sinks():
   """Causal ring, load balanced, natural layout (inputs and segment ids reordered inside),
   data x context mesh, GQA, documents, sinks: out, lse and gradients of q, k, v, sinks."""

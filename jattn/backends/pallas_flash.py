@@ -140,6 +140,7 @@ SPEC = registry.BackendSpec(
     description="Pallas (Triton) block-sparse flash attention, fwd+bwd; interpret mode on CPU; "
                 "no bias / dropout / dense mask arrays",
     residual_vjp=pallas_flash_residual_vjp,
+    spmd_partitionable=False,   # a Pallas custom call: XLA cannot split it
 )
 
 

@@ -135,6 +135,7 @@ SPEC = BackendSpec(
         "with block skipping, GQA, lse; Mosaic backward for head_dim <= 128, dense XLA "
         "backward above"),
     residual_vjp=mgpu_residual_vjp,
+    spmd_partitionable=False,   # a Pallas custom call: XLA cannot split it
 )
 
 
