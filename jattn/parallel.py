@@ -11,12 +11,15 @@
   `shard_map`: no all-gather, no all-to-all. Bias, masks (arrays, mask functions,
   `BlockMask`), segment ids and sinks are sharded consistently; mask functions and
   `score_mod` still see global batch / head indices.
+  (On meshes with Explicit axes plain `jax.jit(jattn.attention)` does this by itself for
+  backends XLA cannot split: see `BackendSpec.spmd_partitionable`.)
 * `ring_attention`: context parallelism. The sequence axis is sharded over one mesh axis;
   K/V chunks travel around the ring with `ppermute` while each device attends its query
-  chunk(s) to the K/V chunk it holds (through `jattn.attention` with absolute offsets and
-  `return_lse=True`), merging partial results through the log-sum-exp. Causal load
-  balancing (device d holds chunks d and 2P-1-d), fully masked chunk pairs skipped, its own
-  VJP (K/V and their gradients rotate again: O(S/P) memory per device).
+  chunk(s) to the K/V chunk it holds (through `jattn.attention` with `return_lse=True`:
+  offset-free calls for balanced causal self-attention, absolute offsets otherwise), merging
+  partial results through the log-sum-exp. Causal load balancing (device d holds chunks d and
+  2P-1-d), fully masked chunk pairs skipped, its own VJP (K/V and their gradients rotate
+  again: O(S/P) memory per device; per-call gradients from the backends' residual VJP).
 * `balance` / `unbalance` / `balanced_positions`: the load-balanced token order, to apply
   once to the data (then call `ring_attention(..., layout="balanced")`: no reordering
   inside).
