@@ -6,6 +6,9 @@ import math
 
 from jattn import registry
 from jattn._call import normalize_window, validate
+from jattn._errors import NotSupportedError
+from jattn.masks._block_mask import BlockMask
+from jattn.masks._lower import lower_mask
 
 
 def _prepare_kwargs(backend: registry.Backend, call, kw: dict) -> dict:
@@ -129,27 +132,56 @@ def _explicit_batch_head_axes(query, key):
   return mesh, batch_axis, head_axis
 
 
-def _dispatch(query, key, value, *, bias, mask, scale, is_causal, score_mod, segment_ids,
-              q_offset, kv_offset, sliding_window, softcap, sinks, dropout_rate, dropout_rng,
-              return_lse, implementation, name):
+def _dispatch(query, key, value, *, implementation, name, **args):
   """Validates, selects the backend and builds the keyword arguments its `fn` receives."""
-  call = validate(query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
-                  score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
-                  kv_offset=kv_offset, sliding_window=sliding_window, softcap=softcap,
-                  sinks=sinks, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                  return_lse=return_lse)
-  backend = registry.select(call, implementation, name)
+  call, backend, args = _resolve(query, key, value, args, implementation, name)
+  scale = args["scale"]
   if scale is None:
     scale = 1.0 / math.sqrt(call.head_dim)
   elif not hasattr(scale, "shape"):
     scale = float(scale)
-  kw = dict(bias=bias, mask=mask, scale=scale, is_causal=bool(is_causal),
-            score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
-            kv_offset=kv_offset, sliding_window=normalize_window(sliding_window),
-            softcap=None if softcap is None else float(softcap), sinks=sinks,
-            dropout_rate=float(dropout_rate), dropout_rng=dropout_rng,
-            return_lse=bool(return_lse))
+  softcap = args["softcap"]
+  kw = dict(args, scale=scale, is_causal=bool(args["is_causal"]),
+            sliding_window=normalize_window(args["sliding_window"]),
+            softcap=None if softcap is None else float(softcap),
+            dropout_rate=float(args["dropout_rate"]), return_lse=bool(args["return_lse"]))
   return backend, _prepare_kwargs(backend, call, kw)
+
+
+def _resolve(query, key, value, args: dict, implementation, name):
+  """(call, backend, arguments) for the call described by `args` (validate's keywords).
+
+  A structured mask (`jattn.masks._lower`) is first lowered to is_causal / sliding_window /
+  segment_ids, which more backends run natively; the original form is kept when no backend
+  takes the lowered one (an explicit backend that honours mask functions only), and for a
+  `BlockMask` going to a backend that consumes BlockMasks (its precomputed block lists are
+  worth keeping)."""
+  lowered = _lowered(query, key, args)
+  if lowered is not None:
+    try:
+      call = validate(query, key, value, **lowered)
+      backend = registry.select(call, implementation, name)
+    except NotSupportedError:
+      pass
+    else:
+      if not (isinstance(args["mask"], BlockMask) and backend.spec.mask_form == "mask_mod"):
+        return call, backend, lowered
+  call = validate(query, key, value, **args)
+  return call, registry.select(call, implementation, name), args
+
+
+def _lowered(query, key, args: dict) -> dict | None:
+  if args["mask"] is None or getattr(query, "ndim", 0) != 4 or getattr(key, "ndim", 0) != 4:
+    return None
+  try:
+    window = normalize_window(args["sliding_window"])
+  except (TypeError, ValueError):
+    return None   # validate() reports it
+  low = lower_mask(args["mask"], is_causal=args["is_causal"], sliding_window=window,
+                   segment_ids=args["segment_ids"], q_offset=args["q_offset"],
+                   kv_offset=args["kv_offset"], batch=query.shape[0], q_len=query.shape[1],
+                   kv_len=key.shape[1])
+  return None if low is None else {**args, **low}
 
 
 def residual_vjp(query, key, value, out, lse, dout, dlse=None, *, implementation=None,
@@ -183,9 +215,12 @@ def explain(query, key, value, bias=None, mask=None, *, scale=None, is_causal=Fa
   Takes the same arguments (arrays or `jax.ShapeDtypeStruct`s) and runs nothing.
   """
   del backend_kwargs
-  call = validate(query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
-                  score_mod=score_mod, segment_ids=segment_ids, q_offset=q_offset,
-                  kv_offset=kv_offset, sliding_window=sliding_window, softcap=softcap,
-                  sinks=sinks, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                  return_lse=return_lse)
+  args = dict(bias=bias, mask=mask, scale=scale, is_causal=is_causal, score_mod=score_mod,
+              segment_ids=segment_ids, q_offset=q_offset, kv_offset=kv_offset,
+              sliding_window=sliding_window, softcap=softcap, sinks=sinks,
+              dropout_rate=dropout_rate, dropout_rng=dropout_rng, return_lse=return_lse)
+  try:
+    call, _, _ = _resolve(query, key, value, args, implementation, name)
+  except NotSupportedError:
+    call = validate(query, key, value, **args)
   return registry.explain_call(call, implementation, name)

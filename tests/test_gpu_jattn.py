@@ -127,3 +127,21 @@ def test_residual_vjp_compiled(backend, case):
   for name, a, b in zip("qkv", got, want):
     assert bool(jnp.all(jnp.isfinite(f32(a)))), (backend, case, name)
     assert _rel(f32(a), b) < 2e-2, (backend, case, name, _rel(f32(a), b))
+
+
+def test_structured_masks_run_on_native_paths():
+  """Mask functions / BlockMasks built from causal, windows and segments are lowered to
+  native arguments, so the auto-selector can pick the Hopper kernel (which refuses mask
+  functions); values equal the reference's on the dense mask."""
+  B, T, N, K, H = 2, 1024, 8, 2, 128
+  q, k, v = _qkv(B, T, T, N, K, H, seed=4)
+  cases = [masks.and_masks(masks.causal(), masks.segments(_docs(B, T, 5, seed=1))),
+           masks.create_block_mask(masks.sliding_window_causal(256), None, None, T, T, 128)]
+  f32 = lambda x: x.astype(jnp.float32)
+  for m in cases:
+    assert jattn.explain(q, k, v, mask=m).chosen == "pallas_mgpu", m
+    out = jax.jit(lambda q, k, v: jattn.attention(q, k, v, mask=m))(q, k, v)
+    mod = m.mask_mod if isinstance(m, masks.BlockMask) else m
+    want = jattn.attention(f32(q), f32(k), f32(v), mask=masks.create_mask(mod, B, N, T, T),
+                           implementation="reference")
+    assert _rel(f32(out), want) < 1e-2, m
