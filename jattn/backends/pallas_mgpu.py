@@ -9,8 +9,10 @@ sequence lengths. Everything else (bias, masks, mask functions, BlockMask, softc
 score_mod, dropout, Hv != H, traced offsets, f32, non-Hopper GPUs) is refused by capability so
 the selector falls back. (Mask functions and BlockMasks stay refused: the capability check sees
 only the call's features, not the mask object, so it cannot tell a document / window BlockMask
-the kernel could walk from an arbitrary mask_mod it could not evaluate; pass such masks as
-`segment_ids` / `is_causal` / `sliding_window` instead.)
+the kernel could walk from an arbitrary mask_mod it could not evaluate. `jattn.attention`
+lowers masks built from causal / window / segment constructors to `is_causal` /
+`sliding_window` / `segment_ids` before selection (`jattn.masks._lower`), so those reach this
+kernel anyway.)
 
 Backward: the Mosaic dQ and dK/dV kernels for head_dim <= 128. For head_dim > 128 the backward
 is a dense XLA recomputation from the kernel's residuals (correct, O(T*S) memory, not fast), and
