@@ -306,10 +306,7 @@ def _opt_half(x, i, axis=1):
 # 2c x c or c x 2c pairs, chosen by `lax.cond`.
 
 
-def _forward_aligned(cfg, statics, q, k, v, aux):
-  env = _Env(cfg, statics, aux)
-  d = lax.axis_index(cfg.axis)
-  q_seg = aux["q_seg"]
+def _aligned_forward_step(cfg, env, d, q, q_seg):
   f32 = lambda r: (r[0].astype(jnp.float32), r[1].astype(jnp.float32))
 
   def step(s, acc, cur):
@@ -331,17 +328,10 @@ def _forward_aligned(cfg, statics, q, k, v, aux):
 
     return lax.cond(j < d, kv_front, q_back)
 
-  return _ring_loop(cfg, step, None, (k, v, aux["kv_seg"]))
+  return step
 
 
-def _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
-  env = _Env(cfg, statics, aux)
-  d = lax.axis_index(cfg.axis)
-  q_seg = aux["q_seg"]
-  dout = dout.astype(jnp.float32)
-  dlse = jnp.zeros_like(lse) if dlse is None else dlse.astype(jnp.float32)
-  D = jnp.swapaxes(jnp.sum(dout * out, axis=-1), 1, 2)          # [B, N, T_loc]
-  f32zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+def _aligned_backward_step(cfg, env, d, q, q_seg, out, lse, dout, dlse, D):
   cat = lambda a, b: jnp.concatenate([a, b], axis=1)
 
   def step(s, carry, cur):
@@ -376,21 +366,14 @@ def _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
     g = lax.cond(j < d, kv_front, q_back)
     return dq + g[0], (dk + g[1], dv + g[2])
 
-  send_back = lambda carry: (carry[0], _ppermute(carry[1], cfg))
-  dq, (dk, dv) = _ring_loop(cfg, step, (f32zeros(q), (f32zeros(k), f32zeros(v))),
-                            (k, v, aux["kv_seg"]), send_back=send_back)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  return step
 
 
-def _forward(cfg, statics, q, k, v, aux):
-  if cfg.aligned:
-    return _forward_aligned(cfg, statics, q, k, v, aux)
-  env = _Env(cfg, statics, aux)
+# The general path: every (local query chunk, KV chunk) pair at its absolute positions.
+
+
+def _pairs_forward_step(cfg, env, d, q, q_seg, v):
   P, cq, ckv = cfg.num_devices, cfg.q_chunk, cfg.kv_chunk
-  d = lax.axis_index(cfg.axis)
-  q_seg = aux["q_seg"]
-  B, T, N, _ = q.shape
-  acc0 = (jnp.zeros((B, T, N, v.shape[-1]), jnp.float32), jnp.full((B, N, T), -jnp.inf))
 
   def step(s, acc, cur):
     kb_all, vb_all, ks_all = cur
@@ -415,19 +398,11 @@ def _forward(cfg, statics, q, k, v, aux):
 
     return _for_pairs(cfg, pair, acc)
 
-  return _ring_loop(cfg, step, acc0, (k, v, aux["kv_seg"]))
+  return step
 
 
-def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
-  if cfg.aligned:
-    return _backward_aligned(cfg, statics, q, k, v, aux, out, lse, dout, dlse)
-  env = _Env(cfg, statics, aux)
+def _pairs_backward_step(cfg, env, d, q, q_seg, out, lse, dout, dlse, D):
   P, cq, ckv = cfg.num_devices, cfg.q_chunk, cfg.kv_chunk
-  d = lax.axis_index(cfg.axis)
-  q_seg = aux["q_seg"]
-  dout = dout.astype(jnp.float32)
-  dlse = jnp.zeros_like(lse) if dlse is None else dlse.astype(jnp.float32)
-  D = jnp.swapaxes(jnp.sum(dout * out, axis=-1), 1, 2)          # [B, N, T_loc]
   f32zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
 
   def step(s, carry, cur):
@@ -458,6 +433,30 @@ def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
 
     return _for_pairs(cfg, pair, carry)
 
+  return step
+
+
+def _forward(cfg, statics, q, k, v, aux):
+  env = _Env(cfg, statics, aux)
+  d = lax.axis_index(cfg.axis)
+  if cfg.aligned:   # step 0 sets the accumulator
+    step, acc0 = _aligned_forward_step(cfg, env, d, q, aux["q_seg"]), None
+  else:
+    B, T, N, _ = q.shape
+    step = _pairs_forward_step(cfg, env, d, q, aux["q_seg"], v)
+    acc0 = (jnp.zeros((B, T, N, v.shape[-1]), jnp.float32), jnp.full((B, N, T), -jnp.inf))
+  return _ring_loop(cfg, step, acc0, (k, v, aux["kv_seg"]))
+
+
+def _backward(cfg, statics, q, k, v, aux, out, lse, dout, dlse):
+  env = _Env(cfg, statics, aux)
+  d = lax.axis_index(cfg.axis)
+  dout = dout.astype(jnp.float32)
+  dlse = jnp.zeros_like(lse) if dlse is None else dlse.astype(jnp.float32)
+  D = jnp.swapaxes(jnp.sum(dout * out, axis=-1), 1, 2)          # [B, N, T_loc]
+  make = _aligned_backward_step if cfg.aligned else _pairs_backward_step
+  step = make(cfg, env, d, q, aux["q_seg"], out, lse, dout, dlse, D)
+  f32zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
   # the dK/dV accumulators travel with the K/V chunk they belong to; after the last step one
   # more hop brings them home
   send_back = lambda carry: (carry[0], _ppermute(carry[1], cfg))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any, Callable
 
@@ -890,29 +891,7 @@ def _static_int(x):
   return None
 
 
-def flash_attention(q, k, v, *,
-                    block_sparsity: BlockSparsity | None = None,
-                    block_q: int | None = None,
-                    block_kv: int | None = None,
-                    mask_fn: Callable | None = None,
-                    q_side: tuple = (),
-                    kv_side: tuple = (),
-                    q_offset: Any = 0,
-                    kv_offset: Any = 0,
-                    scale: float | None = None,
-                    softcap: float | None = None,
-                    sinks=None,
-                    score_mod: Callable | None = None,
-                    return_lse: bool = False,
-                    interpret: bool = False,
-                    num_warps=None,
-                    num_stages=None,
-                    backward_block_q=None,
-                    backward_block_kv=None,
-                    forward_block_q: int | None = None,
-                    forward_block_kv: int | None = None,
-                    config: KernelConfig | None = None,
-                    backward: str | None = None):
+def flash_attention(q, k, v, **kwargs):
   """Block-sparse flash attention (Pallas, Triton lowering), differentiable.
 
   Args:
@@ -958,14 +937,14 @@ def flash_attention(q, k, v, *,
   Returns:
     out [B, T, N, Hv] in q's dtype, or (out, lse) when return_lse.
   """
-  st, ops = _prepare_call(q, k, v, block_sparsity=block_sparsity, block_q=block_q, block_kv=block_kv, mask_fn=mask_fn, q_side=q_side, kv_side=kv_side, q_offset=q_offset, kv_offset=kv_offset, scale=scale, softcap=softcap, sinks=sinks, score_mod=score_mod, return_lse=return_lse, interpret=interpret, num_warps=num_warps, num_stages=num_stages, backward_block_q=backward_block_q, backward_block_kv=backward_block_kv, forward_block_q=forward_block_q, forward_block_kv=forward_block_kv, config=config, backward=backward)
+  st, ops = _prepare_call(q, k, v, **kwargs)
   out, lse = _flash_core(st, *ops)
   T, Dv = q.shape[1], v.shape[-1]
   if st.T_pad != T or st.Dvp != Dv:
     out = out[:, :T, :, :Dv]
   if st.T_pad != T:
     lse = lse[:, :, :T]
-  if return_lse:
+  if kwargs.get("return_lse", False):
     return out, lse
   return out
 
@@ -1014,7 +993,8 @@ def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
                   config: KernelConfig | None = None,
                   backward: str | None = None):
   """Checks a call of `flash_attention` and builds its `_Static` and the padded operands
-  (q, k, v, sinks, block arrays, side arrays, offsets) of `_flash_core`."""
+  (q, k, v, sinks, block arrays, side arrays, offsets) of `_flash_core`. Its signature is
+  `flash_attention`'s (the one place the options and their defaults are written)."""
   del return_lse   # the caller's business
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError("q, k, v must be [B, T, N, H], [B, S, K, H], [B, S, K, Hv]")
@@ -1185,3 +1165,7 @@ def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
   kp = pad(k, S, S_pad, D, Dp)
   vp = pad(v, S, S_pad, Dv, Dvp)
   return st, (qp, kp, vp, sinks, arrays, tuple(q_side_p), tuple(kv_side_p), offs)
+
+
+# help() / IDEs show the real keyword arguments of the public entry point.
+flash_attention.__signature__ = inspect.signature(_prepare_call)

@@ -16,6 +16,28 @@ from jattn.registry import BackendSpec
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def _scores(query, key, *, bias, mask, scale, score_mod, q_offset, kv_offset, softcap):
+  """The masked scores [B, N, T, S] (-inf where masked), as `reference_attention` forms them."""
+  B, T, N, H = query.shape
+  S, K = key.shape[1], key.shape[2]
+  acc = jnp.promote_types(query.dtype, jnp.float32)
+  q = query.astype(acc).reshape(B, T, K, N // K, H)
+  s = jnp.einsum("btkgh,bskh->bkgts", q, key.astype(acc), precision=_HIGHEST)
+  s = s.reshape(B, N, T, S) * jnp.asarray(scale, acc)
+  if softcap is not None:
+    s = softcap * jnp.tanh(s / softcap)
+  if bias is not None:
+    s = s + bias.astype(acc)
+  if score_mod is not None:
+    b = jnp.arange(B, dtype=jnp.int32)[:, None, None, None]
+    h = jnp.arange(N, dtype=jnp.int32)[None, :, None, None]
+    q_pos, kv_pos = positions(T, S, q_offset, kv_offset)
+    s = jnp.broadcast_to(score_mod(s, b, h, q_pos, kv_pos), s.shape).astype(acc)
+  if mask is not None:
+    s = jnp.where(mask, s, -jnp.inf)
+  return s
+
+
 def reference_attention(query, key, value, *, bias=None, mask=None, scale, score_mod=None,
                         q_offset=0, kv_offset=0, softcap=None, sinks=None, dropout_rate=0.0,
                         dropout_rng=None, return_lse=False, broadcast_dropout=False,
@@ -30,20 +52,8 @@ def reference_attention(query, key, value, *, bias=None, mask=None, scale, score
   S, K = key.shape[1], key.shape[2]
   G = N // K
   acc = jnp.promote_types(query.dtype, jnp.float32)
-  q = query.astype(acc).reshape(B, T, K, G, H)
-  s = jnp.einsum("btkgh,bskh->bkgts", q, key.astype(acc), precision=_HIGHEST)
-  s = s.reshape(B, N, T, S) * jnp.asarray(scale, acc)
-  if softcap is not None:
-    s = softcap * jnp.tanh(s / softcap)
-  if bias is not None:
-    s = s + bias.astype(acc)
-  if score_mod is not None:
-    b = jnp.arange(B, dtype=jnp.int32)[:, None, None, None]
-    h = jnp.arange(N, dtype=jnp.int32)[None, :, None, None]
-    q_pos, kv_pos = positions(T, S, q_offset, kv_offset)
-    s = jnp.broadcast_to(score_mod(s, b, h, q_pos, kv_pos), s.shape).astype(acc)
-  if mask is not None:
-    s = jnp.where(mask, s, -jnp.inf)
+  s = _scores(query, key, bias=bias, mask=mask, scale=scale, score_mod=score_mod,
+              q_offset=q_offset, kv_offset=kv_offset, softcap=softcap)
 
   # The shift cancels in the softmax, so it carries no gradient; masked rows use shift 0.
   m = jnp.max(s, axis=-1, keepdims=True)
@@ -69,28 +79,6 @@ def reference_attention(query, key, value, *, bias=None, mask=None, scale, score
     return out
   lse = jnp.where(nonempty, jnp.log(safe) + m, -jnp.inf)[..., 0]
   return out, lse.astype(jnp.float32) if acc == jnp.float32 else lse
-
-
-def _scores(query, key, *, bias, mask, scale, score_mod, q_offset, kv_offset, softcap):
-  """The masked scores [B, N, T, S] (-inf where masked), as `reference_attention` forms them."""
-  B, T, N, H = query.shape
-  S, K = key.shape[1], key.shape[2]
-  acc = jnp.promote_types(query.dtype, jnp.float32)
-  q = query.astype(acc).reshape(B, T, K, N // K, H)
-  s = jnp.einsum("btkgh,bskh->bkgts", q, key.astype(acc), precision=_HIGHEST)
-  s = s.reshape(B, N, T, S) * jnp.asarray(scale, acc)
-  if softcap is not None:
-    s = softcap * jnp.tanh(s / softcap)
-  if bias is not None:
-    s = s + bias.astype(acc)
-  if score_mod is not None:
-    b = jnp.arange(B, dtype=jnp.int32)[:, None, None, None]
-    h = jnp.arange(N, dtype=jnp.int32)[None, :, None, None]
-    q_pos, kv_pos = positions(T, S, q_offset, kv_offset)
-    s = jnp.broadcast_to(score_mod(s, b, h, q_pos, kv_pos), s.shape).astype(acc)
-  if mask is not None:
-    s = jnp.where(mask, s, -jnp.inf)
-  return s
 
 
 def reference_residual_vjp(query, key, value, out, lse, dout, dlse, *, bias=None, mask=None,
