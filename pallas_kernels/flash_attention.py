@@ -937,6 +937,7 @@ def flash_attention(q, k, v, **kwargs):
   Returns:
     out [B, T, N, Hv] in q's dtype, or (out, lse) when return_lse.
   """
+  _check_options(kwargs)
   st, ops = _prepare_call(q, k, v, **kwargs)
   out, lse = _flash_core(st, *ops)
   T, Dv = q.shape[1], v.shape[-1]
@@ -956,6 +957,7 @@ def flash_attention_residual_vjp(q, k, v, out, lse, dout, dlse=None, **kwargs):
   D = rowsum(dout * out) - dlse, so `(out, lse)` may be the merged result of a larger softmax
   this call is one part of (ring attention). Sinks get no gradient here."""
   kwargs.pop("return_lse", None)
+  _check_options(kwargs)
   st, ops = _prepare_call(q, k, v, **kwargs)
   B, T, N, D = q.shape
   S, Dv = k.shape[1], v.shape[-1]
@@ -968,6 +970,14 @@ def flash_attention_residual_vjp(q, k, v, out, lse, dout, dlse=None, **kwargs):
                           (padT(dout), dlse_p))
   dq, dk, dv = grads[:3]
   return dq[:, :T, :, :D], dk[:, :S, :, :D], dv[:, :S, :, :Dv]
+
+
+def _check_options(kwargs):
+  """A TypeError naming the public function for an unknown or misplaced option."""
+  unknown = sorted(set(kwargs) - set(_OPTIONS))
+  if unknown:
+    raise TypeError(f"flash_attention got unknown keyword arguments {unknown}; its options "
+                    f"are {list(_OPTIONS)}")
 
 
 def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
@@ -1169,3 +1179,4 @@ def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
 
 # help() / IDEs show the real keyword arguments of the public entry point.
 flash_attention.__signature__ = inspect.signature(_prepare_call)
+_OPTIONS = tuple(flash_attention.__signature__.parameters)[3:]

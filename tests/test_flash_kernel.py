@@ -495,3 +495,15 @@ def test_config_selection_and_overrides():
     flash_attention(q, q, q, interpret=True, backward="nope")
   with pytest.raises(TypeError, match="KernelConfig"):
     flash_attention(q, q, q, interpret=True, config={"fwd": (16, 16)})
+
+
+def test_unknown_option_is_a_type_error_naming_the_function():
+  import importlib
+
+  import jax.numpy as jnp
+  fa = importlib.import_module("pallas_kernels.flash_attention")
+  x = jnp.ones((1, 16, 1, 16), jnp.float32)
+  with pytest.raises(TypeError, match=r"flash_attention got unknown keyword arguments \['bogus'\]"):
+    fa.flash_attention(x, x, x, bogus=1, interpret=True)
+  with pytest.raises(TypeError, match="flash_attention"):
+    fa.flash_attention_residual_vjp(x, x, x, x, jnp.zeros((1, 1, 16)), x, blk=3)
