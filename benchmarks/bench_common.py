@@ -24,6 +24,36 @@ def log(*a):
   print(*a, flush=True)
 
 
+def time_call(fn, args, reps, min_rep_s=0.005, warm_s=0.1):
+  """Median seconds per call of a jitted `fn(*args)`: warm-up (compile + >= warm_s of calls:
+  a cold first-timed config measured up to 20% slow without it), then `reps` timed
+  repetitions of >= min_rep_s each (back-to-back calls, one block_until_ready per
+  repetition). The one timer of every JAX benchmark here."""
+  import time
+
+  import jax
+  jax.block_until_ready(fn(*args))
+  t0 = time.perf_counter()
+  n = 0
+  while True:
+    out = fn(*args)
+    n += 1
+    if n % 4 == 0:
+      jax.block_until_ready(out)
+      if time.perf_counter() - t0 >= warm_s:
+        break
+  dt = (time.perf_counter() - t0) / n
+  inner = max(1, min(50, int(min_rep_s / max(dt, 1e-6)) + 1))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    for _ in range(inner):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t0) / inner)
+  return statistics.median(times)
+
+
 def doc_ids(B, S, n_docs, seed=0):
   import numpy as np
   rng = np.random.default_rng(seed)

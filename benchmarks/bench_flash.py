@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -33,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from bench_common import (D, H, N_DOCS, WINDOW, doc_ids, log, run_flex,  # noqa: E402
+from bench_common import (D, H, N_DOCS, WINDOW, doc_ids, log, run_flex, time_call,  # noqa: E402
                           tflops)
 
 
@@ -63,33 +62,6 @@ def band_blocks(S, bq, bkv, window=None):
 # --------------------------------------------------------------------------
 # JAX side.
 # --------------------------------------------------------------------------
-def jax_bench(fn, args, reps, min_rep_s=0.005, warm_s=0.1):
-  """Median seconds per call: warm-up (compile + >= warm_s of calls), then
-  `reps` timed repetitions of >= min_rep_s each (back-to-back calls, one
-  block_until_ready per repetition)."""
-  import jax
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  n = 0
-  while True:
-    out = fn(*args)
-    n += 1
-    if n % 4 == 0:
-      jax.block_until_ready(out)
-      if time.perf_counter() - t0 >= warm_s:
-        break
-  dt = (time.perf_counter() - t0) / n
-  inner = max(1, min(50, int(min_rep_s / max(dt, 1e-6)) + 1))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    for _ in range(inner):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / inner)
-  return statistics.median(times)
-
-
 @functools.lru_cache(maxsize=8)
 def docs_sparsity(B, S, bq, bkv):
   """Block lists of the causal document mask (doc_ids(B, S, N_DOCS))."""
@@ -133,7 +105,6 @@ def make_ours(kind, B, S, kernel_kw=None):
 
 def make_baseline(impl, kind, B, S, interpret=False):
   import jax
-  import jax.numpy as jnp
   scale = 1.0 / D ** 0.5
   if impl in ("cudnn", "xla"):
     if kind == "docs":
@@ -181,9 +152,9 @@ def time_impl(fn, B, S, reps, what=("fwd", "fwdbwd"), check_against=None):
   res = {}
   fwd = jax.jit(fn)
   if "fwd" in what:
-    res["fwd_s"] = jax_bench(fwd, (q, k, v), reps)
+    res["fwd_s"] = time_call(fwd, (q, k, v), reps)
   if "fwdbwd" in what:
-    res["fwdbwd_s"] = jax_bench(jax.jit(fwd_bwd(fn)), (q, k, v, do), reps)
+    res["fwdbwd_s"] = time_call(jax.jit(fwd_bwd(fn)), (q, k, v, do), reps)
   if check_against is not None:
     a = fwd(q, k, v).astype(jnp.float32)
     b = jax.jit(check_against)(q, k, v).astype(jnp.float32)

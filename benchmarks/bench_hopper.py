@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -36,27 +35,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from bench_common import D, H, N_DOCS, WINDOW, doc_ids, log, run_flex, tflops  # noqa: E402
+from bench_common import (D, H, N_DOCS, WINDOW, doc_ids, log, run_flex, tflops,  # noqa: E402
+                          time_call)
 
 BACKWARD = "mosaic"   # --backward
-
-
-def bench(fn, args, reps):
-  import jax
-  jax.block_until_ready(fn(*args))
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  dt = time.perf_counter() - t0
-  inner = max(1, min(50, int(0.01 / max(dt, 1e-6))))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    for _ in range(inner):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / inner)
-  return statistics.median(times)
 
 
 def inputs(B, S, dtype=None, seed=0):
@@ -94,12 +76,12 @@ def time_fn(fn, B, S, reps, what=("fwd", "fwdbwd")):
   q, k, v, do = inputs(B, S)
   res = {}
   if "fwd" in what:
-    res["fwd_s"] = bench(jax.jit(fn), (q, k, v), reps)
+    res["fwd_s"] = time_call(jax.jit(fn), (q, k, v), reps)
   if "fwdbwd" in what:
     def fb(q, k, v, do):
       out, vjp = jax.vjp(fn, q, k, v)
       return vjp(do)
-    res["fwdbwd_s"] = bench(jax.jit(fb), (q, k, v, do), reps)
+    res["fwdbwd_s"] = time_call(jax.jit(fb), (q, k, v, do), reps)
   return res
 
 
@@ -131,7 +113,7 @@ def section_ceiling(args, res):
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
     f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype))
-    t = bench(f, (a, b), args.reps)
+    t = time_call(f, (a, b), args.reps)
     tf = 2 * n ** 3 / t / 1e12
     log(f"matmul bf16 {n}^3: {tf:.0f} TFLOP/s")
     best = max(best, tf)

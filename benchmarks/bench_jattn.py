@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import jax
@@ -19,24 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jattn
-from jattn import masks
 
-
-def _time(fn, args, reps=10, min_ms=5.0):
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  one = max(time.perf_counter() - t0, 1e-6)
-  inner = max(1, int(min_ms / 1e3 / one))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(inner):
-      out = fn(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / inner)
-  return statistics.median(times)
+from bench_common import time_call  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def _cases(quick):
@@ -85,13 +68,13 @@ def main():
         row[name] = None
         continue
       f = jax.jit(lambda q, k, v, impl=impl: jattn.attention(q, k, v, implementation=impl, **kw))
-      t = _time(f, (q, k, v))
+      t = time_call(f, (q, k, v), 10)
       row[name] = dict(fwd_ms=t * 1e3, fwd_tflops=flops / t / 1e12)
       if args.backward:
         g = jax.jit(jax.grad(lambda q, k, v, impl=impl: jnp.sum(
             jattn.attention(q, k, v, implementation=impl, **kw).astype(jnp.float32)),
             argnums=(0, 1, 2)))
-        tb = _time(g, (q, k, v))
+        tb = time_call(g, (q, k, v), 10)
         row[name].update(fwdbwd_ms=tb * 1e3, fwdbwd_tflops=3.5 * flops / tb / 1e12)
     rows.append(row)
     print(json.dumps(row), flush=True)

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -67,18 +65,6 @@ def log(*a):
   print(*a, flush=True)
 
 
-def timeit(fn, args, iters):
-  import jax
-  jax.block_until_ready(fn(*args))          # compile + warm-up
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def main(argv=None):
   a = parse_args(argv)
   if a.quick:
@@ -94,6 +80,7 @@ def main(argv=None):
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
   import jattn
+  from bench_common import time_call
   from jattn import _ring, parallel as par
 
   devs = jax.devices()
@@ -167,14 +154,14 @@ def main(argv=None):
   res = dict(devices=Pn, device_kind=devs[0].device_kind, batch=B, seq=S, heads=N,
              kv_heads=K, head_dim=H, dtype=dtype.name, causal=causal, backward=a.backward,
              impl=a.impl, jax=jax.__version__)
-  t_ring = timeit(jax.jit(with_grad(ring)), (qr, kr, vr), a.iters)
+  t_ring = time_call(jax.jit(with_grad(ring)), (qr, kr, vr), a.iters)
   with _ring.skip_communication():
-    t_compute = timeit(jax.jit(with_grad(ring)), (qr, kr, vr), a.iters)
-  t_comm = timeit(jax.jit(comm_only), (kr, vr), a.iters)
+    t_compute = time_call(jax.jit(with_grad(ring)), (qr, kr, vr), a.iters)
+  t_comm = time_call(jax.jit(comm_only), (kr, vr), a.iters)
   t_single = None
   if not a.skip_single:
     try:
-      t_single = timeit(jax.jit(with_grad(single)), (q, k, v), a.iters)
+      t_single = time_call(jax.jit(with_grad(single)), (q, k, v), a.iters)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory on one device
       log(f"single-device baseline failed: {type(e).__name__}: {str(e)[:200]}")
   # The timed programs are only worth reporting if the ring computes the same attention.

@@ -26,7 +26,7 @@ compiling alongside:
 A tier (or a job) that would pass `--budget` seconds is skipped and reported. A candidate that
 fails to lower, compile or run is reported and skipped. Each candidate's output (fwd: out;
 fwd+bwd: dq, dk, dv) is compared once with the default config's (max |a-b| / max |b|); one above
---max-rel-err is marked BAD and never wins. Timing is bench_flash.py's `jax_bench` (warm-up
+--max-rel-err is marked BAD and never wins. Timing is bench_common's `time_call` (warm-up
 >= 0.1 s, median of --reps repetitions of >= 5 ms).
 
   PYTHONPATH=$PWD python3 benchmarks/sweep_flash.py --out $OUT/sweep.json     # H100, < 6 min
@@ -58,8 +58,8 @@ for _p in (HERE, ROOT):
     sys.path.insert(0, _p)
 
 import bench_common  # noqa: E402
-from bench_common import log, run_flex  # noqa: E402
-from bench_flash import (band_blocks, docs_sparsity, fwd_bwd, jax_bench,  # noqa: E402
+from bench_common import log, run_flex, time_call  # noqa: E402
+from bench_flash import (band_blocks, docs_sparsity, fwd_bwd,  # noqa: E402
                          make_baseline, make_inputs, make_ours)
 
 T_START = time.time()
@@ -300,7 +300,7 @@ def time_tier(jobs, reps):
     else:
       try:
         args = st.inputs()
-        sec = jax_bench(job.compiled, args, reps)
+        sec = time_call(job.compiled, args, reps)
         job.result.update(time_s=sec, tflops=st.flops(sec))
         out = jax.block_until_ready(job.compiled(*args))
         if job.impl == "ours" and job.config is None:
@@ -595,7 +595,9 @@ def lower_only(states):
 def main():
   global ARGS, ARGS_FWD, ARGS_BWD
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", default=os.path.join(HERE, "results", "sweep_flash.json"))
+  p.add_argument("--out", default=None,
+                 help="JSON path (default: results/sweep_flash.json; with --quick "
+                      "/tmp/sweep_flash_quick.json, so a smoke run never replaces measurements)")
   p.add_argument("--quick", action="store_true",
                  help="CPU smoke test: interpret mode, tiny shapes, few candidates")
   p.add_argument("--lower-only", action="store_true",
@@ -609,6 +611,9 @@ def main():
                  help="also time FlexAttention on the documents cell (subprocess, at the end, "
                       "with the budget left; needs torch)")
   ARGS = p.parse_args()
+  if ARGS.out is None:
+    ARGS.out = ("/tmp/sweep_flash_quick.json" if ARGS.quick
+                else os.path.join(HERE, "results", "sweep_flash.json"))
   ARGS_FWD = QUICK_FWD if ARGS.quick else FWD_CANDIDATES
   ARGS_BWD = QUICK_BWD if ARGS.quick else BWD_CANDIDATES
   reps = ARGS.reps or (2 if ARGS.quick else 10)
