@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jattn
+from gpu_util import check_against_reference
 
 pytestmark = pytest.mark.gpu
 
@@ -17,11 +18,6 @@ def _inputs(B, T, S, N, K, H, dtype, seed=0):
   return (jax.random.normal(r[0], (B, T, N, H), jnp.float32).astype(dtype),
           jax.random.normal(r[1], (B, S, K, H), jnp.float32).astype(dtype),
           jax.random.normal(r[2], (B, S, K, H), jnp.float32).astype(dtype))
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 CASES = [
@@ -49,22 +45,7 @@ def test_backend_matches_reference_bf16(backend, kw, shape):
     kw["segment_ids"] = jnp.broadcast_to((jnp.arange(T) * 3) // T, (B, T)).astype(jnp.int32)
   if kw.get("mask") == "fn":
     kw["mask"] = lambda b, h, qi, ki: (qi - ki) % 5 != 1
-  got = jax.jit(lambda q, k, v: jattn.attention(q, k, v, implementation=backend, **kw))(q, k, v)
-  want = jattn.attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
-                         implementation="reference", **kw)
-  assert got.dtype == jnp.bfloat16
-  assert np.isfinite(np.asarray(got, np.float32)).all()
-  assert _rel(got, want) <= 1e-2
-
-  def loss(impl, q, k, v):
-    return jnp.sum(jattn.attention(q, k, v, implementation=impl, **kw).astype(jnp.float32) ** 2)
-
-  g = jax.jit(jax.grad(lambda q, k, v: loss(backend, q, k, v), argnums=(0, 1, 2)))(q, k, v)
-  gw = jax.grad(lambda q, k, v: loss("reference", q, k, v), argnums=(0, 1, 2))(
-      q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32))
-  for a, b in zip(g, gw):
-    assert np.isfinite(np.asarray(a, np.float32)).all()
-    assert _rel(a, b) <= 2e-2
+  check_against_reference(backend, q, k, v, kw)
 
 
 @needs_gpu

@@ -12,6 +12,7 @@ import pytest
 
 import jattn
 from jattn import masks
+from gpu_util import check_against_reference, norm_rel
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU")]
@@ -21,11 +22,6 @@ def _qkv(B, T, S, N, K, H, seed=0):
   r = jax.random.split(jax.random.PRNGKey(seed), 3)
   return tuple(jax.random.normal(kk, s, jnp.float32).astype(jnp.bfloat16)
                for kk, s in zip(r, ((B, T, N, H), (B, S, K, H), (B, S, K, H))))
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def _docs(B, L, n, seed=0):
@@ -63,22 +59,7 @@ def test_pallas_backends_match_reference(backend, case):
     with pytest.raises(jattn.NotSupportedError, match=backend):
       jattn.attention(q, k, v, implementation=backend, **kw)
     return
-  f = jax.jit(lambda q, k, v: jattn.attention(q, k, v, implementation=backend, **kw))
-  got = f(q, k, v)
-  want = jattn.attention(*(x.astype(jnp.float32) for x in (q, k, v)), implementation="reference",
-                         **kw)
-  assert np.isfinite(np.asarray(got, np.float32)).all()
-  assert _rel(got, want) <= 1e-2
-
-  def loss(impl, q, k, v):
-    return jnp.sum(jattn.attention(q, k, v, implementation=impl, **kw).astype(jnp.float32) ** 2)
-
-  g = jax.jit(jax.grad(lambda q, k, v: loss(backend, q, k, v), argnums=(0, 1, 2)))(q, k, v)
-  gw = jax.grad(lambda q, k, v: loss("reference", q, k, v), argnums=(0, 1, 2))(
-      *(x.astype(jnp.float32) for x in (q, k, v)))
-  for a, b in zip(g, gw):
-    assert np.isfinite(np.asarray(a, np.float32)).all()
-    assert _rel(a, b) <= 2e-2
+  check_against_reference(backend, q, k, v, kw)
 
 
 def test_varlen_on_pallas_flash_matches_reference():
@@ -92,7 +73,7 @@ def test_varlen_on_pallas_flash_matches_reference():
                                implementation="pallas_flash")
   want = jattn.varlen_attention(*(x.astype(jnp.float32) for x in (q, k, v)), cu, cu,
                                 is_causal=True, implementation="reference")
-  assert _rel(got[:sum(lens)], want[:sum(lens)]) <= 1e-2
+  assert norm_rel(got[:sum(lens)], want[:sum(lens)]) <= 1e-2
   assert np.all(np.asarray(got[sum(lens):], np.float32) == 0)
 
 
@@ -126,7 +107,7 @@ def test_residual_vjp_compiled(backend, case):
       q, k, v, o.astype(jnp.bfloat16), l, do, dl)
   for name, a, b in zip("qkv", got, want):
     assert bool(jnp.all(jnp.isfinite(f32(a)))), (backend, case, name)
-    assert _rel(f32(a), b) < 2e-2, (backend, case, name, _rel(f32(a), b))
+    assert norm_rel(f32(a), b) < 2e-2, (backend, case, name, norm_rel(f32(a), b))
 
 
 def test_structured_masks_run_on_native_paths():
@@ -144,4 +125,4 @@ def test_structured_masks_run_on_native_paths():
     mod = m.mask_mod if isinstance(m, masks.BlockMask) else m
     want = jattn.attention(f32(q), f32(k), f32(v), mask=masks.create_mask(mod, B, N, T, T),
                            implementation="reference")
-    assert _rel(f32(out), want) < 1e-2, m
+    assert norm_rel(f32(out), want) < 1e-2, m

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jattn
+from gpu_util import norm_rel
 from jattn import parallel as par
 
 pytestmark = [pytest.mark.gpu,
@@ -23,11 +24,6 @@ def _qkv(B, T, N, K, H, seed=0):
   r = jax.random.split(jax.random.PRNGKey(seed), 3)
   return tuple(jax.random.normal(kk, s, jnp.float32).astype(jnp.bfloat16)
                for kk, s in zip(r, ((B, T, N, H), (B, T, K, H), (B, T, K, H))))
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _ref(q, k, v, **kw):
@@ -52,13 +48,13 @@ def test_plain_jit_explicit_sharding_stays_local(backend):
   assert "all-gather" not in hlo and "all-to-all" not in hlo, backend
   out = jax.jit(fn)(*placed)
   assert out.sharding.spec[0] == "data"
-  assert _rel(out.astype(jnp.float32), _ref(q, k, v, is_causal=True)) < 1e-2
+  assert norm_rel(out.astype(jnp.float32), _ref(q, k, v, is_causal=True)) < 1e-2
   _, g = step(*placed)
   rloss = lambda q, k, v: jnp.sum(_ref(q, k, v, is_causal=True) * jnp.cos(
       jnp.arange(q.shape[-1], dtype=jnp.float32)))
   rg = jax.grad(rloss, argnums=(0, 1, 2))(*(x.astype(jnp.float32) for x in (q, k, v)))
   for a, b in zip(g, rg):
-    assert _rel(a.astype(jnp.float32), b) < 2e-2
+    assert norm_rel(a.astype(jnp.float32), b) < 2e-2
 
 
 @pytest.mark.parametrize("backend", ["pallas_flash", "pallas_mgpu"])
@@ -80,6 +76,6 @@ def test_ring_attention_compiled_kernels(backend):
     rout, rg = jax.value_and_grad(lambda *a: jnp.sum(_ref(*a, **kw) * w),
                                   argnums=(0, 1, 2))(*f32)
     assert abs(float(out) - float(rout)) <= 2e-2 * abs(float(rout)) + 1.0, (kw, out, rout)
-    assert _rel(jax.jit(ring)(q, k, v).astype(jnp.float32), _ref(q, k, v, **kw)) < 1e-2, kw
+    assert norm_rel(jax.jit(ring)(q, k, v).astype(jnp.float32), _ref(q, k, v, **kw)) < 1e-2, kw
     for a, b in zip(g, rg):
-      assert _rel(a.astype(jnp.float32), b) < 2e-2, kw
+      assert norm_rel(a.astype(jnp.float32), b) < 2e-2, kw
