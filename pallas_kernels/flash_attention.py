@@ -414,15 +414,16 @@ def _fwd_kernel(*refs, st: _Static):
 # --------------------------------------------------------------------------
 # dQ kernel: grid (q tiles, B*N).
 # --------------------------------------------------------------------------
-def _dq_kernel(*refs, st: _Static):
+def _dq_kernel(*refs, st: _Static, has_dlse: bool):
   tq, tkv = st.dq
   it = iter(refs)
-  q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref = (next(it) for _ in range(6))
+  q_ref, k_ref, v_ref, do_ref, lse_ref, o_ref = (next(it) for _ in range(6))
+  dlse_ref = next(it) if has_dlse else None
   offs_ref = next(it) if st.static_offsets is None else None
   blk = tuple(next(it) for _ in range(4)) if st.sparse else None
   qs_refs = [next(it) for _ in st.q_side_b]
   ks_refs = [next(it) for _ in st.kv_side_b]
-  dq_ref = next(it)
+  dq_ref, dl_ref = next(it), next(it)
 
   nqt = st.T_pad // tq
   qi = nqt - 1 - pl.program_id(0)
@@ -434,7 +435,17 @@ def _dq_kernel(*refs, st: _Static):
   q = q_ref[...]
   do = do_ref[...]
   lse2 = lse_ref[...][:, None]
-  dl = dl_ref[...][:, None]
+  # D_i = rowsum(dO * O) - dlse_i, computed here from this tile (rather than
+  # by a separate XLA pass over O and dO before both kernels) and written out
+  # for the dK/dV kernel, which runs after this one.
+  dl = jnp.sum(do.astype(jnp.float32) * o_ref[...].astype(jnp.float32),
+               axis=1)
+  if has_dlse:
+    dl = dl - dlse_ref[...]
+  row = qi * tq + lax.broadcasted_iota(jnp.int32, (tq,), 0)
+  dl = jnp.where(row < st.T, dl, 0.0)
+  dl_ref[...] = dl
+  dl = dl[:, None]
   q_pos = q_off + qi * tq + lax.broadcasted_iota(jnp.int32, (tq, 1), 0)
   q_vals = tuple(r[...][:, None] for r in qs_refs)
   kv_iota = lax.broadcasted_iota(jnp.int32, (1, tkv), 1)
@@ -446,6 +457,9 @@ def _dq_kernel(*refs, st: _Static):
     kv_local = start + kv_iota
     kv_pos = kv_off + kv_local
     qk = _dot(q, k, trans_b=True)
+    # dP is issued before the exponentials so the tensor cores work on it
+    # while the exp2 units compute P (measured: see benchmarks/NOTES.md).
+    dp = _dot(do, v, trans_b=True)
     s2, grad = _scores2(st, qk, b, h, q_pos, kv_pos, want_grad=True)
     keep = None
     if masked:
@@ -455,7 +469,6 @@ def _dq_kernel(*refs, st: _Static):
       if keep is not None:
         s2 = jnp.where(keep, s2, _NEG_INF)
     p = jnp.exp2(s2 - lse2)
-    dp = _dot(do, v, trans_b=True)
     ds = p * (dp - dl)
     if grad is not None:
       ds = ds * grad
@@ -531,6 +544,7 @@ def _dkv_kernel(*refs, st: _Static):
     dl = vec(dl_ref, g, start, tq)[None, :]
     q_pos = q_off + start + q_iota
     qkT = _dot(k, q, trans_b=True)                      # [tkv, tq]
+    dpT = _dot(v, do, trans_b=True)     # before the exponentials, as in dQ
     s2, grad = _scores2(st, qkT, b, h, q_pos, kv_pos, want_grad=True)
     keep = None
     if masked:
@@ -544,7 +558,6 @@ def _dkv_kernel(*refs, st: _Static):
         s2 = jnp.where(keep, s2, _NEG_INF)
     pT = jnp.exp2(s2 - lse2)
     dv = dv + _dot(pT.astype(do.dtype), do)
-    dpT = _dot(v, do, trans_b=True)
     dsT = pT * (dpT - dl)
     if grad is not None:
       dsT = dsT * grad
@@ -681,7 +694,9 @@ def _fwd_call(st: _Static, q, k, v, sinks, arrays, q_side, kv_side, offs):
   return out, lse
 
 
-def _dq_call(st, q, k, v, do, lse2, dl, arrays, q_side, kv_side, offs):
+def _dq_call(st, q, k, v, do, lse2, out, dlse, arrays, q_side, kv_side, offs):
+  """-> (dq, delta): delta [B, N, T_pad] = rowsum(do * out) - dlse (0 on
+  padded rows), the dK/dV kernel's input."""
   tq, _ = st.dq
   nqt = st.T_pad // tq
   N, G = st.N, st.G
@@ -690,15 +705,18 @@ def _dq_call(st, q, k, v, do, lse2, dl, arrays, q_side, kv_side, offs):
   qmap = lambda i, bh: (b_of(bh), nqt - 1 - i, h_of(bh), 0)
   kvmap = lambda i, bh: (b_of(bh), 0, lax.div(h_of(bh), G), 0)
   vecmap = lambda i, bh: (b_of(bh), h_of(bh), nqt - 1 - i)
-  ins = [q, k, v, do, lse2, dl]
+  ins = [q, k, v, do, lse2, out]
   specs = [
       pl.BlockSpec((None, tq, None, st.Dp), qmap),
       pl.BlockSpec((None, st.S_pad, None, st.Dp), kvmap),
       pl.BlockSpec((None, st.S_pad, None, st.Dvp), kvmap),
       pl.BlockSpec((None, tq, None, st.Dvp), qmap),
       pl.BlockSpec((None, None, tq), vecmap),
-      pl.BlockSpec((None, None, tq), vecmap),
+      pl.BlockSpec((None, tq, None, st.Dvp), qmap),
   ]
+  if dlse is not None:
+    ins.append(dlse)
+    specs.append(pl.BlockSpec((None, None, tq), vecmap))
   if st.static_offsets is None:
     ins.append(offs)
     specs.append(pl.BlockSpec((2,), lambda i, bh: (0,)))
@@ -710,11 +728,13 @@ def _dq_call(st, q, k, v, do, lse2, dl, arrays, q_side, kv_side, offs):
   specs += s
   nw, ns = st.dq_launch
   return pl.pallas_call(
-      functools.partial(_dq_kernel, st=st),
+      functools.partial(_dq_kernel, st=st, has_dlse=dlse is not None),
       grid=(nqt, st.B * N),
       in_specs=specs,
-      out_specs=pl.BlockSpec((None, tq, None, st.Dp), qmap),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      out_specs=[pl.BlockSpec((None, tq, None, st.Dp), qmap),
+                 pl.BlockSpec((None, None, tq), vecmap)],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((st.B, N, st.T_pad), jnp.float32)],
       compiler_params=_triton_compiler_params(nw, ns),
       interpret=st.interpret,
       name="jattn_flash_dq",
@@ -795,25 +815,28 @@ def _flash_core_fwd(st, q, k, v, sinks, arrays, q_side, kv_side, offs):
 def _flash_core_bwd(st, res, cts):
   q, k, v, sinks, arrays, q_side, kv_side, offs, out, lse = res
   dout, dlse = cts
-  # D_i = rowsum(dO * O) - dlse_i  (the lse cotangent folds into the same term)
-  delta = jnp.einsum("btnd,btnd->bnt", dout.astype(jnp.float32),
-                     out.astype(jnp.float32))
   if dlse is not None:
-    delta = delta - dlse.astype(jnp.float32)
+    dlse = dlse.astype(jnp.float32)
   valid = (jnp.arange(st.T_pad) < st.T)[None, None, :]
   ok = valid & (lse > _NEG_INF)
   lse2 = jnp.where(ok, lse * LOG2E, _POS_INF)     # p = exp2(s2 - lse2) = 0 off ok
-  delta = jnp.where(valid, delta, 0.0)
   dout = dout.astype(q.dtype)
   if st.bwd == "fused":
+    # D_i = rowsum(dO * O) - dlse_i (the lse cotangent folds into the same term)
+    delta = jnp.einsum("btnd,btnd->bnt", dout.astype(jnp.float32),
+                       out.astype(jnp.float32))
+    if dlse is not None:
+      delta = delta - dlse
+    delta = jnp.where(valid, delta, 0.0)
     dk, dv, dq_acc = _dkv_call(st, q, k, v, dout, lse2, delta, arrays, q_side,
                                kv_side, offs)
     dq = (dq_acc * st.scale).astype(q.dtype)
   else:
+    # The dQ kernel computes D (see `_dq_kernel`), so it runs first.
+    dq, delta = _dq_call(st, q, k, v, dout, lse2, out, dlse, arrays, q_side,
+                         kv_side, offs)
     dk, dv = _dkv_call(st, q, k, v, dout, lse2, delta, arrays, q_side,
                        kv_side, offs)
-    dq = _dq_call(st, q, k, v, dout, lse2, delta, arrays, q_side, kv_side,
-                  offs)
   dsinks = None
   if st.has_sinks:
     # d lse_i / d sink_h = exp(sink_h - lse_i); the sink column has v = 0, so
