@@ -24,6 +24,8 @@ GPU) kernel", for the tuning log):
   of every query head of the GQA group, so dK/dV of a KV head are accumulated in registers and
   never reduced afterwards) and a dQ kernel (grid over query tiles, as the forward). Both
   recompute P from the forward's log-sum-exp (base 2). Masked and unmasked sections as above.
+  The dQ kernel runs first: it also loads the O tile next to dO and writes
+  delta = rowsum(dO * O) - dlse for the dK/dV kernel (no separate XLA pass over O and dO).
   `backward="fused"` (experimental) instead accumulates dQ inside the dK/dV kernel with f32
   TMA reduce-adds (5 matrix products instead of 7).
 
@@ -431,6 +433,7 @@ def _iota(st: _Static, shape, dim: int):
 
 
 def _load_vec(st: _Static, ref, layout: str):
+  """ref -> registers: ROW / COL vectors, or a swizzled [64, D] tile as "WGMMA"."""
   if st.interpret:
     return ref[...]
   a = _api()
@@ -664,7 +667,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
 # --------------------------------------------------------------------------------------------
 # Backward: dQ kernel (grid over query tiles).
 # --------------------------------------------------------------------------------------------
-def _dq_call(st: _Static, q, k, v, do, lse2, delta, seg=None):
+def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
+  """-> (dq, delta): delta [B, N, Tp] f32 = rowsum(do * out) - dlse2 * LOG2E, computed from
+  the O / dO tiles the kernel loads anyway (no separate pass over O and dO in HBM); the dK/dV
+  kernel, launched after, reads it."""
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cfg = st.cfg
@@ -673,14 +679,24 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta, seg=None):
   n_cta = st.Tp // (2 * bq)
   c = st.c
   segs = st.segments
+  has_dlse = dlse2 is not None
+  smem = _dq_smem_bytes(cfg, D, jnp.dtype(dtype).itemsize, segs)
+  if smem > _SMEM_LIMIT and not st.interpret:
+    raise ValueError(f"the dQ kernel needs ~{smem} bytes of shared memory for head_dim {D} "
+                     f"(limit {_SMEM_LIMIT}) with {cfg}; use fewer bwd_stages")
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest):
+  def kernel(*refs):
+    refs = list(refs)
+    q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref = refs[:6]
+    del refs[:6]
+    dlse_ref = refs.pop(0) if has_dlse else None
     if segs:
-      (qseg_ref, kvseg_ref, rng_ref, dq_ref, q_smem, do_smem, lse_smem, delta_smem, k_smem,
-       v_smem, q_bar, kv_bar, kv_free, qseg_smem, kvseg_smem) = rest
-    else:
-      (dq_ref, q_smem, do_smem, lse_smem, delta_smem, k_smem, v_smem, q_bar, kv_bar,
-       kv_free) = rest
+      qseg_ref, kvseg_ref, rng_ref = refs[:3]
+      del refs[:3]
+    (dq_ref, delta_ref, q_smem, do_smem, o_smem, lse_smem, delta_smem, dlse_smem, k_smem,
+     v_smem, q_bar, kv_bar, kv_free) = refs[:13]
+    if segs:
+      qseg_smem, kvseg_smem = refs[13:]
     b = lax.axis_index("batch")
     h = lax.axis_index("heads")
     ci = lax.axis_index("q_seq")
@@ -698,19 +714,30 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta, seg=None):
     def _consumer():
       plgpu.set_max_registers(cfg.consumer_registers, action="increase")
       q_base = r0 + wg * bq
-      qs, dos = q_smem.at[wg], do_smem.at[wg]
+      qs, dos, o_s = q_smem.at[wg], do_smem.at[wg], o_smem.at[wg]
       rows_sl = (b, pl.ds(q_base, bq), h)
       vec_sl = (b, h, pl.ds(q_base, bq))
       plgpu.copy_gmem_to_smem(q_ref.at[rows_sl], qs, q_bar.at[wg])
       plgpu.copy_gmem_to_smem(do_ref.at[rows_sl], dos, q_bar.at[wg])
+      plgpu.copy_gmem_to_smem(o_ref.at[rows_sl], o_s, q_bar.at[wg])
       plgpu.copy_gmem_to_smem(lse_ref.at[vec_sl], lse_smem.at[wg], q_bar.at[wg])
-      plgpu.copy_gmem_to_smem(delta_ref.at[vec_sl], delta_smem.at[wg], q_bar.at[wg])
+      if has_dlse:
+        plgpu.copy_gmem_to_smem(dlse_ref.at[vec_sl], dlse_smem.at[wg], q_bar.at[wg])
       if segs:
         plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(q_base, bq)], qseg_smem.at[wg],
                                 q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
       lse = _load_vec(st, lse_smem.at[wg], "ROW")
-      dlt = _load_vec(st, delta_smem.at[wg], "ROW")
+      # delta before the loop, while the dQ accumulator is not live yet (register headroom).
+      do_f = _load_vec(st, dos, "WGMMA").astype(jnp.float32)
+      o_f = _load_vec(st, o_s, "WGMMA").astype(jnp.float32)
+      dlt = jnp.sum(do_f * o_f, axis=1)
+      if has_dlse:   # d lse / d s = p folds into delta (ds = p * (dp - delta + dlse))
+        dlt = dlt - _load_vec(st, dlse_smem.at[wg], "ROW") * LOG2E
+      # The dK/dV kernel's input; the store overlaps the loop (awaited at the end).
+      delta_smem.at[wg][...] = dlt
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(delta_smem.at[wg], delta_ref.at[vec_sl])
       q_ids = _load_vec(st, qseg_smem.at[wg], "ROW") if segs else None
       dq = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
@@ -770,24 +797,31 @@ def _dq_call(st: _Static, q, k, v, do, lse2, delta, seg=None):
 
   tr = _smem_transforms(D, dtype)
   scratch = (
-      plgpu.SMEM((2, bq, D), dtype, transforms=tr),
-      plgpu.SMEM((2, bq, D), dtype, transforms=tr),
-      plgpu.SMEM((2, bq), jnp.float32),
-      plgpu.SMEM((2, bq), jnp.float32),
+      plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # Q, then dQ for the output copy
+      plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # dO
+      plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # O
+      plgpu.SMEM((2, bq), jnp.float32),                 # lse
+      plgpu.SMEM((2, bq), jnp.float32),                 # delta (output staging)
+      plgpu.SMEM((2, bq), jnp.float32),                 # dlse (unused without it)
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
-      plgpu.Barrier(num_arrivals=4 + segs, num_barriers=2),   # one arrival per TMA copy
+      # One arrival per TMA copy: Q, dO, O, lse (+ dlse) (+ row ids).
+      plgpu.Barrier(num_arrivals=4 + has_dlse + segs, num_barriers=2),
       plgpu.Barrier(num_arrivals=2 + segs, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
-  operands = (q, k, v, do, lse2, delta)
+  # O may come as f32 (residual VJP): the kernel stages it in q's dtype, as the forward wrote it.
+  operands = (q, k, v, do, out.astype(dtype), lse2)
+  if has_dlse:
+    operands = operands + (dlse2.astype(jnp.float32),)
   if segs:
     scratch = scratch + (plgpu.SMEM((2, bq), jnp.int32), plgpu.SMEM((stages, bkv), jnp.int32))
     operands = operands + (seg[0], seg[1], _q_tile_kv_table(st, seg, 2 * bq, bkv))
+  out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
+              jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
+  grid, names = _grid(st, st.N, n_cta, "q_seq")
   return plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
-      scratch_types=scratch, grid=_grid(st, st.N, n_cta, "q_seq")[0],
-      grid_names=_grid(st, st.N, n_cta, "q_seq")[1],
+      kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
       num_threads=3, thread_name="wg", compiler_params=_compiler_params(st.cfg),
       **_interpret_arg(st))(*operands)
 
@@ -1045,16 +1079,17 @@ def _core_bwd_impl(st, bwd, res, cts):
   q, k, v, seg, out, lse2 = res
   do, dlse2 = cts
   do = do.astype(q.dtype)
+  # Rows with no kept key: lse = -inf would give p = exp2(s + inf); +inf gives p = 0.
+  lse_b = jnp.where(lse2 == _NEG_INF, jnp.inf, lse2)
+  if bwd == "mosaic":
+    # The dQ kernel computes delta from the O / dO tiles it loads, so it runs first.
+    dq, delta = _dq_call(st, q, k, v, do, out, lse_b, dlse2, seg=seg)
+    dk, dv = _dkv_call(st, q, k, v, do, lse_b, delta, seg=seg)
+    return dq, dk, dv
   delta = jnp.einsum("btnd,btnd->bnt", out.astype(jnp.float32), do.astype(jnp.float32))
   if dlse2 is not None:
     # d lse / d s = p: folds into delta (ds = p * (dp - delta + dlse)); lse2 = lse * log2(e).
     delta = delta - dlse2.astype(jnp.float32) * LOG2E
-  # Rows with no kept key: lse = -inf would give p = exp2(s + inf); +inf gives p = 0.
-  lse_b = jnp.where(lse2 == _NEG_INF, jnp.inf, lse2)
-  if bwd == "mosaic":
-    dq = _dq_call(st, q, k, v, do, lse_b, delta, seg=seg)
-    dk, dv = _dkv_call(st, q, k, v, do, lse_b, delta, seg=seg)
-    return dq, dk, dv
   if bwd == "fused":
     dk, dv, dq_acc = _dkv_call(st, q, k, v, do, lse_b, delta, fused=True)
     return (dq_acc * st.scale).astype(q.dtype), dk, dv
@@ -1107,6 +1142,16 @@ def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = F
   scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
   seg = (2 * cfg.block_q + cfg.stages * cfg.block_kv) * 4 if segments else 0
   return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + seg
+
+
+def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False) -> int:
+  """dQ kernel SMEM (the backward's largest): Q, dO, O (2 consumers) + K/V ring + lse, delta,
+  dlse + Mosaic scratch + ~1 KiB slack (+ the int32 ids of the Q tiles and of the K ring)."""
+  bq, bkv = cfg.bwd_block_q, cfg.bwd_block_kv
+  buffers = (3 * 2 * bq + 2 * cfg.bwd_stages * bkv) * D * itemsize
+  scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
+  seg = (2 * bq + cfg.bwd_stages * bkv) * 4 if segments else 0
+  return buffers + 3 * 2 * bq * 4 + scratch + 1024 + seg
 
 
 def _static_int(x, name):

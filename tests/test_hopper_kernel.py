@@ -295,8 +295,8 @@ _CASE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_case(case: dict, timeout: int = 600) -> dict:
-  script = _CASE_SCRIPT.format(root=ROOT, case=json.dumps(case))
+def _run_case(case: dict, timeout: int = 600, script: str = _CASE_SCRIPT) -> dict:
+  script = script.format(root=ROOT, case=json.dumps(case))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   try:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -368,6 +368,74 @@ def test_interpret_mode(name):
       assert err <= tol, (name, key, err, res)
   if "documents" in name:   # the case must really have fully masked rows
     assert res["n_empty_rows"] > 0, res
+
+
+_DELTA_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {root!r})
+    from pallas_kernels import hopper_attention as ha
+    from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+    c = json.loads({case!r})
+    B, T, S, N, K, D = c["shape"]
+    dt = jnp.bfloat16
+    kw = dict(is_causal=c["causal"])
+    if c.get("seg"):
+      kw["segment_ids"] = (jnp.asarray(c["seg"]["q"], jnp.int32),
+                           jnp.asarray(c["seg"]["kv"], jnp.int32))
+    ks = jax.random.split(jax.random.PRNGKey(0), 6)
+    q = jax.random.normal(ks[0], (B, T, N, D), dt)
+    k = jax.random.normal(ks[1], (B, S, K, D), dt)
+    v = jax.random.normal(ks[2], (B, S, K, D), dt)
+    st, _, (qp, kp, vp, seg), _ = ha._prepare(q, k, v, interpret=True, **kw)
+    Tp = st.Tp
+    # O and dO random on every row, padded ones included (the kernel's math is row-local)
+    out = jax.random.normal(ks[3], (B, Tp, N, st.D), jnp.float32 if c["out_f32"] else dt)
+    do = jax.random.normal(ks[4], (B, Tp, N, st.D), dt)
+    dlse2 = jax.random.normal(ks[5], (B, N, Tp), jnp.float32) if c["dlse"] else None
+    _, lse = ref(q, k, v, return_lse=True, **kw)
+    lse2 = jnp.pad(lse * ha.LOG2E, ((0, 0), (0, 0), (0, Tp - T)), constant_values=-jnp.inf)
+    lse_b = jnp.where(lse2 == -jnp.inf, jnp.inf, lse2)
+    dq, delta = ha._dq_call(st, qp, kp, vp, do, out, lse_b, dlse2, seg=seg)
+    # the kernel stages O in q's dtype
+    want = jnp.einsum("btnd,btnd->bnt", out.astype(dt).astype(jnp.float32),
+                      do.astype(jnp.float32), precision="highest")
+    if dlse2 is not None:
+      want = want - dlse2 * ha.LOG2E
+    delta, want = np.asarray(delta, np.float64), np.asarray(want, np.float64)
+    dq_x = ha._bwd_xla(st, qp, kp, vp, do, lse_b, jnp.asarray(want, jnp.float32), seg)[0]
+    a = np.asarray(dq[:, :T], np.float64)
+    b = np.asarray(dq_x[:, :T], np.float64)
+    res = dict(shape=list(delta.shape), finite=bool(np.isfinite(delta).all()),
+               delta=float(np.abs(delta - want).max() / np.abs(want).max()),
+               dq=float(np.abs(a - b).max() / np.abs(b).max()))
+    print("RESULT", json.dumps(res))
+""")
+
+DELTA_CASES = {
+    # T = 100 (padded to 128), GQA, causal, lse cotangent, O arriving as f32 (residual VJP)
+    "padded_gqa_dlse_f32_out": dict(shape=(1, 100, 130, 2, 1, 64), causal=True, dlse=True,
+                                    out_f32=True),
+    # documents, D = 128, no lse cotangent, 2 batch rows
+    "segments_d128": dict(shape=(2, 150, 150, 1, 1, 128), causal=False, dlse=False,
+                          out_f32=False,
+                          seg=dict(q=_doc_ids(2, 150, [[37, 100], [90]]),
+                                   kv=_doc_ids(2, 150, [[37, 100], [90]]))),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(DELTA_CASES))
+def test_dq_kernel_writes_delta(name):
+  """The dQ kernel's second output, delta = rowsum(dO * O) - dlse * log2(e), against an
+  einsum, on random O / dO (padded rows too), and its dQ against the dense backward."""
+  case = DELTA_CASES[name]
+  res = _run_case(case, script=_DELTA_SCRIPT)
+  B, T, _, N = case["shape"][:4]
+  assert res["shape"] == [B, N, -(-T // 128) * 128], res
+  assert res["finite"], res
+  assert res["delta"] <= 1e-5, res
+  assert res["dq"] <= 2e-2, res
 
 
 # --------------------------------------------------------------------------------------------
