@@ -18,6 +18,8 @@ import sys
 H, D = 16, 128     # heads, head dim of every grid (the anchors' setting)
 WINDOW = 1024      # causal sliding window of the block-sparse case
 N_DOCS = 8         # documents of the block-sparse case
+CHUNK = 1024       # chunked causal (Llama 4 style local attention): causal within chunks
+PREFIX = 2048      # prefix LM: bidirectional over the first PREFIX keys, causal after
 
 
 def log(*a):
@@ -76,6 +78,12 @@ def kept_pairs(kind, B, S):
   if kind == "window":
     i = np.arange(S)
     return B * int(np.minimum(i + 1, WINDOW).sum())
+  if kind == "chunked":
+    i = np.arange(S)
+    return B * int((i % CHUNK + 1).sum())
+  if kind == "prefix":
+    i = np.arange(S)
+    return B * int(np.maximum(i + 1, min(PREFIX, S)).sum())
   if kind == "docs":
     ids = doc_ids(B, S, N_DOCS)
     tot = 0
@@ -111,6 +119,12 @@ def flex_worker(out_path, cases, reps):
       elif kind == "causal":
         def mask_mod(b, h, q, kv):
           return kv <= q
+      elif kind == "chunked":
+        def mask_mod(b, h, q, kv):
+          return (q // CHUNK == kv // CHUNK) & (kv <= q)
+      elif kind == "prefix":
+        def mask_mod(b, h, q, kv):
+          return (kv <= q) | (kv < PREFIX)
       else:
         continue
       bm = create_block_mask(mask_mod, B, None, S, S, device="cuda")

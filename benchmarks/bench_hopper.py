@@ -12,6 +12,10 @@ Sections (--sections, comma separated):
            cuDNN (local_window_size), Flex; 8 causal documents (bench_common.doc_ids): ours
            (segment ids: per-tile block ranges, unmasked blocks inside a document), Flex
            (cuDNN cannot take segment ids natively: not timed)
+  masks    mask functions through jattn.attention(mask=...) (B=2, S=8k): chunked causal
+           (CHUNK) and prefix LM (PREFIX), neither lowerable to native arguments, so they run
+           the generic BlockMask path: ours (`pallas_mgpu`: BlockMask lists, mask evaluated in
+           registers on partial blocks), `pallas_flash` (the portable kernel, same lists), Flex
   variants forward / backward tile and pipeline variants on S=4k (for tuning)
   smoke    compile + run each kernel once on a small shape, full tracebacks (first device run)
 FLOPs = 4*B*H*D*(kept pairs) (S^2, S^2/2 for causal), x3.5 for fwd+bwd (the convention of
@@ -35,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from bench_common import (D, H, N_DOCS, WINDOW, doc_ids, log, run_flex, tflops,  # noqa: E402
+from bench_common import (CHUNK, D, H, N_DOCS, PREFIX, WINDOW, doc_ids, log, run_flex, tflops,  # noqa: E402
                           time_call)
 
 BACKWARD = "mosaic"   # --backward
@@ -179,6 +183,43 @@ def section_sparse(args, res):
   res["sparse"] = rows
 
 
+def make_masked(impl, kind):
+  """jattn.attention with a mask function (chunked causal / prefix LM) on backend `impl`."""
+  import jattn
+  from jattn import masks
+  mask = masks.chunked_causal(CHUNK) if kind == "chunked" else masks.prefix_lm(PREFIX)
+  return lambda q, k, v: jattn.attention(q, k, v, mask=mask, implementation=impl)
+
+
+def section_masks(args, res):
+  rows = []
+  cases = [("chunked", 2, 8192), ("prefix", 2, 8192)]
+  flex = {} if args.no_flex else run_flex(cases, args.reps, args.flex_timeout)
+  import jattn.backends.pallas_mgpu as mg
+  mg.register_backends()
+  for kind, B, S in cases:
+    row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
+    for impl, backend in (("ours", "pallas_mgpu"), ("pallas_flash", "pallas_flash")):
+      try:
+        r = time_fn(make_masked(backend, kind), B, S, args.reps)
+        r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
+        r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
+      except Exception as e:  # pylint: disable=broad-except
+        r = {"error": repr(e)[:400]}
+        traceback.print_exc()
+      row[impl] = r
+      log(kind, B, S, impl, r)
+    fl = flex.get(f"{kind}_B{B}_S{S}")
+    if fl and "error" not in fl:
+      fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)
+      fl["fwdbwd_tflops"] = tflops(kind, B, S, fl["fwdbwd_s"], 3.5)
+    if fl:
+      row["flex"] = fl
+      log(kind, B, S, "flex", fl)
+    rows.append(row)
+  res["masks"] = rows
+
+
 def section_variants(args, res):
   from pallas_kernels.hopper_attention import HopperConfig
   out = []
@@ -294,7 +335,7 @@ def print_table(res):
   def ratio(a, b):
     return "   - " if (a is None or b is None) else f"{a / b:5.2f}"
   rows = list(res.get("dense", [])) + list(res.get("sparse", []))
-  if not rows:
+  if not rows and not res.get("masks"):
     return
   log(f"\nTFLOP/s (bf16, H={H}, D={D}); matmul ceiling {fmt(ceil)} TFLOP/s")
   for pas in ("fwd", "fwdbwd"):
@@ -306,6 +347,15 @@ def print_table(res):
           + " ".join(fmt(x) for x in vals)
           + f" |      {ratio(vals[0], vals[1])}     {ratio(vals[0], vals[2])} |"
           f"        {frac(vals[0])}")
+  if res.get("masks"):
+    log("-- mask functions (jattn.attention(mask=...)): ours = pallas_mgpu, pf = pallas_flash")
+    for pas in ("fwd", "fwdbwd"):
+      log(f"   {pas:6s}   case     B     S |  ours    pf  flex | ours/pf ours/flex")
+      for row in res["masks"]:
+        vals = [(row.get(i) or {}).get(f"{pas}_tflops") for i in ("ours", "pallas_flash", "flex")]
+        log(f"   {row['case']:>12s} {row['B']:3d} {row['S']:5d} | "
+            + " ".join(fmt(x) for x in vals)
+            + f" |   {ratio(vals[0], vals[1])}   {ratio(vals[0], vals[2])}")
 
 
 def main():

@@ -53,6 +53,10 @@ class AttentionCall:
   mask_kind: str | None     # None, "array", "function", "block_mask"
   offsets_static: bool      # True when both offsets are Python ints (known at trace time)
   platform: str
+  # For mask functions / BlockMasks: the jax primitives their `evaluate` is built from
+  # (`jattn.masks._inspect`), for backends that compile it with a restricted lowering; None
+  # when there is no such mask or it cannot be evaluated on index tiles.
+  mask_ops: frozenset | None = None
 
   def describe(self) -> str:
     feats = ", ".join(sorted(self.features)) or "none"
@@ -284,7 +288,12 @@ def validate(query, key, value, *, bias, mask, scale, is_causal, score_mod, segm
   if Hv != H:
     features.add("value_head_dim")
 
+  mask_ops = None
+  if mask_kind in ("function", "block_mask"):
+    from jattn.masks._inspect import evaluate_primitives
+    mask_ops = evaluate_primitives(mask)
+
   return AttentionCall(
       batch=B, q_len=T, kv_len=S, num_heads=N, num_kv_heads=K, head_dim=H, value_head_dim=Hv,
       dtype=jnp.dtype(query.dtype), features=frozenset(features), mask_kind=mask_kind,
-      offsets_static=static_q and static_kv, platform=current_platform())
+      offsets_static=static_q and static_kv, platform=current_platform(), mask_ops=mask_ops)

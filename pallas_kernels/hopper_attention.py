@@ -20,6 +20,11 @@ GPU) kernel", for the tuning log):
   scalars; the ids of a tile's rows and of each streamed block travel by TMA next to Q / K
   (same barriers) into small SMEM buffers and are loaded as WGMMA row / column vectors, so a
   partial block's mask is one broadcast compare. See `_seg_block_ranges`.
+* block_sparsity (`BlockSparsity` lists built with 128 x 128 blocks = one CTA's rows): a CTA
+  walks its row of the lists instead of a range - the partial blocks (mask_fn evaluated on the
+  tile, with the per-token side arrays streamed by TMA like the segment ids), then the full
+  ones (no mask); producer and consumers derive the same step -> (block, ring slot) sequence
+  from list entries read as GMEM scalars. See `_list_walk`, `_tile_keep`.
 * backward: dK/dV kernel (grid over KV tiles; the producer streams Q, dO, lse, delta blocks
   of every query head of the GQA group, so dK/dV of a KV head are accumulated in registers and
   never reduced afterwards) and a dQ kernel (grid over query tiles, as the forward). Both
@@ -34,7 +39,8 @@ offsets (absolute positions `q_offset + i`, `kv_offset + j`), sliding window (le
 segment ids (row i meets column j iff q_ids[b, i] == kv_ids[b, j]), GQA, `return_lse`
 (natural-log lse [B, N, T] float32, differentiable), any T and S (padded to tile multiples
 inside; padded keys are masked), head dims 64..256 (multiples of 64 natively, others
-zero-padded). Fully masked rows give out = 0, lse = -inf and zero gradients.
+zero-padded), block_sparsity + mask_fn (flash_attention's semantics; not with causal, window
+or segment ids). Fully masked rows give out = 0, lse = -inf and zero gradients.
 Dtypes bf16 and f16.
 
 Entry point: `hopper_attention(q, k, v, ...)`; reference: `hopper_reference.hopper_attention_reference`.
@@ -175,10 +181,27 @@ class _Static:
   cfg: HopperConfig
   interpret: bool
   segments: bool = False   # segment ids (documents): per-tile block ranges + in-kernel equality
+  # block_sparsity: per-CTA block lists (blocks of _SPARSE_BLOCK) + mask_fn on partial blocks
+  sparse: bool = False
+  mask_fn: Any = None
+  q_side_b: tuple = ()     # per q side array: True if its batch dim is B (else 1)
+  kv_side_b: tuple = ()
+  Bm: int = 1              # batch / head dims of the block lists (1 broadcasts)
+  Hm: int = 1
 
   @property
   def G(self):
     return self.N // self.K
+
+  # Per-token int32 arrays that travel by TMA next to Q / K: the segment ids, or the
+  # block-sparse side arrays (the two features exclude each other).
+  @property
+  def q_sides(self):
+    return (True,) if self.segments else self.q_side_b
+
+  @property
+  def kv_sides(self):
+    return (True,) if self.segments else self.kv_side_b
 
   @property
   def c(self):   # scores -> base-2 exponent units
@@ -361,11 +384,61 @@ def _keep(st: _Static, q_pos, kv_pos, kv_idx=None):
   return keep
 
 
-def _loop3(lo, flo, fhi, hi, body, carry):
-  """Masked blocks [lo, flo), unmasked [flo, fhi), masked [fhi, hi)."""
-  carry = lax.fori_loop(lo, flo, functools.partial(body, masked=True), carry)
-  carry = lax.fori_loop(flo, fhi, functools.partial(body, masked=False), carry)
-  return lax.fori_loop(fhi, hi, functools.partial(body, masked=True), carry)
+_SPARSE_BLOCK = 128   # block size (q and kv) of the block_sparsity lists: one CTA's rows
+
+
+def _range_walk(lo, flo, fhi, hi):
+  """Step sequence of a contiguous range: (n, [(u0, u1, masked, block_of_step)])."""
+  blk = lambda u: lo + u
+  return hi - lo, [(0, flo - lo, True, blk), (flo - lo, fhi - lo, False, blk),
+                   (fhi - lo, hi - lo, True, blk)]
+
+
+def _list_walk(lists, bm, hm, row, r: int):
+  """Step sequence of one row of block lists (num_partial, idx_partial, num_full, idx_full):
+  the partial blocks (masked), then the full ones; each listed block is `r` kernel steps.
+
+  Entries are scalar loads straight from GMEM, as `_read_ranges`: the producer reads one per
+  step, `stages` steps ahead of the consumers, and the consumers only in masked steps (issued
+  first in the step, so the latency hides behind the QK^T product). Staging the row in SMEM
+  would cost a TMA, a barrier and 2*nkv*4 bytes per CTA for the same scalar loads."""
+  num_p, idx_p, num_f, idx_f = lists
+  n_p = num_p[bm, hm, row] * r
+  n_f = num_f[bm, hm, row] * r
+
+  def blk(idx_ref, u0):
+    def f(u):
+      u = u - u0
+      if r == 1:
+        return idx_ref[bm, hm, row, u]
+      return idx_ref[bm, hm, row, lax.div(u, r)] * r + lax.rem(u, r)
+    return f
+  return n_p + n_f, [(0, n_p, True, blk(idx_p, 0)), (n_p, n_p + n_f, False, blk(idx_f, n_p))]
+
+
+def _walk(sections, body, carry):
+  """Runs body(u, carry, masked=, blk=) over the sections of `_range_walk` / `_list_walk`."""
+  for u0, u1, masked, blk in sections:
+    carry = lax.fori_loop(u0, u1, functools.partial(body, masked=masked, blk=blk), carry)
+  return carry
+
+
+def _tile_keep(st: _Static, b, h, shape, q_axis: int, q_pos, kv_pos, kv_idx, q_vecs, kv_vecs):
+  """Mask of a masked block's tile ([q, kv] if q_axis == 0, else [kv, q]); None keeps all.
+
+  q_vecs / kv_vecs: the side values of the tile's rows / columns (ROW / COL registers)."""
+  keep = _keep(st, q_pos, kv_pos, kv_idx)   # sparse: only the padded-key mask remains
+  if st.segments:
+    keep = _and(keep, _seg_keep(q_vecs[0], kv_vecs[0], shape, q_axis))
+  if st.sparse and st.mask_fn is not None:
+    kv_axis = 1 - q_axis
+    qv = tuple(lax.broadcast_in_dim(x, shape, [q_axis]) for x in q_vecs)
+    kvv = tuple(lax.broadcast_in_dim(x, shape, [kv_axis]) for x in kv_vecs)
+    m = jnp.asarray(st.mask_fn(b, h, q_pos, kv_pos, qv, kvv), bool)
+    if m.shape != tuple(shape):
+      m = jnp.broadcast_to(m, shape)
+    keep = _and(keep, m)
+  return keep
 
 
 def _dots_nt(st: _Static, pairs, between=None):
@@ -455,6 +528,15 @@ def _drain(n, stages: int, free_barriers):
   lax.fori_loop(jnp.maximum(n - stages, 0), n, body, None)
 
 
+def _wait_if(cond, barrier):
+  """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around."""
+  a = _api()
+
+  @a["pl"].when(cond)
+  def _():
+    a["plgpu"].barrier_wait(barrier)
+
+
 def _smem_transforms(D: int, dtype):
   plgpu = _api()["plgpu"]
   swz = min(128, D * jnp.dtype(dtype).itemsize)
@@ -482,8 +564,22 @@ def _interpret_arg(st: _Static):
 # --------------------------------------------------------------------------------------------
 # Forward kernel.
 # --------------------------------------------------------------------------------------------
-def _fwd_call(st: _Static, q, k, v, seg=None):
-  """seg: None, or (q_seg [B, Tp], kv_seg [B, Sp]) int32 (edge-padded) when st.segments."""
+def _side_operands(st: _Static, seg, sp):
+  """(q side arrays, kv side arrays) the kernels stream next to Q / K."""
+  if st.segments:
+    return (seg[0],), (seg[1],)
+  if st.sparse:
+    return tuple(sp[2]), tuple(sp[3])
+  return (), ()
+
+
+def _side_row(has_b: bool, b):
+  return b if has_b else 0
+
+
+def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
+  """seg: None, or (q_seg [B, Tp], kv_seg [B, Sp]) int32 (edge-padded) when st.segments.
+  sp: None, or (kv lists, q lists, q side arrays, kv side arrays) when st.sparse."""
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cfg = st.cfg
@@ -491,15 +587,21 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
   D, dtype, G = st.D, st.dtype, st.G
   n_cta = st.Tp // (2 * bq)
   c = st.c
-  segs = st.segments
+  segs, sparse = st.segments, st.sparse
+  q_sides, kv_sides = st.q_sides, st.kv_sides
+  nqs, nks = len(q_sides), len(kv_sides)
 
-  def kernel(q_ref, k_ref, v_ref, *rest):
-    if segs:
-      (qseg_ref, kvseg_ref, rng_ref, o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
-       q_bar, k_bar, v_bar, k_free, v_free, sched, qseg_smem, kvseg_smem) = rest
-    else:
-      (o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
-       q_bar, k_bar, v_bar, k_free, v_free, sched) = rest
+  def kernel(*refs):
+    it = iter(refs)
+    q_ref, k_ref, v_ref = next(it), next(it), next(it)
+    qside_refs = [next(it) for _ in range(nqs)]
+    kvside_refs = [next(it) for _ in range(nks)]
+    rng_ref = next(it) if segs else None
+    lists = tuple(next(it) for _ in range(4)) if sparse else None
+    (o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
+     q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
+    qside_smem = [next(it) for _ in range(nqs)]
+    kvside_smem = [next(it) for _ in range(nks)]
     b = lax.axis_index("batch")
     h = lax.axis_index("heads")
     ci = lax.axis_index("q_seq")
@@ -507,11 +609,15 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
       ci = (n_cta - 1) - ci
     wg = lax.axis_index("wg")
     r0 = ci * (2 * bq)
-    if segs:   # data-dependent ranges, precomputed per (batch, tile): see _seg_block_ranges
-      lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+    if sparse:
+      n, sections = _list_walk(lists, b if st.Bm > 1 else 0, h if st.Hm > 1 else 0, ci,
+                               _SPARSE_BLOCK // bkv)
     else:
-      lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
-    n = hi - lo
+      if segs:   # data-dependent ranges, precomputed per (batch, tile): see _seg_block_ranges
+        lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+      else:
+        lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
+      n, sections = _range_walk(lo, flo, fhi, hi)
 
     def sched_sync():
       if cfg.schedule_barrier:
@@ -524,12 +630,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
       q_base = r0 + wg * bq
       qs = q_smem.at[wg]
       plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_base, bq), h], qs, q_bar.at[wg])
-      if segs:   # this consumer's row ids ride on the Q barrier (its 2nd arrival)
-        plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(q_base, bq)], qseg_smem.at[wg],
+      # this consumer's row side values (segment ids) ride on the Q barrier
+      for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], sm.at[wg],
                                 q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
       # Loop-invariant, in registers (WGMMA row layout: 2 values per thread).
-      q_ids = _load_vec(st, qseg_smem.at[wg], "ROW") if segs else None
+      q_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in qside_smem]
       m_i = _cast(st, jnp.full((bq,), _NEG_INF, jnp.float32), "ROW")
       l_i = _cast(st, jnp.full((bq,), 0.0, jnp.float32), "ROW")
       acc = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
@@ -540,14 +647,14 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
 
       pl.when(wg == 1)(sched_sync)
 
-      def step(j, carry, masked):
+      def step(t, carry, masked, blk):
         acc, m_i, l_i = carry
-        t = j - lo
         slot = lax.rem(t, stages)
-        if masked and segs:
-          # The block's KV ids share the K slot (and its barrier, already waited on): read
-          # them before K's "free" arrival lets the producer overwrite the slot.
-          kv_ids = _load_vec(st, kvseg_smem.at[slot], "COL")
+        if masked:
+          j = blk(t)
+          # The block's KV side values share the K slot (and its barrier, already waited
+          # on): read them before K's "free" arrival lets the producer overwrite the slot.
+          kv_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
         s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
         plgpu.barrier_arrive(k_free.at[slot])
@@ -555,9 +662,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
           rows = _iota(st, (bq, bkv), 0)
           cols = _iota(st, (bq, bkv), 1)
           kv_idx = cols + j * bkv
-          keep = _keep(st, rows + (st.q_off + q_base), kv_idx + st.kv_off, kv_idx)
-          if segs:
-            keep = _and(keep, _seg_keep(q_ids, kv_ids, (bq, bkv), 0))
+          keep = _tile_keep(st, b, h, (bq, bkv), 0, rows + (st.q_off + q_base),
+                            kv_idx + st.kv_off, kv_idx, q_vecs, kv_vecs)
           if keep is not None:
             s = jnp.where(keep, s, _NEG_INF)
         m_new = jnp.maximum(m_i, s.max(axis=1) * c)
@@ -592,7 +698,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_new, l_i
 
-      acc, m_i, l_i = _loop3(lo, flo, fhi, hi, step, (acc, m_i, l_i))
+      acc, m_i, l_i = _walk(sections, step, (acc, m_i, l_i))
       pl.when(wg == 0)(sched_sync)
 
       empty = l_i == 0.0
@@ -610,28 +716,45 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
       kvh = lax.div(h, jnp.asarray(G, h.dtype))
 
-      def load_k(t, slot):
-        sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
-        plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], k_bar.at[slot])
-        if segs:   # the block's KV ids: same slot index, same barrier (2nd arrival)
-          plgpu.copy_gmem_to_smem(kvseg_ref.at[b, pl.ds((lo + t) * bkv, bkv)],
-                                  kvseg_smem.at[slot], k_bar.at[slot])
+      def load_k(j, slot):
+        plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(j * bkv, bkv), kvh], k_smem.at[slot],
+                                k_bar.at[slot])
+        # the block's KV side values: same slot index, same barrier (one arrival each)
+        for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
+          plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(j * bkv, bkv)],
+                                  sm.at[slot], k_bar.at[slot])
 
-      def load(t, slot):
-        sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
-        load_k(t, slot)
-        plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], v_bar.at[slot])
+      def load_v(j, slot):
+        plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(j * bkv, bkv), kvh], v_smem.at[slot],
+                                v_bar.at[slot])
+
+      if sparse:   # block indices from the lists: one loop per list, waits past the ring
+        def sbody(t, carry, masked, blk):
+          del masked
+          slot = lax.rem(t, stages)
+          j = blk(t)
+          _wait_if(t >= stages, k_free.at[slot])
+          load_k(j, slot)
+          _wait_if(t >= stages, v_free.at[slot])
+          load_v(j, slot)
+          return carry
+        _walk(sections, sbody, None)
+        _drain(n, stages, (k_free, v_free))
+        return
+
+      def load(i):
+        load_k(lo + i, i)
+        load_v(lo + i, i)
 
       for i in range(stages):
-        pl.when(i < n)(functools.partial(load, i, i))
+        pl.when(i < n)(functools.partial(load, i))
 
       def body(t, carry):
         slot = lax.rem(t, stages)
-        sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
         plgpu.barrier_wait(k_free.at[slot])
-        load_k(t, slot)
+        load_k(lo + t, slot)
         plgpu.barrier_wait(v_free.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], v_bar.at[slot])
+        load_v(lo + t, slot)
         return carry
       lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
       _drain(n, stages, (k_free, v_free))
@@ -642,18 +765,23 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((2, bq), jnp.float32),
-      # One arrival per TMA copy signalled on the barrier: Q (+ its row ids), K (+ KV ids).
-      plgpu.Barrier(num_arrivals=1 + segs, num_barriers=2),
-      plgpu.Barrier(num_arrivals=1 + segs, num_barriers=stages),
+      # One arrival per TMA copy signalled on the barrier: Q (+ its row side values),
+      # K (+ the block's side values).
+      plgpu.Barrier(num_arrivals=1 + nqs, num_barriers=2),
+      plgpu.Barrier(num_arrivals=1 + nks, num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2),
   )
-  operands = (q, k, v)
+  scratch = scratch + tuple(plgpu.SMEM((2, bq), jnp.int32) for _ in range(nqs)) + tuple(
+      plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
+  qside, kvside = _side_operands(st, seg, sp)
+  operands = (q, k, v) + qside + kvside
   if segs:
-    scratch = scratch + (plgpu.SMEM((2, bq), jnp.int32), plgpu.SMEM((stages, bkv), jnp.int32))
-    operands = operands + (seg[0], seg[1], _q_tile_kv_table(st, seg, 2 * bq, bkv))
+    operands = operands + (_q_tile_kv_table(st, seg, 2 * bq, bkv),)
+  if sparse:
+    operands = operands + tuple(sp[0])
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   grid, names = _grid(st, st.N, n_cta, "q_seq")
@@ -667,7 +795,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None):
 # --------------------------------------------------------------------------------------------
 # Backward: dQ kernel (grid over query tiles).
 # --------------------------------------------------------------------------------------------
-def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
+def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None):
   """-> (dq, delta): delta [B, N, Tp] f32 = rowsum(do * out) - dlse2 * LOG2E, computed from
   the O / dO tiles the kernel loads anyway (no separate pass over O and dO in HBM); the dK/dV
   kernel, launched after, reads it."""
@@ -678,25 +806,27 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
   D, dtype, G = st.D, st.dtype, st.G
   n_cta = st.Tp // (2 * bq)
   c = st.c
-  segs = st.segments
+  segs, sparse = st.segments, st.sparse
+  q_sides, kv_sides = st.q_sides, st.kv_sides
+  nqs, nks = len(q_sides), len(kv_sides)
   has_dlse = dlse2 is not None
-  smem = _dq_smem_bytes(cfg, D, jnp.dtype(dtype).itemsize, segs)
+  smem = _dq_smem_bytes(cfg, D, jnp.dtype(dtype).itemsize, q_sides=nqs, kv_sides=nks)
   if smem > _SMEM_LIMIT and not st.interpret:
     raise ValueError(f"the dQ kernel needs ~{smem} bytes of shared memory for head_dim {D} "
                      f"(limit {_SMEM_LIMIT}) with {cfg}; use fewer bwd_stages")
 
   def kernel(*refs):
-    refs = list(refs)
-    q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref = refs[:6]
-    del refs[:6]
-    dlse_ref = refs.pop(0) if has_dlse else None
-    if segs:
-      qseg_ref, kvseg_ref, rng_ref = refs[:3]
-      del refs[:3]
+    it = iter(refs)
+    q_ref, k_ref, v_ref, do_ref, o_ref, lse_ref = (next(it) for _ in range(6))
+    dlse_ref = next(it) if has_dlse else None
+    qside_refs = [next(it) for _ in range(nqs)]
+    kvside_refs = [next(it) for _ in range(nks)]
+    rng_ref = next(it) if segs else None
+    lists = tuple(next(it) for _ in range(4)) if sparse else None
     (dq_ref, delta_ref, q_smem, do_smem, o_smem, lse_smem, delta_smem, dlse_smem, k_smem,
-     v_smem, q_bar, kv_bar, kv_free) = refs[:13]
-    if segs:
-      qseg_smem, kvseg_smem = refs[13:]
+     v_smem, q_bar, kv_bar, kv_free) = (next(it) for _ in range(13))
+    qside_smem = [next(it) for _ in range(nqs)]
+    kvside_smem = [next(it) for _ in range(nks)]
     b = lax.axis_index("batch")
     h = lax.axis_index("heads")
     ci = lax.axis_index("q_seq")
@@ -704,11 +834,15 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
       ci = (n_cta - 1) - ci
     wg = lax.axis_index("wg")
     r0 = ci * (2 * bq)
-    if segs:
-      lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+    if sparse:   # each listed 128-key block is 128 // bkv steps
+      n, sections = _list_walk(lists, b if st.Bm > 1 else 0, h if st.Hm > 1 else 0, ci,
+                               _SPARSE_BLOCK // bkv)
     else:
-      lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
-    n = hi - lo
+      if segs:
+        lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+      else:
+        lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
+      n, sections = _range_walk(lo, flo, fhi, hi)
 
     @pl.when(wg < 2)
     def _consumer():
@@ -723,8 +857,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
       plgpu.copy_gmem_to_smem(lse_ref.at[vec_sl], lse_smem.at[wg], q_bar.at[wg])
       if has_dlse:
         plgpu.copy_gmem_to_smem(dlse_ref.at[vec_sl], dlse_smem.at[wg], q_bar.at[wg])
-      if segs:
-        plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(q_base, bq)], qseg_smem.at[wg],
+      for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], sm.at[wg],
                                 q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
       lse = _load_vec(st, lse_smem.at[wg], "ROW")
@@ -738,15 +872,16 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
       delta_smem.at[wg][...] = dlt
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(delta_smem.at[wg], delta_ref.at[vec_sl])
-      q_ids = _load_vec(st, qseg_smem.at[wg], "ROW") if segs else None
+      q_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in qside_smem]
       dq = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
-      def step(j, dq, masked):
-        t = j - lo
+      def step(t, dq, masked, blk):
         slot = lax.rem(t, stages)
+        if masked:
+          j = blk(t)
         plgpu.barrier_wait(kv_bar.at[slot])
-        if masked and segs:
-          kv_ids = _load_vec(st, kvseg_smem.at[slot], "COL")
+        if masked:
+          kv_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
         s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])])
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
@@ -754,9 +889,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
           rows = _iota(st, (bq, bkv), 0)
           cols = _iota(st, (bq, bkv), 1)
           kv_idx = cols + j * bkv
-          keep = _keep(st, rows + (st.q_off + q_base), kv_idx + st.kv_off, kv_idx)
-          if segs:
-            keep = _and(keep, _seg_keep(q_ids, kv_ids, (bq, bkv), 0))
+          keep = _tile_keep(st, b, h, (bq, bkv), 0, rows + (st.q_off + q_base),
+                            kv_idx + st.kv_off, kv_idx, q_vecs, kv_vecs)
           if keep is not None:
             p = jnp.where(keep, p, 0.0)
         ds = p * (dp - lax.broadcast_in_dim(dlt, dp.shape, [0]))
@@ -765,7 +899,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
         plgpu.barrier_arrive(kv_free.at[slot])
         return dq
 
-      dq = _loop3(lo, flo, fhi, hi, step, dq)
+      dq = _walk(sections, step, dq)
       qs[...] = (dq * st.scale).astype(dtype)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(qs, dq_ref.at[rows_sl])
@@ -776,21 +910,33 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
       kvh = lax.div(h, jnp.asarray(G, h.dtype))
 
-      def load(t, slot):
-        sl = (b, pl.ds((lo + t) * bkv, bkv), kvh)
+      def load(j, slot):
+        sl = (b, pl.ds(j * bkv, bkv), kvh)
         plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], kv_bar.at[slot])
         plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], kv_bar.at[slot])
-        if segs:
-          plgpu.copy_gmem_to_smem(kvseg_ref.at[b, pl.ds((lo + t) * bkv, bkv)],
-                                  kvseg_smem.at[slot], kv_bar.at[slot])
+        for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
+          plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(j * bkv, bkv)],
+                                  sm.at[slot], kv_bar.at[slot])
+
+      if sparse:
+        def sbody(t, carry, masked, blk):
+          del masked
+          slot = lax.rem(t, stages)
+          j = blk(t)
+          _wait_if(t >= stages, kv_free.at[slot])
+          load(j, slot)
+          return carry
+        _walk(sections, sbody, None)
+        _drain(n, stages, (kv_free,))
+        return
 
       for i in range(stages):
-        pl.when(i < n)(functools.partial(load, i, i))
+        pl.when(i < n)(functools.partial(load, lo + i, i))
 
       def body(t, carry):
         slot = lax.rem(t, stages)
         plgpu.barrier_wait(kv_free.at[slot])
-        load(t, slot)
+        load(lo + t, slot)
         return carry
       lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
       _drain(n, stages, (kv_free,))
@@ -805,18 +951,23 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
       plgpu.SMEM((2, bq), jnp.float32),                 # dlse (unused without it)
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
-      # One arrival per TMA copy: Q, dO, O, lse (+ dlse) (+ row ids).
-      plgpu.Barrier(num_arrivals=4 + has_dlse + segs, num_barriers=2),
-      plgpu.Barrier(num_arrivals=2 + segs, num_barriers=stages),
+      # One arrival per TMA copy: Q, dO, O, lse (+ dlse) (+ row side values).
+      plgpu.Barrier(num_arrivals=4 + has_dlse + nqs, num_barriers=2),
+      plgpu.Barrier(num_arrivals=2 + nks, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
+  scratch = scratch + tuple(plgpu.SMEM((2, bq), jnp.int32) for _ in range(nqs)) + tuple(
+      plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
   # O may come as f32 (residual VJP): the kernel stages it in q's dtype, as the forward wrote it.
   operands = (q, k, v, do, out.astype(dtype), lse2)
   if has_dlse:
     operands = operands + (dlse2.astype(jnp.float32),)
+  qside, kvside = _side_operands(st, seg, sp)
+  operands = operands + qside + kvside
   if segs:
-    scratch = scratch + (plgpu.SMEM((2, bq), jnp.int32), plgpu.SMEM((stages, bkv), jnp.int32))
-    operands = operands + (seg[0], seg[1], _q_tile_kv_table(st, seg, 2 * bq, bkv))
+    operands = operands + (_q_tile_kv_table(st, seg, 2 * bq, bkv),)
+  if sparse:
+    operands = operands + tuple(sp[0])
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   grid, names = _grid(st, st.N, n_cta, "q_seq")
@@ -829,7 +980,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None):
 # --------------------------------------------------------------------------------------------
 # Backward: dK/dV kernel (grid over KV tiles; loops over the GQA group's query heads).
 # --------------------------------------------------------------------------------------------
-def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=None):
+def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=None, sp=None):
   """dK, dV (and with `fused`, dQ too: returns (dk, dv, dq)).
 
   fused: each step also computes dQ_blk = dS @ K for the query block: both consumers store
@@ -848,30 +999,47 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   c = st.c
 
   dq_cols = D // 2 if D >= 128 else D   # dQ columns computed by each consumer (D <= 128)
-  segs = st.segments
-  if segs and fused:
-    raise NotImplementedError("the fused backward does not take segment ids")
+  segs, sparse = st.segments, st.sparse
+  q_sides, kv_sides = st.q_sides, st.kv_sides
+  nqs, nks = len(q_sides), len(kv_sides)
+  if (segs or sparse) and fused:
+    raise NotImplementedError("the fused backward takes neither segment ids nor "
+                              "block_sparsity")
+  r = _SPARSE_BLOCK // bq   # kernel steps per listed query block
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest):
+  def kernel(*refs):
+    it = iter(refs)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = (next(it) for _ in range(6))
+    dqacc_ref = next(it) if fused else None
+    qside_refs = [next(it) for _ in range(nqs)]
+    kvside_refs = [next(it) for _ in range(nks)]
+    rng_ref = next(it) if segs else None
+    lists = tuple(next(it) for _ in range(4)) if sparse else None
+    (dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
+     kv_bar, in_bar, in_free) = (next(it) for _ in range(11))
     if fused:
-      (dqacc_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
-       kv_bar, in_bar, in_free, ds_smem, dq_smem, pair) = rest
-    elif segs:
-      (qseg_ref, kvseg_ref, rng_ref, dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem,
-       lse_smem, delta_smem, kv_bar, in_bar, in_free, kvseg_smem, qseg_smem) = rest
-    else:
-      (dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
-       kv_bar, in_bar, in_free) = rest
+      ds_smem, dq_smem, pair = (next(it) for _ in range(3))
+    kvside_smem = [next(it) for _ in range(nks)]
+    qside_smem = [next(it) for _ in range(nqs)]
     b = lax.axis_index("batch")
     kvh = lax.axis_index("heads")
     ci = lax.axis_index("kv_seq")
     wg = lax.axis_index("wg")
     c0 = ci * (2 * bkv)
-    if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
-      lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
-    else:
-      lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
-    n = hi - lo
+    bm = b if st.Bm > 1 else 0
+    if not sparse:
+      if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
+        lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+      else:
+        lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
+      n = hi - lo
+
+    def head_walk(g):
+      """(steps, sections) of query head g of the group: per-head lists when Hm == N."""
+      if not sparse:
+        return n, _range_walk(lo, flo, fhi, hi)[1]
+      hm = kvh * G + g if st.Hm > 1 else 0
+      return _list_walk(lists, bm, hm, ci, r)
 
     @pl.when(wg < 2)
     def _consumer():
@@ -881,22 +1049,28 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       sl = (b, pl.ds(kv_base, bkv), kvh)
       plgpu.copy_gmem_to_smem(k_ref.at[sl], ks, kv_bar.at[wg])
       plgpu.copy_gmem_to_smem(v_ref.at[sl], vs, kv_bar.at[wg])
-      if segs:
-        plgpu.copy_gmem_to_smem(kvseg_ref.at[b, pl.ds(kv_base, bkv)], kvseg_smem.at[wg],
+      for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(kv_base, bkv)], sm.at[wg],
                                 kv_bar.at[wg])
       plgpu.barrier_wait(kv_bar.at[wg])
       # Rows of the transposed tiles (S^T, dP^T: [bkv, bq]) are this consumer's keys.
-      kv_ids = _load_vec(st, kvseg_smem.at[wg], "ROW") if segs else None
+      kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
       def head(g, carry):
-        def step(i, carry, masked):
+        h = kvh * G + g
+        n_g, sections = head_walk(g)
+        dk, dv, base = carry   # base: steps of the previous heads (ring position)
+
+        def step(u, carry, masked, blk):
           dk, dv = carry
-          t = g * n + (i - lo)
+          t = base + u
           slot = lax.rem(t, stages)
+          if masked or fused:   # fused: every step adds its dQ rows at block i
+            i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
-          if masked and segs:   # columns: the query block's ids (read before in_free)
-            q_ids = _load_vec(st, qseg_smem.at[slot], "COL")
+          if masked:   # columns: the query block's side values (read before in_free)
+            q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
 
           sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])])
           lse = _load_vec(st, lse_smem.at[slot], "COL")
@@ -905,9 +1079,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked:
             rows = _iota(st, (bkv, bq), 0)
             cols = _iota(st, (bkv, bq), 1)
-            keep = _keep(st, cols + (st.q_off + i * bq), rows + (st.kv_off + kv_base))
-            if segs:
-              keep = _and(keep, _seg_keep(q_ids, kv_ids, (bkv, bq), 1))
+            # Padded keys need no mask here: their dK / dV rows are sliced off.
+            keep = _tile_keep(st, b, h, (bkv, bq), 1, cols + (st.q_off + i * bq),
+                              rows + (st.kv_off + kv_base), None, q_vecs, kv_vecs)
             if keep is not None:
               pT = jnp.where(keep, pT, 0.0)
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
@@ -923,7 +1097,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           plgpu.barrier_arrive(in_free.at[slot])
           if fused:
             plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
-            h = kvh * G + g
 
             def dq_part(w):   # consumer w computes dQ columns [w*dq_cols, (w+1)*dq_cols)
               col0 = w * dq_cols
@@ -948,12 +1121,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
             # both consumers have passed step t + 1's meeting, i.e. finished this dq product.
           return dk, dv
-        return _loop3(lo, flo, fhi, hi, step, carry)
+        dk, dv = _walk(sections, step, (dk, dv))
+        return dk, dv, base + n_g
 
       if G == 1:
-        dk, dv = head(0, (zeros, zeros))
+        dk, dv, _ = head(0, (zeros, zeros, jnp.int32(0)))
       else:
-        dk, dv = lax.fori_loop(0, G, head, (zeros, zeros))
+        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, jnp.int32(0)))
       if fused:
         # The other consumer's last dQ product reads my K tile: meet before it becomes dK.
         plgpu.barrier_arrive(pair)
@@ -968,21 +1142,41 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     @pl.when(wg == 2)
     def _producer():
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-      n1 = jnp.maximum(n, 1)
 
-      def load(t, slot):
-        g = lax.div(t, n1)
-        i = lo + lax.rem(t, n1)
-        h = kvh * G + g
+      def load_block(h, i, slot):
         rows = (b, pl.ds(i * bq, bq), h)
         vec = (b, h, pl.ds(i * bq, bq))
         plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], in_bar.at[slot])
         plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], in_bar.at[slot])
         plgpu.copy_gmem_to_smem(lse_ref.at[vec], lse_smem.at[slot], in_bar.at[slot])
         plgpu.copy_gmem_to_smem(delta_ref.at[vec], delta_smem.at[slot], in_bar.at[slot])
-        if segs:
-          plgpu.copy_gmem_to_smem(qseg_ref.at[b, pl.ds(i * bq, bq)], qseg_smem.at[slot],
+        for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
+          plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(i * bq, bq)], sm.at[slot],
                                   in_bar.at[slot])
+
+      if sparse:   # the consumers' sequence: head by head, each head's lists in order
+        def head_p(g, base):
+          n_g, sections = head_walk(g)
+
+          def sbody(u, carry, masked, blk):
+            del masked
+            t = base + u
+            slot = lax.rem(t, stages)
+            i = blk(u)
+            _wait_if(t >= stages, in_free.at[slot])
+            load_block(kvh * G + g, i, slot)
+            return carry
+          _walk(sections, sbody, None)
+          return base + n_g
+        total = lax.fori_loop(0, G, head_p, jnp.int32(0))
+        _drain(total, stages, (in_free,))
+        return
+
+      n1 = jnp.maximum(n, 1)
+
+      def load(t, slot):
+        g = lax.div(t, n1)
+        load_block(kvh * G + g, lo + lax.rem(t, n1), slot)
 
       total = n * G
       for i in range(stages):
@@ -1004,17 +1198,22 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.SMEM((stages, bq, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bq), jnp.float32),
       plgpu.SMEM((stages, bq), jnp.float32),
-      plgpu.Barrier(num_arrivals=2 + segs, num_barriers=2),   # one arrival per TMA copy
-      plgpu.Barrier(num_arrivals=4 + segs, num_barriers=stages),
+      # One arrival per TMA copy: K, V (+ side values); Q, dO, lse, delta (+ side values).
+      plgpu.Barrier(num_arrivals=2 + nks, num_barriers=2),
+      plgpu.Barrier(num_arrivals=4 + nqs, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
   grid, names = _grid(st, st.K, n_cta, "kv_seq")
   if not fused:
-    operands = (q, k, v, do, lse2, delta)
+    scratch = scratch + tuple(plgpu.SMEM((2, bkv), jnp.int32) for _ in range(nks)) + tuple(
+        plgpu.SMEM((stages, bq), jnp.int32) for _ in range(nqs))
+    qside, kvside = _side_operands(st, seg, sp)
+    operands = (q, k, v, do, lse2, delta) + qside + kvside
     if segs:
-      scratch = scratch + (plgpu.SMEM((2, bkv), jnp.int32), plgpu.SMEM((stages, bq), jnp.int32))
-      operands = operands + (seg[0], seg[1], _kv_tile_q_table(st, seg, 2 * bkv, bq))
+      operands = operands + (_kv_tile_q_table(st, seg, 2 * bkv, bq),)
+    if sparse:
+      operands = operands + tuple(sp[1])
     return plgpu.kernel(
         kernel, out_type=(kv_type, kv_type), scratch_types=scratch, grid=grid,
         grid_names=names, num_threads=3, thread_name="wg",
@@ -1059,33 +1258,37 @@ def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
 # --------------------------------------------------------------------------------------------
 # custom_vjp core on padded arrays. Outputs (out [B,Tp,N,D], lse2 [B,N,Tp] base-2 units).
 # --------------------------------------------------------------------------------------------
-# `seg` is None or (q_seg [B, Tp], kv_seg [B, Sp]) int32: a primal input (it may be traced) with
-# no cotangent (`None` in the backward's output).
+# `seg` is None or (q_seg [B, Tp], kv_seg [B, Sp]) int32; `sp` is None or (kv lists, q lists,
+# q side arrays, kv side arrays) of block_sparsity, all int32: primal inputs (they may be
+# traced) with no cotangent (`None` in the backward's output).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _core(st: _Static, bwd: str, q, k, v, seg):
-  return _fwd_call(st, q, k, v, seg)
+def _core(st: _Static, bwd: str, q, k, v, seg, sp):
+  return _fwd_call(st, q, k, v, seg, sp)
 
 
-def _core_fwd(st, bwd, q, k, v, seg):
-  out, lse2 = _fwd_call(st, q, k, v, seg)
-  return (out, lse2), (q, k, v, seg, out, lse2)
+def _core_fwd(st, bwd, q, k, v, seg, sp):
+  out, lse2 = _fwd_call(st, q, k, v, seg, sp)
+  return (out, lse2), (q, k, v, seg, sp, out, lse2)
 
 
 def _core_bwd(st, bwd, res, cts):
-  return _core_bwd_impl(st, bwd, res, cts) + (None,)
+  return _core_bwd_impl(st, bwd, res, cts) + (None, None)
 
 
 def _core_bwd_impl(st, bwd, res, cts):
-  q, k, v, seg, out, lse2 = res
+  q, k, v, seg, sp, out, lse2 = res
   do, dlse2 = cts
   do = do.astype(q.dtype)
   # Rows with no kept key: lse = -inf would give p = exp2(s + inf); +inf gives p = 0.
   lse_b = jnp.where(lse2 == _NEG_INF, jnp.inf, lse2)
   if bwd == "mosaic":
     # The dQ kernel computes delta from the O / dO tiles it loads, so it runs first.
-    dq, delta = _dq_call(st, q, k, v, do, out, lse_b, dlse2, seg=seg)
-    dk, dv = _dkv_call(st, q, k, v, do, lse_b, delta, seg=seg)
+    dq, delta = _dq_call(st, q, k, v, do, out, lse_b, dlse2, seg=seg, sp=sp)
+    dk, dv = _dkv_call(st, q, k, v, do, lse_b, delta, seg=seg, sp=sp)
     return dq, dk, dv
+  if st.sparse:   # also refused up front for an explicit backward=; here: head_dim > 128
+    raise ValueError(f"block_sparsity needs backward='mosaic' (head_dim <= 128); the "
+                     f"{bwd!r} backward does not take it")
   delta = jnp.einsum("btnd,btnd->bnt", out.astype(jnp.float32), do.astype(jnp.float32))
   if dlse2 is not None:
     # d lse / d s = p: folds into delta (ds = p * (dp - delta + dlse)); lse2 = lse * log2(e).
@@ -1135,23 +1338,31 @@ def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta, seg=None):
 _SMEM_LIMIT = 232448   # H100 dynamic shared memory per block (bytes)
 
 
-def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False) -> int:
+def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,
+                    q_sides: int = 0, kv_sides: int = 0) -> int:
   """Forward kernel SMEM: Q (2 consumers) + K/V ring + lse + Mosaic scratch + ~1 KiB slack
-  (+ the int32 segment ids of the Q tiles and of the K ring)."""
+  (+ per int32 side array - segment ids: one of each - its values for the Q tiles or for the
+  K ring). The block lists take none: they are read from GMEM."""
+  if segments:
+    q_sides, kv_sides = 1, 1
   buffers = (2 * cfg.block_q + 2 * cfg.stages * cfg.block_kv) * D * itemsize
   scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
-  seg = (2 * cfg.block_q + cfg.stages * cfg.block_kv) * 4 if segments else 0
-  return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + seg
+  sides = (q_sides * 2 * cfg.block_q + kv_sides * cfg.stages * cfg.block_kv) * 4
+  return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + sides
 
 
-def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False) -> int:
+def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,
+                   q_sides: int = 0, kv_sides: int = 0) -> int:
   """dQ kernel SMEM (the backward's largest): Q, dO, O (2 consumers) + K/V ring + lse, delta,
-  dlse + Mosaic scratch + ~1 KiB slack (+ the int32 ids of the Q tiles and of the K ring)."""
+  dlse + Mosaic scratch + ~1 KiB slack (+ the int32 side values of the Q tiles and of the K
+  ring, as in `_fwd_smem_bytes`)."""
+  if segments:
+    q_sides, kv_sides = 1, 1
   bq, bkv = cfg.bwd_block_q, cfg.bwd_block_kv
   buffers = (3 * 2 * bq + 2 * cfg.bwd_stages * bkv) * D * itemsize
   scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
-  seg = (2 * bq + cfg.bwd_stages * bkv) * 4 if segments else 0
-  return buffers + 3 * 2 * bq * 4 + scratch + 1024 + seg
+  sides = (q_sides * 2 * bq + kv_sides * cfg.bwd_stages * bkv) * 4
+  return buffers + 3 * 2 * bq * 4 + scratch + 1024 + sides
 
 
 def _static_int(x, name):
@@ -1191,7 +1402,8 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
                      sliding_window: tuple[int | None, int | None] | None = None,
                      segment_ids=None, return_lse: bool = False,
                      config: HopperConfig | None = None, backward: str | None = None,
-                     interpret: bool = False):
+                     interpret: bool = False, block_sparsity=None, mask_fn=None,
+                     q_side=(), kv_side=()):
   """Flash attention on Hopper (Mosaic GPU): q [B,T,N,D], k/v [B,S,K,D] -> out [B,T,N,D].
 
   `segment_ids`: None, a [B, T] integer array (T == S) or a pair (q_ids [B, T], kv_ids [B, S]);
@@ -1199,17 +1411,28 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   ids may be traced). KV blocks whose id range cannot meet a tile's are skipped, blocks inside
   one document (and below the causal diagonal) run unmasked; see `_seg_block_ranges`.
 
+  `block_sparsity`: a `pallas_kernels.BlockSparsity` built with blocks (128, 128) (one forward
+  / dQ CTA's query rows, one dK/dV CTA's keys), lists [Bm, Hm, ...] with Bm in {1, B}, Hm in
+  {1, N}: each CTA visits only its listed blocks, the partial ones masked by
+  `mask_fn(b, h, q_pos, kv_pos, q_vals, kv_vals) -> bool` (positions: int32 tiles with the
+  offsets added; q_vals / kv_vals: tuples of the `q_side` [B|1, T] / `kv_side` [B|1, S] int32
+  arrays' values at those rows / columns, broadcast to the tile; the dK/dV kernel's tiles are
+  transposed, [kv, q], so mask_fn must be elementwise), the full ones unmasked. As in
+  `flash_attention`; excludes is_causal, sliding_window and segment_ids (fold them into
+  mask_fn); needs HopperConfig.block_kv in (64, 128) and backward="mosaic".
+
   `backward`: "mosaic" (the dQ and dK/dV kernels; head dims <= 128), "fused" (one dK/dV kernel
   that also accumulates dQ with TMA reduce-adds; head dims <= 128; GPU only) or "xla" (a dense jnp
   recomputation from the kernel's residuals: correct, not fast). Default: "mosaic" where it
   applies, else "xla". `interpret=True` runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
-  st, backward, (qp, kp, vp, seg), pad = _prepare(
+  st, backward, (qp, kp, vp, seg, sp), pad = _prepare(
       q, k, v, scale=scale, is_causal=is_causal, q_offset=q_offset, kv_offset=kv_offset,
       sliding_window=sliding_window, segment_ids=segment_ids, config=config,
-      backward=backward, interpret=interpret)
-  out, lse2 = _core(st, backward, qp, kp, vp, seg)
+      backward=backward, interpret=interpret, block_sparsity=block_sparsity, mask_fn=mask_fn,
+      q_side=q_side, kv_side=kv_side)
+  out, lse2 = _core(st, backward, qp, kp, vp, seg, sp)
   out = out[:, :st.T, :, :q.shape[-1]]
   if not return_lse:
     return out
@@ -1222,23 +1445,24 @@ def hopper_attention_residual_vjp(q, k, v, out, lse, dout, dlse=None, **kwargs):
   without the forward. The kernels use the residuals only through p = exp(s - lse) and
   delta = rowsum(dout * out) - dlse, so `(out, lse)` may be the merged result of a larger
   softmax this call is a part of (ring attention)."""
-  st, backward, (qp, kp, vp, seg), pad = _prepare(q, k, v, **kwargs)
+  st, backward, (qp, kp, vp, seg, sp), pad = _prepare(q, k, v, **kwargs)
   T, S, D0 = st.T, st.S, q.shape[-1]
   # Padded rows: lse -inf (p = 0 there), out / dout zero.
   lse2 = jnp.pad(lse.astype(jnp.float32) * LOG2E, ((0, 0), (0, 0), (0, st.Tp - T)),
                  constant_values=_NEG_INF)
   dlse2 = None if dlse is None else jnp.pad(dlse.astype(jnp.float32) * LN2,
                                             ((0, 0), (0, 0), (0, st.Tp - T)))
-  res = (qp, kp, vp, seg, pad(out.astype(jnp.float32), T, st.Tp), lse2)
+  res = (qp, kp, vp, seg, sp, pad(out.astype(jnp.float32), T, st.Tp), lse2)
   dq, dk, dv = _core_bwd_impl(st, backward, res, (pad(dout.astype(q.dtype), T, st.Tp), dlse2))
   return dq[:, :T, :, :D0], dk[:, :S, :, :D0], dv[:, :S, :, :D0]
 
 
 def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
              sliding_window=None, segment_ids=None, config=None, backward=None,
-             interpret=False):
+             interpret=False, block_sparsity=None, mask_fn=None, q_side=(), kv_side=()):
   """Checks a call and builds its `_Static`, the backward mode and the padded (q, k, v,
-  segment ids); also returns the padding function `pad(x, L, Lp)` for [B, L, N, D] arrays."""
+  segment ids, block-sparse operands); also returns the padding function `pad(x, L, Lp)` for
+  [B, L, N, D] arrays."""
   B, T, N, D0 = q.shape
   S, K = k.shape[1], k.shape[2]
   if k.shape != (B, S, K, D0) or v.shape != (B, S, K, D0):
@@ -1260,7 +1484,14 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   seg_ids = _normalize_segment_ids(segment_ids, B, T, S)
   D = _padded_head_dim(D0)
   cfg = config or default_config(D0)
-  smem = _fwd_smem_bytes(cfg, D, jnp.dtype(q.dtype).itemsize, seg_ids is not None)
+  q_side, kv_side = tuple(q_side), tuple(kv_side)
+  if block_sparsity is None and (mask_fn is not None or q_side or kv_side):
+    raise ValueError("mask_fn / q_side / kv_side need a block_sparsity (without one every "
+                     "block is full and the mask is never applied)")
+  if block_sparsity is not None:
+    _check_sparse_call(cfg, is_causal, sliding_window, seg_ids, backward)
+  smem = _fwd_smem_bytes(cfg, D, jnp.dtype(q.dtype).itemsize, seg_ids is not None,
+                         len(q_side), len(kv_side))
   if smem > _SMEM_LIMIT:
     raise ValueError(f"{cfg} needs ~{smem} bytes of shared memory for head_dim {D} (limit "
                      f"{_SMEM_LIMIT}); use fewer stages, a smaller block_kv or a smaller "
@@ -1279,10 +1510,14 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   tkv = math.lcm(cfg.block_kv, 2 * cfg.bwd_block_kv, cfg.bwd_block_kv)
   Tp = -(-T // tq) * tq
   Sp = -(-S // tkv) * tkv
+  sp, sparse_kw = None, {}
+  if block_sparsity is not None:
+    sp, sparse_kw = _prepare_sparse(block_sparsity, mask_fn, q_side, kv_side, B, T, S, N, K,
+                                    Tp, Sp)
   st = _Static(B=B, T=T, S=S, Tp=Tp, Sp=Sp, N=N, K=K, D=D, dtype=jnp.dtype(q.dtype),
                scale=float(scale), causal=bool(is_causal), q_off=q_off, kv_off=kv_off,
                left=left, right=right, cfg=cfg, interpret=bool(interpret),
-               segments=seg_ids is not None)
+               segments=seg_ids is not None, **sparse_kw)
 
   def pad(x, L, Lp):
     if L == Lp and D == D0:
@@ -1294,4 +1529,64 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     # tile's [min, max] id range (padded keys are masked by index, padded rows discarded).
     return x if L == Lp else jnp.pad(x, ((0, 0), (0, Lp - L)), mode="edge")
   seg = None if seg_ids is None else (pad_ids(seg_ids[0], T, Tp), pad_ids(seg_ids[1], S, Sp))
-  return st, backward, (pad(q, T, Tp), pad(k, S, Sp), pad(v, S, Sp), seg), pad
+  return st, backward, (pad(q, T, Tp), pad(k, S, Sp), pad(v, S, Sp), seg, sp), pad
+
+
+def _check_sparse_call(cfg: HopperConfig, is_causal, sliding_window, seg_ids, backward):
+  """The static refusals of a block_sparsity call (see `hopper_attention`)."""
+  if is_causal or sliding_window is not None or seg_ids is not None:
+    raise ValueError("block_sparsity excludes is_causal, sliding_window and segment_ids: fold "
+                     "them into mask_fn (and the block lists)")
+  # block_q, bwd_block_q, bwd_block_kv are always 64: a CTA's 2 x 64 rows are one block.
+  blk = _SPARSE_BLOCK
+  if blk % cfg.block_kv:
+    raise ValueError(f"block_sparsity needs HopperConfig.block_kv to divide the sparsity block "
+                     f"{blk} (64 or 128), got {cfg.block_kv}")
+  if backward in ("fused", "xla"):
+    raise ValueError(f"backward={backward!r} does not take block_sparsity; use 'mosaic'")
+
+
+def _prepare_sparse(block_sparsity, mask_fn, q_side, kv_side, B, T, S, N, K, Tp, Sp):
+  """Checks the block lists and side arrays: ((kv lists, q lists, q sides, kv sides) padded
+  int32, the `_Static` fields)."""
+  blk = _SPARSE_BLOCK
+  nq, nkv = -(-T // blk), -(-S // blk)
+  assert (nq * blk, nkv * blk) == (Tp, Sp), (Tp, Sp)   # one CTA row / column per block
+  arrays = [jnp.asarray(getattr(block_sparsity, f)) for f in _SPARSE_FIELDS]
+  if arrays[0].ndim != 3:
+    raise ValueError(f"block_sparsity.kv_num_blocks must be [Bm, Hm, nq], got "
+                     f"{tuple(arrays[0].shape)}")
+  Bm, Hm = int(arrays[0].shape[0]), int(arrays[0].shape[1])
+  expect = {"kv_num_blocks": (Bm, Hm, nq), "kv_indices": (Bm, Hm, nq, nkv),
+            "full_kv_num_blocks": (Bm, Hm, nq), "full_kv_indices": (Bm, Hm, nq, nkv),
+            "q_num_blocks": (Bm, Hm, nkv), "q_indices": (Bm, Hm, nkv, nq),
+            "full_q_num_blocks": (Bm, Hm, nkv), "full_q_indices": (Bm, Hm, nkv, nq)}
+  for f, a in zip(_SPARSE_FIELDS, arrays):
+    if tuple(a.shape) != expect[f]:
+      raise ValueError(f"block_sparsity.{f} has shape {tuple(a.shape)}, expected {expect[f]} "
+                       f"for T={T}, S={S}, block=({blk}, {blk}) (the Hopper kernel's block "
+                       "size)")
+    if not jnp.issubdtype(a.dtype, jnp.integer):
+      raise TypeError(f"block_sparsity.{f} must be an integer array")
+  if Bm not in (1, B) or Hm not in (1, N):
+    raise ValueError(f"block_sparsity batch/head dims ({Bm}, {Hm}) must be 1 or ({B}, {N})")
+  arrays = [a.astype(jnp.int32) for a in arrays]
+  sides = []
+  for name, arrs, L, Lp in (("q", q_side, T, Tp), ("kv", kv_side, S, Sp)):
+    out = []
+    for arr in arrs:
+      arr = jnp.asarray(arr)
+      if arr.ndim != 2 or arr.shape[0] not in (1, B) or arr.shape[1] != L:
+        raise ValueError(f"{name} side array must be [B|1, {'T' if name == 'q' else 'S'}] = "
+                         f"[{B}|1, {L}], got {tuple(arr.shape)}")
+      out.append(jnp.pad(arr.astype(jnp.int32), ((0, 0), (0, Lp - L))))
+    sides.append(tuple(out))
+  sp = (tuple(arrays[:4]), tuple(arrays[4:]), sides[0], sides[1])
+  kw = dict(sparse=True, mask_fn=mask_fn,
+            q_side_b=tuple(a.shape[0] > 1 for a in sides[0]),
+            kv_side_b=tuple(a.shape[0] > 1 for a in sides[1]), Bm=Bm, Hm=Hm)
+  return sp, kw
+
+
+_SPARSE_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                  "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")

@@ -3,7 +3,8 @@
 Same arguments and semantics (causal with static offsets, sliding window (left, right), segment
 ids (a [B, T] array with T == S, or a (q_ids [B, T], kv_ids [B, S]) pair), GQA,
 `return_lse` natural-log [B, N, T] float32; fully masked rows give out = 0, lse = -inf and zero
-gradients), materialising the [B, N, T, S] scores in float32. Differentiable with JAX autodiff
+gradients; `mask`: an extra dense bool [B|1, N|1, T, S] keep mask, e.g. a block_sparsity call's
+mask_fn evaluated on every position), materialising the [B, N, T, S] scores in float32. Differentiable with JAX autodiff
 (including through lse). Meant for tests and small problems; kernel-only options are ignored.
 """
 
@@ -39,7 +40,7 @@ def keep_mask(T: int, S: int, *, is_causal=False, q_offset=0, kv_offset=0,
 
 def hopper_attention_reference(q, k, v, *, scale=None, is_causal=False, q_offset=0,
                                kv_offset=0, sliding_window=None, segment_ids=None,
-                               return_lse=False, **unused_kernel_options):
+                               return_lse=False, mask=None, **unused_kernel_options):
   del unused_kernel_options
   B, T, N, D = q.shape
   S, K = k.shape[1], k.shape[2]
@@ -56,6 +57,8 @@ def hopper_attention_reference(q, k, v, *, scale=None, is_causal=False, q_offset
     q_ids, kv_ids = (segment_ids if isinstance(segment_ids, (tuple, list))
                      else (segment_ids, segment_ids))
     keep = keep & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])   # [B, 1, T, S]
+  if mask is not None:
+    keep = keep & jnp.asarray(mask, bool)
   m = jnp.max(jnp.where(keep, s, -jnp.inf), axis=-1, keepdims=True)
   m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
   e = jnp.where(keep, jnp.exp(jnp.where(keep, s, 0.0) - m), 0.0)

@@ -387,7 +387,7 @@ _DELTA_SCRIPT = textwrap.dedent("""
     q = jax.random.normal(ks[0], (B, T, N, D), dt)
     k = jax.random.normal(ks[1], (B, S, K, D), dt)
     v = jax.random.normal(ks[2], (B, S, K, D), dt)
-    st, _, (qp, kp, vp, seg), _ = ha._prepare(q, k, v, interpret=True, **kw)
+    st, _, (qp, kp, vp, seg, _), _ = ha._prepare(q, k, v, interpret=True, **kw)
     Tp = st.Tp
     # O and dO random on every row, padded ones included (the kernel's math is row-local)
     out = jax.random.normal(ks[3], (B, Tp, N, st.D), jnp.float32 if c["out_f32"] else dt)
@@ -439,6 +439,186 @@ def test_dq_kernel_writes_delta(name):
 
 
 # --------------------------------------------------------------------------------------------
+# block_sparsity + mask_fn (the three kernels' list walks), against a dense f32 reference.
+# --------------------------------------------------------------------------------------------
+_SPARSE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {root!r})
+    from pallas_kernels import hopper_attention as ha, from_dense
+    from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+    c = json.loads({case!r})
+    B, T, S, N, K, D = c["shape"]
+    dt = jnp.dtype(c["dtype"])
+    qo, ko, P, C = c["q_offset"], c["kv_offset"], c.get("P", 0), c.get("C", 1)
+
+    def prefix_lm(b, h, q, kv, qv, kvv):
+      return (kv <= q) | (kv < P)
+
+    def chunked_causal(b, h, q, kv, qv, kvv):   # head 1 also sees a prefix (per-head lists)
+      return ((q // C == kv // C) & (kv <= q)) | (kv < P + 1000 * (h - 1))
+
+    def ids(b, h, q, kv, qv, kvv):   # ids equal, and the key's flag (a [1, S] array) set
+      return (qv[0] == kvv[0]) & (kvv[1] != 0)
+
+    mask_fn = dict(prefix_lm=prefix_lm, chunked_causal=chunked_causal, ids=ids)[c["mask"]]
+    rng = np.random.default_rng(c["seed"])
+    q_side, kv_side = (), ()
+    if c["mask"] == "ids":
+      q_ids = rng.integers(0, 3, (B, T)).astype(np.int32)
+      q_ids[:, T // 2:T // 2 + 9] = 7            # rows meeting no key: out 0, lse -inf
+      q_side = (jnp.asarray(q_ids),)
+      kv_side = (jnp.asarray(rng.integers(0, 3, (B, S)), jnp.int32),
+                 jnp.asarray(rng.random((1, S)) < 0.8, jnp.int32))
+
+    # dense mask: mask_fn on the full position grid, per (b, h)
+    qpos = jnp.broadcast_to(qo + jnp.arange(T, dtype=jnp.int32)[:, None], (T, S))
+    kpos = jnp.broadcast_to(ko + jnp.arange(S, dtype=jnp.int32)[None, :], (T, S))
+
+    def dense_bh(b, h):
+      row = lambda a: a[b if a.shape[0] > 1 else 0]
+      qv = tuple(jnp.broadcast_to(row(a)[:, None], (T, S)) for a in q_side)
+      kvv = tuple(jnp.broadcast_to(row(a)[None, :], (T, S)) for a in kv_side)
+      return jnp.broadcast_to(mask_fn(b, h, qpos, kpos, qv, kvv), (T, S))
+    dense = jax.vmap(lambda b: jax.vmap(lambda h: dense_bh(b, h))(jnp.arange(N)))(
+        jnp.arange(B))
+    dense = np.asarray(dense)
+    Bm, Hm = c["lists"]
+    assert (dense == dense[:Bm, :Hm]).all()   # the lists' broadcast is exact
+    bs = from_dense(dense[:Bm, :Hm], 128, 128)
+    kw = dict(q_offset=qo, kv_offset=ko, block_sparsity=bs, mask_fn=mask_fn, q_side=q_side,
+              kv_side=kv_side)
+    ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
+    q = jax.random.normal(ks[0], (B, T, N, D), dt)
+    k = jax.random.normal(ks[1], (B, S, K, D), dt)
+    v = jax.random.normal(ks[2], (B, S, K, D), dt)
+    do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
+    dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
+    cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"])
+    kern = lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, interpret=True,
+                                               config=cfg, **kw)
+    dense_ref = lambda q, k, v: ref(q, k, v, return_lse=True, q_offset=qo, kv_offset=ko,
+                                    mask=dense)
+
+    def rel(a, b):
+      a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
+      b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
+      fin = np.isfinite(b)
+      if not np.array_equal(np.isfinite(a), fin):
+        return float("inf")
+      if not fin.any():
+        return 0.0
+      return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
+
+    (o, l), vjp = jax.vjp(kern, q, k, v)
+    (o2, l2), vjp2 = jax.vjp(dense_ref, q, k, v)
+    res = dict(out=rel(o, o2), lse=rel(l, l2))
+    empty = ~np.isfinite(np.asarray(l2))
+    res["n_empty_rows"] = int(empty.sum())
+    res["n_partial"] = int(np.asarray(bs.kv_num_blocks).sum())
+    res["n_full"] = int(np.asarray(bs.full_kv_num_blocks).sum())
+    res["empty_rows_zero"] = float(np.abs(np.asarray(o, np.float32).transpose(0, 2, 1, 3)[empty]
+                                          ).max()) if empty.any() else 0.0
+    dlm = jnp.where(empty, 0.0, dl)
+    g = vjp((do.astype(o.dtype), dlm))
+    g2 = vjp2((do.astype(o2.dtype), dlm))
+    for name, a, b in zip(("dq", "dk", "dv"), g, g2):
+      res[name] = rel(a, b)
+    if empty.any():   # rows meeting no key: zero dq
+      res["dq_empty_rows"] = float(np.abs(np.asarray(g[0], np.float32).transpose(0, 2, 1, 3)[
+          empty]).max())
+    if c.get("residual"):
+      gr = ha.hopper_attention_residual_vjp(q, k, v, o, l, do, dlm, interpret=True, config=cfg,
+                                            **kw)
+      for name, a, b in zip(("dq", "dk", "dv"), gr, g2):
+        res[name + "_residual"] = rel(a, b)
+    print("RESULT", json.dumps(res))
+""")
+
+
+def _sparse_case(**kw):
+  c = dict(shape=(1, 256, 256, 1, 1, 64), dtype="bfloat16", q_offset=0, kv_offset=0, seed=0,
+           block_kv=128, stages=2, lists=(1, 1))
+  c.update(kw)
+  return c
+
+
+SPARSE_CASES = {
+    # prefix LM (a 40-key prefix + causal; q_offset 128): one full and one partial block per
+    # query block; GQA (N=2, K=1) with head-shared lists; the residual VJP; 3-slot ring of
+    # 64-key forward steps (2 per listed block)
+    "prefix_lm_gqa": _sparse_case(shape=(1, 128, 256, 2, 1, 64), mask="prefix_lm", P=40,
+                                  q_offset=128, block_kv=64, stages=3, residual=True),
+    # chunked causal (`//` on the position tiles, chunks of 320); per-head lists (head 1 also
+    # sees a 50-key prefix) with GQA: the dK/dV kernel walks each query head's own lists;
+    # head 0's second query block lists nothing (rows out 0, lse -inf); T != S, neither a
+    # multiple of 128, nonzero offsets
+    "chunked_causal_per_head_offsets": _sparse_case(
+        shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
+        q_offset=192, kv_offset=40, lists=(1, 2), seed=1),
+    # side arrays: random ids per batch row (per-batch lists, B=2) and a [1, S] key flag;
+    # rows whose id no key has (fully masked: out 0, lse -inf, zero gradients)
+    "side_arrays_per_batch": _sparse_case(shape=(2, 128, 160, 1, 1, 64), mask="ids",
+                                          lists=(2, 1), seed=2),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
+def test_interpret_block_sparsity(name):
+  res = _run_case(SPARSE_CASES[name], script=_SPARSE_SCRIPT)
+  tol = 3e-2
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= tol, (name, key, err, res)
+  assert res["n_partial"] > 0, res
+  if name != "side_arrays_per_batch":
+    assert res["n_full"] > 0, res
+  if name != "prefix_lm_gqa":
+    assert res["n_empty_rows"] > 0, res
+
+
+def test_block_sparsity_refusals():
+  import jax.numpy as jnp
+  from pallas_kernels import from_dense
+  q = jnp.zeros((1, 200, 2, 64), jnp.bfloat16)
+  kv = jnp.zeros((1, 300, 1, 64), jnp.bfloat16)
+  bs = from_dense(np.ones((1, 1, 200, 300), bool), 128, 128)
+  mask_fn = lambda b, h, i, j, qv, kvv: j <= i
+  ok = dict(block_sparsity=bs, mask_fn=mask_fn, interpret=True)
+  ha._prepare(q, kv, kv, **ok)   # accepted
+  ha._prepare(q, kv, kv, **ok, config=ha.HopperConfig(block_kv=64))
+  cases = [
+      (dict(block_sparsity=from_dense(np.ones((1, 1, 200, 300), bool), 64, 128)),
+       r"block_sparsity.kv_num_blocks has shape \(1, 1, 4\), expected \(1, 1, 2\) for "
+       r"T=200, S=300, block=\(128, 128\)"),
+      (dict(block_sparsity=from_dense(np.ones((1, 1, 200, 200), bool), 128, 128)),
+       r"block_sparsity.kv_indices has shape"),
+      (dict(block_sparsity=from_dense(np.ones((3, 1, 200, 300), bool), 128, 128)),
+       r"batch/head dims \(3, 1\) must be 1 or \(1, 2\)"),
+      (dict(config=ha.HopperConfig(block_kv=256, stages=1)), r"HopperConfig.block_kv"),
+      (dict(is_causal=True), "excludes is_causal"),
+      (dict(sliding_window=(64, 0)), "excludes is_causal, sliding_window"),
+      (dict(segment_ids=jnp.zeros((1, 200), jnp.int32)), "segment_ids"),
+      (dict(backward="fused"), "backward='fused' does not take block_sparsity"),
+      (dict(backward="xla"), "backward='xla' does not take block_sparsity"),
+      (dict(q_side=(jnp.zeros((1, 300), jnp.int32),)), r"q side array must be \[B\|1, T\]"),
+      (dict(kv_side=(jnp.zeros((2, 300), jnp.int32),)), r"kv side array must be"),
+  ]
+  for extra, msg in cases:
+    with pytest.raises(ValueError, match=msg):
+      ha._prepare(q, kv, kv, **{**ok, **extra})
+  with pytest.raises(ValueError, match="need a block_sparsity"):
+    ha._prepare(q, kv, kv, mask_fn=mask_fn)
+  # SMEM accounting of the side arrays (int32 values of the Q tiles and of the K ring)
+  cfg = ha.default_config(128)
+  assert (ha._fwd_smem_bytes(cfg, 128, 2, q_sides=1, kv_sides=2)
+          - ha._fwd_smem_bytes(cfg, 128, 2)) == (128 + 2 * cfg.stages * 128) * 4
+  assert ha._dq_smem_bytes(cfg, 64, 2, True) == ha._dq_smem_bytes(cfg, 64, 2, q_sides=1,
+                                                                    kv_sides=1)
+
+
+# --------------------------------------------------------------------------------------------
 # The backend: registration and capability refusals (no kernel runs).
 # --------------------------------------------------------------------------------------------
 def test_backend_spec_and_refusals():
@@ -467,10 +647,14 @@ def test_backend_spec_and_refusals():
                                            "segment_ids": jnp.zeros((1, 128), jnp.int32)})
   assert b.spec.priority_for(seg256) < jattn.get("pallas_flash").spec.priority_for(seg256)
   from jattn import masks
+  # mask functions / BlockMasks are walked as block lists (tests/test_mask_ops.py has the
+  # refusals of masks the kernel cannot evaluate)
+  for mask in (masks.chunked_causal(32), masks.create_block_mask(
+      masks.prefix_lm(8), None, None, 128, 128, block_size=64)):
+    assert b.spec.refusal(validate(q, kv, kv, **{**base, "mask": mask}), b.name) is None
+  table = jnp.arange(128)
   for extra, feature in ((dict(softcap=5.0), "softcap"),
-                         (dict(mask=masks.causal()), "mask_fn"),
-                         (dict(mask=masks.create_block_mask(masks.causal(), None, None, 128, 128,
-                                                            block_size=64)), "mask_fn"),
+                         (dict(mask=lambda b_, h, i, j: table[i] > j), "this call"),
                          (dict(score_mod=lambda s, b, h, i, j: s), "score_mod"),
                          (dict(mask=jnp.ones((1, 1, 128, 128), bool)), "mask"),
                          (dict(q_offset=jnp.int32(3)), "this call")):

@@ -17,23 +17,9 @@ import jax.numpy as jnp
 from jattn import masks, registry
 from jattn._call import AttentionCall
 from jattn._errors import NotSupportedError
+from jattn.backends._block_lists import kernel_mask
 
 NAME = "pallas_flash"
-
-
-def _depends_on(mask, arg: int) -> bool:
-  """Whether `mask(b, h, q, kv)` reads its `arg`-th index (0 = batch, 1 = head).
-
-  Decided from the traced jaxpr, so plain user functions are handled too: a mask that ignores
-  the head needs one block list for all heads, not one per head.
-  """
-  idx = [jnp.zeros((), jnp.int32)] * 4
-  closed = jax.make_jaxpr(lambda *a: mask(*a))(*idx)
-  target = closed.jaxpr.invars[arg]
-  used = set()
-  for eqn in closed.jaxpr.eqns:
-    used.update(id(v) for v in eqn.invars if hasattr(v, "aval"))
-  return id(target) in used or any(v is target for v in closed.jaxpr.outvars)
 
 
 def _pow2(x: int) -> int:
@@ -73,38 +59,17 @@ def _kernel_call(kernel, query, key, value, *, mask=None, scale, score_mod=None,
   if mask is None:
     return kernel(query, key, value, block_q=bq, block_kv=bkv, **kw)
   if isinstance(mask, masks.BlockMask):
-    bm = mask
-    bq, bkv = bm.block_size
-    if not (isinstance(q_offset, int) and isinstance(kv_offset, int)
-            and isinstance(bm.q_offset, int) and isinstance(bm.kv_offset, int)
-            and (q_offset, kv_offset) in ((0, 0), (bm.q_offset, bm.kv_offset))):
-      raise ValueError("mask: a BlockMask carries its own q_offset/kv_offset "
-                       f"({bm.q_offset}, {bm.kv_offset}); pass the same (or zero) offsets to "
-                       "the call")
-    kw.update(q_offset=bm.q_offset, kv_offset=bm.kv_offset)
-    mod = bm.mask_mod
+    bq, bkv = mask.block_size
     if not all(b >= 16 and b & (b - 1) == 0 for b in (bq, bkv)):
-      # The kernel tiles with powers of two >= 16; the lists are exact at any granularity,
-      # so rebuild them from the same mask at the kernel's.
+      # The kernel tiles with powers of two >= 16.
       bq, bkv = _block_config(T, S, block_q, block_kv)
-      with jax.ensure_compile_time_eval():
-        bm = masks.create_block_mask(mod, bm.kv_num_blocks.shape[0], bm.kv_num_blocks.shape[1],
-                                     T, S, (bq, bkv), q_offset=bm.q_offset,
-                                     kv_offset=bm.kv_offset)
-  else:
-    mod = masks.as_mask_mod(mask)
-    # Evaluated eagerly when nothing in it is traced (index-only masks, static offsets), even
-    # under jit: the kernel then sees concrete block lists and walks contiguous runs of full
-    # blocks arithmetically instead of loading every block index (measured: causal 4k
-    # forward 381 vs 262 TFLOP/s on the H100).
-    with jax.ensure_compile_time_eval():
-      bm = masks.create_block_mask(
-          mod, B if _depends_on(mod, 0) else None, N if _depends_on(mod, 1) else None, T, S,
-          (bq, bkv), q_offset=q_offset, kv_offset=kv_offset)
-  side = masks.token_rows(mod, T, S, kw["q_offset"], kw["kv_offset"], batch=B)
-  return kernel(query, key, value, block_sparsity=from_block_mask(bm), block_q=bq,
-                         block_kv=bkv, mask_fn=mod.evaluate, q_side=tuple(side.q),
-                         kv_side=tuple(side.kv), **kw)
+  km = kernel_mask(mask, batch=B, heads=N, q_len=T, kv_len=S, block_size=(bq, bkv),
+                   q_offset=q_offset, kv_offset=kv_offset,
+                   keeps_block_size=lambda a, b: (a, b) == (bq, bkv))
+  kw.update(q_offset=km.q_offset, kv_offset=km.kv_offset)
+  return kernel(query, key, value, block_sparsity=from_block_mask(km.block_mask), block_q=bq,
+                block_kv=bkv, mask_fn=km.mask_mod.evaluate, q_side=tuple(km.side.q),
+                kv_side=tuple(km.side.kv), **kw)
 
 
 def pallas_flash_attention(query, key, value, **kwargs):

@@ -4,15 +4,21 @@ Adapter over `pallas_kernels.hopper_attention` (see its docstring and benchmarks
 "Hopper (Mosaic GPU) kernel"). It honours: causal, offsets (static Python ints only),
 sliding windows (any left/right, with block skipping), segment ids (documents / packed
 sequences, possibly traced: KV blocks outside a tile's documents are skipped, blocks inside one
-document run unmasked), GQA, return_lse (differentiable), bf16/f16, head_dim <= 256, any
-sequence lengths. Everything else (bias, masks, mask functions, BlockMask, softcap, sinks,
-score_mod, dropout, Hv != H, traced offsets, f32, non-Hopper GPUs) is refused by capability so
-the selector falls back. (Mask functions and BlockMasks stay refused: the capability check sees
-only the call's features, not the mask object, so it cannot tell a document / window BlockMask
-the kernel could walk from an arbitrary mask_mod it could not evaluate. `jattn.attention`
-lowers masks built from causal / window / segment constructors to `is_causal` /
-`sliding_window` / `segment_ids` before selection (`jattn.masks._lower`), so those reach this
-kernel anyway.)
+document run unmasked), mask functions and BlockMasks, GQA, return_lse (differentiable),
+bf16/f16, head_dim <= 256 (mask functions: <= 128), any sequence lengths. Everything else
+(bias, dense mask arrays, softcap, sinks, score_mod, dropout, Hv != H, traced offsets, f32,
+non-Hopper GPUs) is refused by capability so the selector falls back.
+
+Masks: structured ones (causal / window / segment constructors under `and_masks`, or a
+BlockMask of them) are lowered by `jattn.attention` to `is_causal` / `sliding_window` /
+`segment_ids` before selection (`jattn.masks._lower`) and run the kernel's native block ranges.
+Any other mask function or BlockMask is folded with the call's other constraints into one mask
+and handed to the kernel as BlockMask lists at 128 x 128 (`MASK_BLOCK`) + its `evaluate` + the
+side arrays it reads (`jattn.backends._block_lists`): the kernel walks the listed blocks only and
+evaluates the mask in registers on the partial ones. Mosaic GPU lowers few primitives there, so
+the capability check reads `AttentionCall.mask_ops` and refuses, naming them, masks built from
+anything outside `MASK_OPS` (gathers from captured arrays, for instance); `pallas_flash` then
+takes them.
 
 Backward: the Mosaic dQ and dK/dV kernels for head_dim <= 128. For head_dim > 128 the backward
 is a dense XLA recomputation from the kernel's residuals (correct, O(T*S) memory, not fast), and
@@ -39,7 +45,16 @@ from pallas_kernels import hopper_attention as _ha
 
 NAME = "pallas_mgpu"
 FEATURES = frozenset({"causal", "offsets", "sliding_window", "segment_ids", "gqa",
-                      "return_lse"})
+                      "return_lse", "mask_fn"})
+
+# Mask functions / BlockMasks: the kernel walks the BlockMask lists at this block size (its
+# forward CTA tile) and evaluates the mask's `evaluate` on register tiles of the partial blocks,
+# which Mosaic GPU lowers for these primitives only (`jattn.masks._inspect`; checked on the H100
+# by tests/test_gpu_hopper.py::test_block_mask_*). Anything else is refused by capability.
+MASK_BLOCK = (128, 128)
+MASK_OPS = frozenset({"and", "or", "not", "xor", "eq", "ne", "lt", "le", "gt", "ge", "add", "sub",
+                      "mul", "neg", "max", "min", "div", "rem", "sign", "abs", "select_n",
+                      "convert_element_type", "broadcast_in_dim", "jit", "pjit"})
 
 # Priorities: cudnn is 30 (5 when it needs a dense mask). From benchmarks/NOTES.md (H100, bf16,
 # D=128, one run side by side with cuDNN; ratios ours/cuDNN as fwd | fwd+bwd):
@@ -50,6 +65,7 @@ PRIORITY_FAST = 40        # measured faster than cuDNN, forward and forward + ba
 PRIORITY_MIXED = 25       # measured equal / mixed: cuDNN stays first
 PRIORITY_SLOW = 20        # head_dim > 128: the backward is a dense XLA recomputation
 PRIORITY_SLOW_SPARSE = 15  # ... and the call is block-sparse: pallas_flash (20) goes first
+PRIORITY_MASK = 22         # a mask function / BlockMask (see `_priority`)
 FAST_CAUSAL_MAX_KV = 4096
 
 
@@ -78,7 +94,25 @@ def _check(call: AttentionCall) -> str | None:
     return "q_offset / kv_offset must be static Python ints (traced offsets unsupported)"
   if call.value_head_dim != call.head_dim:
     return f"needs value head_dim == head_dim, got {call.value_head_dim} != {call.head_dim}"
+  if "mask_fn" in call.features:
+    reason = _mask_reason(call)
+    if reason:
+      return reason
   return _ha.supported(call.head_dim, call.dtype)
+
+
+def _mask_reason(call: AttentionCall) -> str | None:
+  if call.mask_ops is None:
+    return ("the mask function cannot be evaluated on index tiles (it failed to trace on "
+            "arrays, or the BlockMask has no mask_mod)")
+  unsupported = call.mask_ops - MASK_OPS
+  if unsupported:
+    return (f"the mask function uses {sorted(unsupported)}, which the Mosaic GPU kernel cannot "
+            f"evaluate in registers (it lowers {sorted(MASK_OPS - {'jit', 'pjit'})})")
+  if not _ha.bwd_kernel_supports(call.head_dim):
+    return (f"mask functions need the Mosaic backward (head_dim <= 128), got head_dim "
+            f"{call.head_dim}")
+  return None
 
 
 def _priority(call: AttentionCall) -> int:
@@ -88,6 +122,10 @@ def _priority(call: AttentionCall) -> int:
   # is the portable Triton kernel (8 documents at S=8k: 266 fwd / 236 fwd+bwd TFLOP/s on the
   # H100, benchmarks/NOTES.md); this kernel skips the same blocks at the Hopper rate.
   # (Prediction, not yet measured: see bench_hopper.py --sections sparse.)
+  if "mask_fn" in call.features:
+    # Arbitrary block-sparse masks: above pallas_flash (20), the portable kernel walking the
+    # same lists at the Triton rate, and above cuDNN's dense-mask path (5).
+    return PRIORITY_MASK
   if call.features & {"offsets", "sliding_window", "segment_ids"}:
     return PRIORITY_FAST
   if "causal" in call.features and call.kv_len <= FAST_CAUSAL_MAX_KV:
@@ -95,31 +133,56 @@ def _priority(call: AttentionCall) -> int:
   return PRIORITY_MIXED
 
 
-def mgpu_attention(query, key, value, *, scale, is_causal=False, q_offset=0, kv_offset=0,
-                   sliding_window=None, segment_ids=None, return_lse=False, hopper_config=None,
-                   hopper_backward=None, **unused):
+def _kernel_args(query, key, *, mask, is_causal, q_offset, kv_offset, sliding_window,
+                 segment_ids):
+  """The kernel's masking arguments: the native ones, or, with a mask function / BlockMask,
+  every constraint folded into one mask and handed over as BlockMask lists + `evaluate` +
+  side arrays."""
+  window = normalize_window(sliding_window)
+  if mask is None:
+    return dict(is_causal=bool(is_causal), q_offset=q_offset, kv_offset=kv_offset,
+                sliding_window=window, segment_ids=segment_ids)
+  from jattn import masks
+  from jattn.backends._block_lists import kernel_mask
+  from pallas_kernels import from_block_mask
+  B, T, N, _ = query.shape
+  folded = masks.combine_constraints(mask=mask, is_causal=bool(is_causal),
+                                     segment_ids=segment_ids, sliding_window=window,
+                                     q_offset=q_offset, kv_offset=kv_offset)
+  km = kernel_mask(folded, batch=B, heads=N, q_len=T, kv_len=key.shape[1],
+                   block_size=MASK_BLOCK, q_offset=q_offset, kv_offset=kv_offset,
+                   keeps_block_size=lambda bq, bkv: (bq, bkv) == MASK_BLOCK)
+  return dict(q_offset=km.q_offset, kv_offset=km.kv_offset,
+              block_sparsity=from_block_mask(km.block_mask), mask_fn=km.mask_mod.evaluate,
+              q_side=tuple(km.side.q), kv_side=tuple(km.side.kv))
+
+
+def mgpu_attention(query, key, value, *, scale, mask=None, is_causal=False, q_offset=0,
+                   kv_offset=0, sliding_window=None, segment_ids=None, return_lse=False,
+                   hopper_config=None, hopper_backward=None, **unused):
   """Backend function. Extra kwargs: `hopper_config` (a `HopperConfig`), `hopper_backward`
   ("mosaic" | "xla")."""
   del unused  # refused features never reach here with non-default values
-  window = normalize_window(sliding_window)
   interpret = jax.default_backend() != "gpu"
+  masking = _kernel_args(query, key, mask=mask, is_causal=is_causal, q_offset=q_offset,
+                         kv_offset=kv_offset, sliding_window=sliding_window,
+                         segment_ids=segment_ids)
   return _ha.hopper_attention(
-      query, key, value, scale=scale, is_causal=bool(is_causal), q_offset=q_offset,
-      kv_offset=kv_offset, sliding_window=window, segment_ids=segment_ids,
-      return_lse=return_lse,
-      config=hopper_config, backward=hopper_backward, interpret=interpret)
+      query, key, value, scale=scale, return_lse=return_lse, config=hopper_config,
+      backward=hopper_backward, interpret=interpret, **masking)
 
 
-def mgpu_residual_vjp(query, key, value, out, lse, dout, dlse, *, scale, is_causal=False,
-                      q_offset=0, kv_offset=0, sliding_window=None, segment_ids=None,
-                      hopper_config=None, hopper_backward=None, **unused):
+def mgpu_residual_vjp(query, key, value, out, lse, dout, dlse, *, scale, mask=None,
+                      is_causal=False, q_offset=0, kv_offset=0, sliding_window=None,
+                      segment_ids=None, hopper_config=None, hopper_backward=None, **unused):
   """`BackendSpec.residual_vjp`: the backward kernels from given (out, lse)."""
   del unused
+  masking = _kernel_args(query, key, mask=mask, is_causal=is_causal, q_offset=q_offset,
+                         kv_offset=kv_offset, sliding_window=sliding_window,
+                         segment_ids=segment_ids)
   return _ha.hopper_attention_residual_vjp(
-      query, key, value, out, lse, dout, dlse, scale=scale, is_causal=bool(is_causal),
-      q_offset=q_offset, kv_offset=kv_offset, sliding_window=normalize_window(sliding_window),
-      segment_ids=segment_ids, config=hopper_config, backward=hopper_backward,
-      interpret=jax.default_backend() != "gpu")
+      query, key, value, out, lse, dout, dlse, scale=scale, config=hopper_config,
+      backward=hopper_backward, interpret=jax.default_backend() != "gpu", **masking)
 
 
 SPEC = BackendSpec(
@@ -134,8 +197,8 @@ SPEC = BackendSpec(
     description=(
         "Hopper flash attention in Pallas Mosaic GPU (TMA ring, wgmma, 2 consumer + 1 "
         "producer warpgroups, ping-pong softmax); causal/offsets/sliding window/segment ids "
-        "with block skipping, GQA, lse; Mosaic backward for head_dim <= 128, dense XLA "
-        "backward above"),
+        "with block skipping, mask functions / BlockMasks (list walk, in-register masks), GQA, "
+        "lse; Mosaic backward for head_dim <= 128, dense XLA backward above"),
     residual_vjp=mgpu_residual_vjp,
     spmd_partitionable=False,   # a Pallas custom call: XLA cannot split it
 )
