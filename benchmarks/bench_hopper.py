@@ -153,25 +153,23 @@ def section_dense(args, res):
   res["dense"] = rows
 
 
-def section_sparse(args, res):
+def _timed_rows(args, cases, impls):
+  """One row per (kind, B, S) of `cases`: each (label, fn) of `impls(kind, B, S)` timed fwd and
+  fwd+bwd (errors recorded, not raised), plus FlexAttention's times from its subprocess."""
+  flex = {} if args.no_flex else run_flex(cases, args.reps, args.flex_timeout)
   rows = []
-  flex = {} if args.no_flex else run_flex([("window", 2, 8192), ("docs", 2, 8192)],
-                                                  args.reps, args.flex_timeout)
-  for kind in ("window", "docs"):
-    B, S = 2, 8192
+  for kind, B, S in cases:
     row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
-    # cuDNN has no segment ids (jattn would hand it a dense [B, 1, S, S] mask): docs is ours vs
-    # Flex only.
-    for impl in (("ours", "cudnn") if kind == "window" else ("ours",)):
+    for label, fn in impls(kind, B, S):
       try:
-        r = time_fn(make(impl, kind, B=B, S=S), B, S, args.reps)
+        r = time_fn(fn, B, S, args.reps)
         r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
         r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
       except Exception as e:  # pylint: disable=broad-except
         r = {"error": repr(e)[:400]}
         traceback.print_exc()
-      row[impl] = r
-      log(kind, B, S, impl, r)
+      row[label] = r
+      log(kind, B, S, label, r)
     fl = flex.get(f"{kind}_B{B}_S{S}")
     if fl and "error" not in fl:
       fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)
@@ -180,7 +178,16 @@ def section_sparse(args, res):
       row["flex"] = fl
       log(kind, B, S, "flex", fl)
     rows.append(row)
-  res["sparse"] = rows
+  return rows
+
+
+def section_sparse(args, res):
+  # cuDNN has no segment ids (jattn would hand it a dense [B, 1, S, S] mask): docs is ours vs
+  # Flex only.
+  def impls(kind, B, S):
+    return [(impl, make(impl, kind, B=B, S=S))
+            for impl in (("ours", "cudnn") if kind == "window" else ("ours",))]
+  res["sparse"] = _timed_rows(args, [("window", 2, 8192), ("docs", 2, 8192)], impls)
 
 
 def make_masked(impl, kind):
@@ -192,32 +199,13 @@ def make_masked(impl, kind):
 
 
 def section_masks(args, res):
-  rows = []
-  cases = [("chunked", 2, 8192), ("prefix", 2, 8192)]
-  flex = {} if args.no_flex else run_flex(cases, args.reps, args.flex_timeout)
   import jattn.backends.pallas_mgpu as mg
   mg.register_backends()
-  for kind, B, S in cases:
-    row = {"case": kind, "B": B, "S": S, "H": H, "D": D}
-    for impl, backend in (("ours", "pallas_mgpu"), ("pallas_flash", "pallas_flash")):
-      try:
-        r = time_fn(make_masked(backend, kind), B, S, args.reps)
-        r["fwd_tflops"] = tflops(kind, B, S, r["fwd_s"], 1.0)
-        r["fwdbwd_tflops"] = tflops(kind, B, S, r["fwdbwd_s"], 3.5)
-      except Exception as e:  # pylint: disable=broad-except
-        r = {"error": repr(e)[:400]}
-        traceback.print_exc()
-      row[impl] = r
-      log(kind, B, S, impl, r)
-    fl = flex.get(f"{kind}_B{B}_S{S}")
-    if fl and "error" not in fl:
-      fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)
-      fl["fwdbwd_tflops"] = tflops(kind, B, S, fl["fwdbwd_s"], 3.5)
-    if fl:
-      row["flex"] = fl
-      log(kind, B, S, "flex", fl)
-    rows.append(row)
-  res["masks"] = rows
+
+  def impls(kind, B, S):
+    return [("ours", make_masked("pallas_mgpu", kind)),
+            ("pallas_flash", make_masked("pallas_flash", kind))]
+  res["masks"] = _timed_rows(args, [("chunked", 2, 8192), ("prefix", 2, 8192)], impls)
 
 
 def section_variants(args, res):
