@@ -417,10 +417,10 @@ DELTA_CASES = {
     "padded_gqa_dlse_f32_out": dict(shape=(1, 100, 130, 2, 1, 64), causal=True, dlse=True,
                                     out_f32=True),
     # documents, D = 128, no lse cotangent, 2 batch rows
-    "segments_d128": dict(shape=(2, 150, 150, 1, 1, 128), causal=False, dlse=False,
+    "segments_d128": dict(shape=(2, 100, 100, 1, 1, 128), causal=False, dlse=False,
                           out_f32=False,
-                          seg=dict(q=_doc_ids(2, 150, [[37, 100], [90]]),
-                                   kv=_doc_ids(2, 150, [[37, 100], [90]]))),
+                          seg=dict(q=_doc_ids(2, 100, [[37, 70], [60]]),
+                                   kv=_doc_ids(2, 100, [[37, 70], [60]]))),
 }
 
 
