@@ -248,16 +248,6 @@ _CASE_SCRIPT = textwrap.dedent("""
                           schedule_barrier=c["sched"])
     res = {{}}
 
-    def rel(a, b):
-      a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
-      b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
-      fin = np.isfinite(b)
-      if not np.array_equal(np.isfinite(a), fin):
-        return float("inf")
-      if not fin.any():
-        return 0.0
-      return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
-
     if c.get("via_jattn"):   # the pallas_mgpu backend (interpret on CPU) vs jattn's reference
       import jattn
       from jattn.backends import pallas_mgpu
@@ -295,8 +285,25 @@ _CASE_SCRIPT = textwrap.dedent("""
 """)
 
 
+# Defined ahead of every case script: max |a - b| / max |b| over b's finite entries; inf when
+# the non-finite patterns differ.
+_SCRIPT_PRELUDE = textwrap.dedent("""
+    import jax.numpy as jnp, numpy as np
+
+    def rel(a, b):
+      a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
+      b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
+      fin = np.isfinite(b)
+      if not np.array_equal(np.isfinite(a), fin):
+        return float("inf")
+      if not fin.any():
+        return 0.0
+      return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
+""")
+
+
 def _run_case(case: dict, timeout: int = 600, script: str = _CASE_SCRIPT) -> dict:
-  script = script.format(root=ROOT, case=json.dumps(case))
+  script = _SCRIPT_PRELUDE + script.format(root=ROOT, case=json.dumps(case))
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   try:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -499,16 +506,6 @@ _SPARSE_SCRIPT = textwrap.dedent("""
                                                config=cfg, **kw)
     dense_ref = lambda q, k, v: ref(q, k, v, return_lse=True, q_offset=qo, kv_offset=ko,
                                     mask=dense)
-
-    def rel(a, b):
-      a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
-      b = np.asarray(jnp.asarray(b, jnp.float32), np.float64)
-      fin = np.isfinite(b)
-      if not np.array_equal(np.isfinite(a), fin):
-        return float("inf")
-      if not fin.any():
-        return 0.0
-      return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
 
     (o, l), vjp = jax.vjp(kern, q, k, v)
     (o2, l2), vjp2 = jax.vjp(dense_ref, q, k, v)
