@@ -53,9 +53,10 @@ class AttentionCall:
   mask_kind: str | None     # None, "array", "function", "block_mask"
   offsets_static: bool      # True when both offsets are Python ints (known at trace time)
   platform: str
-  # For mask functions / BlockMasks: the jax primitives their `evaluate` is built from
-  # (`jattn.masks._inspect`), for backends that compile it with a restricted lowering; None
-  # when there is no such mask or it cannot be evaluated on index tiles.
+  # For mask functions / BlockMasks: the jax primitives of the `evaluate` of the mask with the
+  # call's is_causal / segment_ids / sliding_window / offsets folded in (`jattn.masks._inspect`),
+  # for backends that compile it with a restricted lowering; None when there is no such mask
+  # or it cannot be evaluated on index tiles.
   mask_ops: frozenset | None = None
 
   def describe(self) -> str:
@@ -290,8 +291,18 @@ def validate(query, key, value, *, bias, mask, scale, is_causal, score_mod, segm
 
   mask_ops = None
   if mask_kind in ("function", "block_mask"):
+    from jattn.masks import combine_constraints
     from jattn.masks._inspect import evaluate_primitives
-    mask_ops = evaluate_primitives(mask)
+    # What a mask_mod-form backend will evaluate: the mask with the call's other
+    # constraints folded in, as `_prepare_kwargs` / the kernel adapters fold them.
+    try:
+      folded = combine_constraints(mask=mask, is_causal=bool(is_causal),
+                                   segment_ids=segment_ids,
+                                   sliding_window=normalize_window(sliding_window),
+                                   q_offset=q_offset, kv_offset=kv_offset)
+    except (TypeError, ValueError):
+      folded = None
+    mask_ops = None if folded is None else evaluate_primitives(folded)
 
   return AttentionCall(
       batch=B, q_len=T, kv_len=S, num_heads=N, num_kv_heads=K, head_dim=H, value_head_dim=Hv,

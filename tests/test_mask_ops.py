@@ -49,6 +49,10 @@ def _call(D=64, **kw):
 
 def test_validate_records_mask_ops_for_functions_only():
   assert _call(mask=masks.prefix_lm(8)).mask_ops == {"le", "lt", "or"}
+  # ... of the mask with the call's other constraints folded in, as kernels evaluate it
+  assert _call(mask=masks.prefix_lm(8), sliding_window=(5, 3)).mask_ops == {
+      "le", "lt", "or", "and", "sub", "ge", "broadcast_in_dim"}
+  assert _call(mask=masks.prefix_lm(8), is_causal=True).mask_ops == {"le", "lt", "or", "and"}
   assert _call(mask=jnp.ones((1, 1, 128, 128), bool)).mask_ops is None
   assert _call(is_causal=True).mask_ops is None
 
@@ -73,6 +77,9 @@ def test_mgpu_takes_lowerable_masks_and_refuses_the_rest(mgpu):
   table = jnp.arange(128)
   r = mgpu.spec.refusal(_call(mask=lambda b, h, q, kv: table[q] > kv), mgpu.name)
   assert r is not None and "gather" in r[1] and "Mosaic GPU" in r[1]
+  # a folded two-sided window brings primitives not yet compiled on the GPU in this path
+  r = mgpu.spec.refusal(_call(mask=masks.prefix_lm(8), sliding_window=(5, 3)), mgpu.name)
+  assert r is not None and "ge" in r[1]
   r = mgpu.spec.refusal(_call(D=256, mask=masks.prefix_lm(8)), mgpu.name)
   assert r is not None and "head_dim" in r[1]
   bm = masks.create_block_mask(masks.causal(), None, None, 128, 128, 64)
@@ -94,19 +101,22 @@ def test_refusal_reaches_the_user(mgpu):
 
 
 def test_mgpu_mask_path_through_jattn(mgpu):
-  """The adapter's fold (mask + the call's own window and offsets -> one mask -> BlockMask
-  lists at 128 x 128 + evaluate + side arrays), run by the Hopper kernel in interpret mode
-  against the reference backend: output, lse and gradients, GQA, T != S, ragged lengths.
-  (One case: interpret mode is slow; the kernel's own grid is in test_hopper_kernel.py.)"""
+  """The adapter's fold (mask + the call's own segment ids and offsets -> one mask ->
+  BlockMask lists at 128 x 128 + evaluate + side arrays), run by the Hopper kernel in
+  interpret mode against the reference backend: output, lse and gradients, GQA, T != S,
+  ragged lengths. (One case: interpret mode is slow; the kernel's own grid is in
+  test_hopper_kernel.py.)"""
   import jax
   T, S = 100, 140
-  kw = dict(mask=masks.chunked_causal(96), sliding_window=(50, 0), q_offset=30)
+  ids = lambda n, cut: jnp.where(jnp.arange(n) < cut, 0, 1).astype(jnp.int32)[None]
+  kw = dict(mask=masks.chunked_causal(96), segment_ids=(ids(T, 40), ids(S, 70)), q_offset=30)
   ks = jax.random.split(jax.random.PRNGKey(5), 4)
   q = jax.random.normal(ks[0], (1, T, 4, 64), jnp.bfloat16)
   k = jax.random.normal(ks[1], (1, S, 2, 64), jnp.bfloat16)
   v = jax.random.normal(ks[2], (1, S, 2, 64), jnp.bfloat16)
   do = jax.random.normal(ks[3], (1, T, 4, 64), jnp.float32)
   f32 = lambda x: x.astype(jnp.float32)
+  assert jattn.explain(q, k, v, **kw, implementation="pallas_mgpu").chosen == "pallas_mgpu"
 
   def loss(impl, q, k, v):
     o, lse = jattn.attention(q, k, v, implementation=impl, return_lse=True, **kw)
