@@ -118,10 +118,13 @@ SHORT_KV_EXTENT = 2048
 _LONG_D128 = KernelConfig(fwd=(128, 128), fwd_launch=(8, 3),
                           dkv=(64, 128), dkv_launch=(8, 3),
                           dq=(128, 64), dq_launch=(8, 3), bwd="split")
-# ... and short calls (kv extent <= SHORT_KV_EXTENT).  Same as long until
-# benchmarks/sweep_flash.py on the H100 says otherwise: edit here.
+# ... and short calls (kv extent <= SHORT_KV_EXTENT): dK/dV on 64 x 64 tiles
+# with 4 warps and 2 stages (96 KB of shared memory: 2 CTAs per SM, so one
+# program's prologue / epilogue overlaps another's loop).  A/B on the H100
+# (benchmarks/ab.py, NOTES.md v6): fwd+bwd +4% on 8 documents, +2.4%
+# causal 1k, +1% window 1024; -3% on causal 4k, hence short calls only.
 _SHORT_D128 = KernelConfig(fwd=(128, 128), fwd_launch=(8, 3),
-                           dkv=(64, 128), dkv_launch=(8, 3),
+                           dkv=(64, 64), dkv_launch=(4, 2),
                            dq=(128, 64), dq_launch=(8, 3), bwd="split")
 # dK/dV tiles/launch of each backward mode, used when a caller forces the
 # mode the table entry does not have (bf16/f16, head dim <= 128).
