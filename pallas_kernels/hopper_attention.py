@@ -11,6 +11,11 @@ GPU) kernel", for the tuning log):
   accumulators in registers). The two consumers ping-pong through a schedule barrier, so the
   softmax of one overlaps the tensor-core work of the other (as FA3 does); the next K block's
   wait is issued behind the P@V product.
+* persistent forward (`HopperConfig(persistent=True)`, off by default, not yet measured): a
+  1-D grid of one CTA per SM, each looping over (head, q tile, batch) work items; the K/V
+  ring, the producer and the ping-pong carry on across tiles, Q is double-buffered and
+  prefetched one tile ahead, O / lse stores are not awaited before the next tile. Removes the
+  per-tile fixed cost (Q load, ring fill, store wait). See `_fwd_call`.
 * the KV loop of a CTA runs over [lo, hi) blocks only (causal / window ranges computed from
   static offsets), in three sections: masked blocks before, unmasked ("full") blocks, masked
   blocks after. Full blocks run no mask arithmetic at all.
@@ -117,6 +122,19 @@ class HopperConfig:
   reduction_scratch_bytes: int | None = None   # Mosaic's SMEM scratch (default 2048)
   consumer_registers: int = 232   # 2*128*232 + 128*40 <= 64K registers per SM
   producer_registers: int = 40
+  # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
+  # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
+  # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
+  # ping-pong and the producer run on across tiles: the next tile's K/V stream in while the
+  # consumers finish the current one, its Q is prefetched into a second Q buffer, and the
+  # O / lse stores are not awaited before the next tile. Costs a second Q buffer (2*64*D*2
+  # bytes); where that overflows shared memory (the default D=256 config) the forward runs
+  # non-persistent instead (`_fwd_persistent`). The backward kernels ignore both fields.
+  persistent: bool = False
+  persistent_ctas: int | None = None   # only with persistent=True; capped at the work items
+  # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
+  # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
+  persistent_sync_per_tile: bool = True
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -129,6 +147,11 @@ class HopperConfig:
     if 2 * self.consumer_registers + self.producer_registers > 512:
       raise ValueError("2 * consumer_registers + producer_registers must be <= 512 (64K "
                        "registers per SM over 3 warpgroups of 128 threads)")
+    if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
+                                             not isinstance(self.persistent_ctas, int) or
+                                             self.persistent_ctas < 1):
+      raise ValueError(f"persistent_ctas must be an int >= 1 (or None: one CTA per SM), got "
+                       f"{self.persistent_ctas!r}")
 
 
 def default_config(head_dim: int) -> HopperConfig:
@@ -577,19 +600,69 @@ def _side_row(has_b: bool, b):
   return b if has_b else 0
 
 
+def _fwd_work_item(st: _Static, w, n_tiles: int):
+  """Work item `w` of the persistent forward -> (b, h, ci), numbered in the order the
+  non-persistent grid (`_grid`) launches its CTAs: heads fastest (or tiles, with
+  `cfg.tiles_fastest`), then batch; causal tiles reversed (longest rows first)."""
+  N = st.N
+  if st.cfg.tiles_fastest:
+    ci, rest = lax.rem(w, n_tiles), lax.div(w, n_tiles)
+    h, b = lax.rem(rest, N), lax.div(rest, N)
+  else:
+    h, rest = lax.rem(w, N), lax.div(w, N)
+    ci, b = lax.rem(rest, n_tiles), lax.div(rest, n_tiles)
+  if st.causal:
+    ci = (n_tiles - 1) - ci
+  return b, h, ci
+
+
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   """seg: None, or (q_seg [B, Tp], kv_seg [B, Sp]) int32 (edge-padded) when st.segments.
-  sp: None, or (kv lists, q lists, q side arrays, kv side arrays) when st.sparse."""
+  sp: None, or (kv lists, q lists, q side arrays, kv side arrays) when st.sparse.
+
+  Non-persistent: one CTA per (head, q tile, batch). Persistent (`cfg.persistent`, see
+  `_fwd_persistent`): `n_ctas` CTAs, CTA `cta` runs the work items w = cta + k * n_ctas
+  (local tiles k = 0, 1, ...) in one loop per warpgroup, every warpgroup deriving the same
+  (b, h, ci) and KV step sequence per item. Barrier phases across tiles (every waiter observes
+  every completion of a barrier it waits on, in order):
+  * K/V ring: producer and consumers count ring steps over the whole CTA (`base` = the steps
+    of the CTA's earlier tiles): step g uses slot g % stages; the producer waits a slot's
+    "free" barrier only for g >= stages (the first `stages` loads of the CTA have no wait),
+    then `_drain`s the last `stages` "free" phases once, at the end. So it streams the next
+    tile's blocks as soon as slots free up, while the consumers finish the current tile. An
+    empty tile (n = 0 steps) loads nothing and waits nothing on the ring.
+  * Q: 2 buffers per consumer, each with its own barrier (index buf * 2 + wg). Local tile k
+    uses buffer k % 2; its Q (+ row side values) load is issued at the start of tile k - 1
+    (tile 0: before the loop) and waited at the start of tile k, so each barrier has at
+    most one load in flight and each completion is waited once.
+  * O / lse: staged through the tile's Q buffer / the consumer's lse buffer and TMA-stored
+    without waiting; at the start of the next tile (before the prefetch overwrites the other
+    Q buffer) `wait_smem_to_gmem(0, wait_read_only=True)` waits for the stores to have read
+    SMEM - that also frees the single lse buffer well before the next tile writes it; all
+    stores are awaited at the end of the CTA.
+  * Schedule barrier (ping-pong, 2 arrivals): per step each consumer does two arrive+waits,
+    plus one extra round per tile (consumer 1 before its loop, consumer 0 after), as in the
+    non-persistent kernel: 2n + 1 arrivals and waits per consumer per tile (both consumers
+    see the same n, including n = 0, where consumer 1's extra round meets consumer 0's), so
+    the phases pair up within each tile. Per tile rather than once per CTA because then
+    consumer 0's epilogue overlaps consumer 1's last P V and consumer 1's epilogue consumer
+    0's first Q K^T of the next tile; with one extra round per CTA (also balanced:
+    `HopperConfig(persistent_sync_per_tile=False)`) consumer 1's last P V of a tile would wait for
+    consumer 0's epilogue and next-tile start, the tensor cores idle meanwhile.
+  """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cfg = st.cfg
   bq, bkv, stages = cfg.block_q, cfg.block_kv, cfg.stages
   D, dtype, G = st.D, st.dtype, st.G
-  n_cta = st.Tp // (2 * bq)
+  n_tiles = st.Tp // (2 * bq)
   c = st.c
   segs, sparse = st.segments, st.sparse
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
+  persistent = _fwd_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks)
+  items = st.B * st.N * n_tiles
+  n_ctas = _persistent_ctas(cfg, items) if persistent else None
 
   def kernel(*refs):
     it = iter(refs)
@@ -602,54 +675,56 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
     kvside_smem = [next(it) for _ in range(nks)]
-    b = lax.axis_index("batch")
-    h = lax.axis_index("heads")
-    ci = lax.axis_index("q_seq")
-    if st.causal:  # longest rows first
-      ci = (n_cta - 1) - ci
-    wg = lax.axis_index("wg")
-    r0 = ci * (2 * bq)
-    if sparse:
-      n, sections = _list_walk(lists, b if st.Bm > 1 else 0, h if st.Hm > 1 else 0, ci,
-                               _SPARSE_BLOCK // bkv)
-    else:
+
+    def plan(b, h, ci):
+      """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
+      range; None for lists)."""
+      r0 = ci * (2 * bq)
+      if sparse:
+        n, sections = _list_walk(lists, b if st.Bm > 1 else 0, h if st.Hm > 1 else 0, ci,
+                                 _SPARSE_BLOCK // bkv)
+        return r0, n, sections, None
       if segs:   # data-dependent ranges, precomputed per (batch, tile): see _seg_block_ranges
         lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
       else:
         lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
       n, sections = _range_walk(lo, flo, fhi, hi)
+      return r0, n, sections, lo
+
+    wg = lax.axis_index("wg")
 
     def sched_sync():
       if cfg.schedule_barrier:
         plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(sched)
 
-    @pl.when(wg < 2)
-    def _consumer():
-      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+    def consume(b, h, r0, n, sections, qs, qside_bufs, base, sync_per_tile: bool):
+      """A consumer's part of one tile, after its Q (`qs`, row side values `qside_bufs`) has
+      arrived: the online softmax over the tile's n KV steps, then out (staged through `qs`,
+      whose Q is dead by then) and lse stored by TMA - issued, not awaited.
+
+      base: None (the CTA's only tile: ring step = t) or the ring steps of the CTA's earlier
+      tiles (persistent: ring step = base + t). sync_per_tile: the extra schedule-barrier
+      round of each consumer (before consumer 1's loop, after consumer 0's) around this tile;
+      False where the caller does it once per CTA (`cfg.persistent_sync_per_tile`)."""
       q_base = r0 + wg * bq
-      qs = q_smem.at[wg]
-      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_base, bq), h], qs, q_bar.at[wg])
-      # this consumer's row side values (segment ids) ride on the Q barrier
-      for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
-        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], sm.at[wg],
-                                q_bar.at[wg])
-      plgpu.barrier_wait(q_bar.at[wg])
+      ring = (lambda t: t) if base is None else (lambda t: t + base)
       # Loop-invariant, in registers (WGMMA row layout: 2 values per thread).
-      q_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in qside_smem]
+      q_vecs = [_load_vec(st, sm, "ROW") for sm in qside_bufs]
       m_i = _cast(st, jnp.full((bq,), _NEG_INF, jnp.float32), "ROW")
       l_i = _cast(st, jnp.full((bq,), 0.0, jnp.float32), "ROW")
       acc = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
       @pl.when(n > 0)
       def _():
-        plgpu.barrier_wait(k_bar.at[0])
+        plgpu.barrier_wait(k_bar.at[0 if base is None else lax.rem(base, stages)])
 
-      pl.when(wg == 1)(sched_sync)
+      if sync_per_tile:
+        pl.when(wg == 1)(sched_sync)
 
       def step(t, carry, masked, blk):
         acc, m_i, l_i = carry
-        slot = lax.rem(t, stages)
+        slot = lax.rem(ring(t), stages)
         if masked:
           j = blk(t)
           # The block's KV side values share the K slot (and its barrier, already waited
@@ -693,13 +768,14 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
           @pl.when(nxt < n)
           def _():
-            plgpu.barrier_wait(k_bar.at[lax.rem(nxt, stages)])
+            plgpu.barrier_wait(k_bar.at[lax.rem(ring(nxt), stages)])
         acc, = _mma_acc(st, (acc,), [(p16, v_smem.at[slot])], after_issue=wait_next_k)
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_new, l_i
 
       acc, m_i, l_i = _walk(sections, step, (acc, m_i, l_i))
-      pl.when(wg == 0)(sched_sync)
+      if sync_per_tile:
+        pl.when(wg == 0)(sched_sync)
 
       empty = l_i == 0.0
       l_safe = jnp.where(empty, 1.0, l_i)
@@ -709,24 +785,121 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(qs, o_ref.at[b, pl.ds(q_base, bq), h])
       plgpu.copy_smem_to_gmem(lse_smem.at[wg], lse_ref.at[b, h, pl.ds(q_base, bq)])
+
+    def load_q(b, h, q_base, i):
+      """Q rows [q_base, q_base + bq) of (b, h) and their side values -> Q buffer i."""
+      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(q_base, bq), h], q_smem.at[i], q_bar.at[i])
+      # this consumer's row side values (segment ids) ride on the Q barrier
+      for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], sm.at[i],
+                                q_bar.at[i])
+
+    def load_k(b, kvh, j, slot):
+      plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(j * bkv, bkv), kvh], k_smem.at[slot],
+                              k_bar.at[slot])
+      # the block's KV side values: same slot index, same barrier (one arrival each)
+      for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(j * bkv, bkv)],
+                                sm.at[slot], k_bar.at[slot])
+
+    def load_v(b, kvh, j, slot):
+      plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(j * bkv, bkv), kvh], v_smem.at[slot],
+                              v_bar.at[slot])
+
+    def kv_head(h):
+      return lax.div(h, jnp.asarray(G, h.dtype))
+
+    if persistent:
+      cta = lax.axis_index("cta")
+      # this CTA's work items: w = cta + k * n_ctas < items, k < n_local (cta < n_ctas <= items)
+      n_local = lax.div(items - 1 - cta, n_ctas) + 1
+
+      def item(k):
+        return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+
+      @pl.when(wg < 2)
+      def _consumer_persistent():
+        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+
+        def prefetch_q(k, buf):   # Q of local tile k -> this consumer's buffer `buf`
+          b, h, ci = item(k)
+          load_q(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
+
+        prefetch_q(0, 0)
+        if not cfg.persistent_sync_per_tile:
+          pl.when(wg == 1)(sched_sync)
+
+        def tile(k, base):
+          buf = lax.rem(k, 2)
+          b, h, ci = item(k)
+          r0, n, sections, _ = plan(b, h, ci)
+          # The other buffer held tile k - 1's Q, then its out: its O / lse stores (issued at
+          # the end of tile k - 1) must have read SMEM before the prefetch overwrites it.
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+          @pl.when(k + 1 < n_local)
+          def _():
+            prefetch_q(k + 1, 1 - buf)
+          i = buf * 2 + wg
+          plgpu.barrier_wait(q_bar.at[i])
+          consume(b, h, r0, n, sections, q_smem.at[i], [sm.at[i] for sm in qside_smem], base,
+                  sync_per_tile=cfg.persistent_sync_per_tile)
+          return base + n
+
+        lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        if not cfg.persistent_sync_per_tile:
+          pl.when(wg == 0)(sched_sync)
+        plgpu.wait_smem_to_gmem(0)
+
+      @pl.when(wg == 2)
+      def _producer_persistent():
+        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+
+        def tile(k, cnt):
+          b, h, ci = item(k)
+          _, n, sections, lo = plan(b, h, ci)
+          kvh = kv_head(h)
+
+          def body(t, carry, masked=None, blk=None):
+            del masked
+            g = cnt + t   # ring step over the whole CTA
+            slot = lax.rem(g, stages)
+            j = lo + t if blk is None else blk(t)
+            _wait_if(g >= stages, k_free.at[slot])
+            load_k(b, kvh, j, slot)
+            _wait_if(g >= stages, v_free.at[slot])
+            load_v(b, kvh, j, slot)
+            return carry
+          if sparse:   # block indices from the lists, one loop per list
+            _walk(sections, body, None)
+          else:
+            lax.fori_loop(0, n, body, None)
+          return cnt + n
+
+        total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        _drain(total, stages, (k_free, v_free))
+      return
+
+    b = lax.axis_index("batch")
+    h = lax.axis_index("heads")
+    ci = lax.axis_index("q_seq")
+    if st.causal:  # longest rows first
+      ci = (n_tiles - 1) - ci
+    r0, n, sections, lo = plan(b, h, ci)
+
+    @pl.when(wg < 2)
+    def _consumer():
+      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+      load_q(b, h, r0 + wg * bq, wg)
+      plgpu.barrier_wait(q_bar.at[wg])
+      consume(b, h, r0, n, sections, q_smem.at[wg], [sm.at[wg] for sm in qside_smem], None,
+              sync_per_tile=True)
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-      kvh = lax.div(h, jnp.asarray(G, h.dtype))
-
-      def load_k(j, slot):
-        plgpu.copy_gmem_to_smem(k_ref.at[b, pl.ds(j * bkv, bkv), kvh], k_smem.at[slot],
-                                k_bar.at[slot])
-        # the block's KV side values: same slot index, same barrier (one arrival each)
-        for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
-          plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(j * bkv, bkv)],
-                                  sm.at[slot], k_bar.at[slot])
-
-      def load_v(j, slot):
-        plgpu.copy_gmem_to_smem(v_ref.at[b, pl.ds(j * bkv, bkv), kvh], v_smem.at[slot],
-                                v_bar.at[slot])
+      kvh = kv_head(h)
 
       if sparse:   # block indices from the lists: one loop per list, waits past the ring
         def sbody(t, carry, masked, blk):
@@ -734,17 +907,17 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           slot = lax.rem(t, stages)
           j = blk(t)
           _wait_if(t >= stages, k_free.at[slot])
-          load_k(j, slot)
+          load_k(b, kvh, j, slot)
           _wait_if(t >= stages, v_free.at[slot])
-          load_v(j, slot)
+          load_v(b, kvh, j, slot)
           return carry
         _walk(sections, sbody, None)
         _drain(n, stages, (k_free, v_free))
         return
 
       def load(i):
-        load_k(lo + i, i)
-        load_v(lo + i, i)
+        load_k(b, kvh, lo + i, i)
+        load_v(b, kvh, lo + i, i)
 
       for i in range(stages):
         pl.when(i < n)(functools.partial(load, i))
@@ -752,29 +925,32 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       def body(t, carry):
         slot = lax.rem(t, stages)
         plgpu.barrier_wait(k_free.at[slot])
-        load_k(lo + t, slot)
+        load_k(b, kvh, lo + t, slot)
         plgpu.barrier_wait(v_free.at[slot])
-        load_v(lo + t, slot)
+        load_v(b, kvh, lo + t, slot)
         return carry
       lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
       _drain(n, stages, (k_free, v_free))
 
   tr = _smem_transforms(D, dtype)
+  qbufs = 2 if persistent else 1   # persistent: Q (+ row side values) double-buffered
   scratch = (
-      plgpu.SMEM((2, bq, D), dtype, transforms=tr),
+      plgpu.SMEM((2 * qbufs, bq, D), dtype, transforms=tr),   # index buf * 2 + consumer
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
+      # lse staging, one per consumer (persistent too: the store of a tile has read it by the
+      # start of the next tile, see above)
       plgpu.SMEM((2, bq), jnp.float32),
       # One arrival per TMA copy signalled on the barrier: Q (+ its row side values),
       # K (+ the block's side values).
-      plgpu.Barrier(num_arrivals=1 + nqs, num_barriers=2),
+      plgpu.Barrier(num_arrivals=1 + nqs, num_barriers=2 * qbufs),
       plgpu.Barrier(num_arrivals=1 + nks, num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2),
   )
-  scratch = scratch + tuple(plgpu.SMEM((2, bq), jnp.int32) for _ in range(nqs)) + tuple(
+  scratch = scratch + tuple(plgpu.SMEM((2 * qbufs, bq), jnp.int32) for _ in range(nqs)) + tuple(
       plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
   qside, kvside = _side_operands(st, seg, sp)
   operands = (q, k, v) + qside + kvside
@@ -784,7 +960,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     operands = operands + tuple(sp[0])
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
-  grid, names = _grid(st, st.N, n_cta, "q_seq")
+  if persistent:
+    grid, names = (n_ctas,), ("cta",)
+  else:
+    grid, names = _grid(st, st.N, n_tiles, "q_seq")
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch,
       grid=grid, grid_names=names,
@@ -1339,16 +1518,49 @@ _SMEM_LIMIT = 232448   # H100 dynamic shared memory per block (bytes)
 
 
 def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,
-                    q_sides: int = 0, kv_sides: int = 0) -> int:
+                    q_sides: int = 0, kv_sides: int = 0, persistent: bool | None = None) -> int:
   """Forward kernel SMEM: Q (2 consumers) + K/V ring + lse + Mosaic scratch + ~1 KiB slack
   (+ per int32 side array - segment ids: one of each - its values for the Q tiles or for the
-  K ring). The block lists take none: they are read from GMEM."""
+  K ring). The block lists take none: they are read from GMEM.
+
+  `persistent`: count the persistent kernel's buffers (Q and its row side values double
+  buffered; lse stays single: see `_fwd_call`). None: what the kernel will allocate, i.e.
+  persistent only if `cfg.persistent` and that fits (`_fwd_persistent`)."""
   if segments:
     q_sides, kv_sides = 1, 1
-  buffers = (2 * cfg.block_q + 2 * cfg.stages * cfg.block_kv) * D * itemsize
+  if persistent is None:
+    persistent = _fwd_persistent(cfg, D, itemsize, q_sides, kv_sides)
+  qbufs = 2 if persistent else 1
+  buffers = (qbufs * 2 * cfg.block_q + 2 * cfg.stages * cfg.block_kv) * D * itemsize
   scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
-  sides = (q_sides * 2 * cfg.block_q + kv_sides * cfg.stages * cfg.block_kv) * 4
+  sides = (q_sides * qbufs * 2 * cfg.block_q + kv_sides * cfg.stages * cfg.block_kv) * 4
   return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + sides
+
+
+def _fwd_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
+                    kv_sides: int = 0) -> bool:
+  """Whether the forward runs persistent: `cfg.persistent`, unless the second Q buffer does
+  not fit in shared memory. That is the case for the default D=256 config (block_kv 64 x 2
+  stages: 265728 > 232448 bytes); rather than silently shrinking a tuned ring (1 stage would
+  fit), such configs run the non-persistent kernel. An explicit HopperConfig(block_kv=64,
+  stages=1, persistent=True) does run persistent at D=256."""
+  return cfg.persistent and _fwd_smem_bytes(cfg, D, itemsize, q_sides=q_sides,
+                                            kv_sides=kv_sides, persistent=True) <= _SMEM_LIMIT
+
+
+def _persistent_ctas(cfg: HopperConfig, items: int) -> int:
+  """CTAs of the persistent forward: `cfg.persistent_ctas`, else the GPU's SM count (132, the
+  H100 SXM's, where it cannot be read), never more than there are work items."""
+  n = cfg.persistent_ctas
+  if n is None:
+    n = 132
+    try:
+      dev = jax.devices()[0]
+      if dev.platform == "gpu" and getattr(dev, "core_count", None):
+        n = int(dev.core_count)
+    except RuntimeError:  # pragma: no cover - no backend
+      pass
+  return max(1, min(n, items))
 
 
 def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,

@@ -293,6 +293,81 @@ def test_documents_through_jattn():
 
 
 # --------------------------------------------------------------------------------------------
+# Persistent forward (HopperConfig(persistent=True)): one CTA per SM (default count), each
+# looping over (head, q tile, batch) work items; K/V ring, ping-pong and producer carried
+# across tiles, Q double-buffered, O / lse stores not awaited before the next tile.
+# --------------------------------------------------------------------------------------------
+_PERSISTENT = ha.HopperConfig(persistent=True)
+
+PERSISTENT_FWD = {
+    # 4 * 16 * 8 = 512 work items on the SMs (not a multiple of 132)
+    "dense": dict(shape=(4, 1024, 1024, 16, 16, 128), kw=dict()),
+    "causal": dict(shape=(4, 1024, 1024, 16, 16, 128), kw=dict(is_causal=True)),
+    "causal_gqa_ragged_offset": dict(shape=(2, 333, 517, 8, 2, 128),
+                                     kw=dict(is_causal=True, q_offset=184)),
+    "window_causal_gqa": dict(shape=(2, 640, 640, 8, 2, 128),
+                              kw=dict(is_causal=True, sliding_window=(200, 0))),
+    "window_two_sided_ragged": dict(shape=(1, 700, 900, 4, 2, 128),
+                                    kw=dict(sliding_window=(100, 30))),
+    # whole query tiles with no key (n = 0 tiles between non-empty ones)
+    "empty_tiles_kv_offset": dict(shape=(2, 512, 256, 4, 2, 128),
+                                  kw=dict(is_causal=True, kv_offset=300)),
+    "documents_empty_rows": dict(shape=(2, 1000, 1000, 8, 2, 128),
+                                 kw=dict(is_causal=True,
+                                         segment_ids=_seg(1000, 1000, 5, seed=11,
+                                                          orphan=(100, 230)))),
+    "documents_not_causal": dict(shape=(2, 777, 777, 4, 4, 128),
+                                 kw=dict(segment_ids=_seg(777, 777, 4, seed=12))),
+    # fewer work items (4) than SMs: the CTA count is capped
+    "few_items": dict(shape=(1, 256, 256, 2, 2, 128), kw=dict(is_causal=True)),
+    "d64_f16": dict(shape=(2, 512, 512, 8, 2, 64), kw=dict(is_causal=True), dtype=jnp.float16),
+    # D=256: the second Q buffer does not fit with the default ring: runs non-persistent
+    "d256_falls_back": dict(shape=(1, 384, 512, 2, 1, 256),
+                            kw=dict(sliding_window=(64, None), kv_offset=7)),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(PERSISTENT_FWD))
+def test_persistent_forward(name):
+  c = PERSISTENT_FWD[name]
+  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_PERSISTENT, **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [
+    ha.HopperConfig(persistent=True, schedule_barrier=False),
+    ha.HopperConfig(persistent=True, persistent_ctas=7),            # many items per CTA
+    ha.HopperConfig(persistent=True, block_kv=64, stages=3),
+    ha.HopperConfig(persistent=True, tiles_fastest=True),
+    ha.HopperConfig(block_kv=64, stages=1, persistent=True),          # D=256 persistent
+], ids=["no_sched", "ctas7", "bkv64_3stages", "tiles_fastest", "d256_1stage"])
+def test_persistent_configs(cfg):
+  D = 256 if cfg.stages == 1 else 128
+  check_forward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
+  check_forward(2, 640, 640, 4, 2, D, jnp.bfloat16, config=cfg,
+                segment_ids=_seg(640, 640, 4, seed=13, orphan=(300, 420)))
+
+
+@requires_hopper
+def test_persistent_block_mask_and_backward():
+  """A BlockMask (lists + mask_fn) through the persistent forward, and the backward of a
+  persistent-config call (the backward kernels ignore `persistent`)."""
+  from pallas_kernels import from_dense
+  q, k, v, _, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=14)
+  dense = np.tril(np.ones((640, 640), bool)) | (np.arange(640)[None, :] < 200)
+  bs = from_dense(dense[None, None], 128, 128)
+  mask_fn = lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200)
+  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, config=_PERSISTENT,
+                                                  block_sparsity=bs, mask_fn=mask_fn))
+  poison(((2, 640, 8, 128), jnp.bfloat16), ((2, 8, 640), jnp.float32))
+  o, l = f(q, k, v)
+  o2, l2 = ref(q, k, v, return_lse=True, mask=jnp.asarray(dense))
+  assert rel_err(o, o2) < 2e-2 and rel_err(l, l2) < 1e-3
+  check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_PERSISTENT)
+
+
+# --------------------------------------------------------------------------------------------
 # Through jattn.
 # --------------------------------------------------------------------------------------------
 @requires_hopper
@@ -353,6 +428,43 @@ def test_block_mask_matches_reference(name):
   assert jattn.explain(q, k, v, mask=mask).chosen == "pallas_mgpu"
   poison(((2, 640, 8, 128), jnp.bfloat16))
   check_against_reference("pallas_mgpu", q, k, v, dict(mask=mask), tol=1e-2, grad_tol=2e-2)
+
+
+# Primitives not yet in pallas_mgpu.MASK_OPS (so the capability check refuses them and
+# pallas_flash runs such masks): this test compiles them in the kernel with MASK_OPS widened
+# for its duration. When it passes on the H100, move them into MASK_OPS (and update
+# tests/test_mask_ops.py, which asserts today's refusal of a folded two-sided window).
+CANDIDATE_MASK_OPS = frozenset({"not", "xor", "ge", "mul", "neg", "abs", "min", "max",
+                                "broadcast_in_dim"})
+
+
+def _wide_ops_mask(b, h, q, kv):
+  """Built from every candidate primitive (bitwise ops on bools); the call's two-sided
+  window adds ge and broadcast_in_dim when it is folded in."""
+  spread = jnp.maximum(q, kv) * 3 - jnp.minimum(q, kv)
+  return (~(spread % 7 == 0)) ^ ((jnp.abs(q - kv) >= 150) & (-kv > -600))
+
+
+@requires_hopper
+def test_block_mask_candidate_ops_and_two_sided_window(monkeypatch):
+  import jattn
+  from jattn._call import validate
+  from jattn.backends import pallas_mgpu
+  from gpu_util import check_against_reference
+  pallas_mgpu.register_backends()
+  q, k, v, _, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=9)
+  kw = dict(mask=_wide_ops_mask, sliding_window=(300, 100))
+  args = dict(bias=None, mask=None, scale=None, is_causal=False, score_mod=None,
+              segment_ids=None, q_offset=0, kv_offset=0, sliding_window=None, softcap=None,
+              sinks=None, dropout_rate=0.0, dropout_rng=None, return_lse=False)
+  args.update(kw)
+  ops = validate(q, k, v, **args).mask_ops
+  assert CANDIDATE_MASK_OPS <= ops, ops
+  monkeypatch.setattr(pallas_mgpu, "MASK_OPS", pallas_mgpu.MASK_OPS | CANDIDATE_MASK_OPS)
+  assert ops <= pallas_mgpu.MASK_OPS
+  assert jattn.explain(q, k, v, **kw).chosen == "pallas_mgpu"
+  poison(((2, 640, 8, 128), jnp.bfloat16))
+  check_against_reference("pallas_mgpu", q, k, v, kw, tol=1e-2, grad_tol=2e-2)
 
 
 @requires_hopper

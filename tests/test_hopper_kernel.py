@@ -245,7 +245,11 @@ _CASE_SCRIPT = textwrap.dedent("""
     do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
     dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
     cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
-                          schedule_barrier=c["sched"])
+                          schedule_barrier=c["sched"], persistent=c.get("persistent", False),
+                          persistent_ctas=c.get("persistent_ctas"),
+                          persistent_sync_per_tile=c.get("sync_per_tile", True))
+    if c.get("races"):
+      detect_races(ha)
     res = {{}}
 
     if c.get("via_jattn"):   # the pallas_mgpu backend (interpret on CPU) vs jattn's reference
@@ -257,6 +261,8 @@ _CASE_SCRIPT = textwrap.dedent("""
       o2, l2 = jattn.attention(q, k, v, return_lse=True, implementation="reference", **kw)
     else:
       o, l = ha.hopper_attention(q, k, v, return_lse=True, interpret=True, config=cfg, **kw)
+      if c.get("races"):
+        res["races"] = races_found()
       o2, l2 = ref(q, k, v, return_lse=True, **kw)
     res["out"] = rel(o, o2)
     res["lse"] = rel(l, l2)
@@ -299,6 +305,18 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
       if not fin.any():
         return 0.0
       return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
+
+    def detect_races(ha):
+      # every later interpret-mode kernel runs with the interpreter's happens-before race
+      # detector (SMEM / TMA accesses of the warpgroups of a CTA, ordered by the barriers)
+      import functools
+      api = ha._api()
+      api["InterpretParams"] = functools.partial(api["InterpretParams"], detect_races=True)
+
+    def races_found():
+      # of the last interpret-mode kernel: an error (inf) if the detector found a race
+      from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+      return float("inf") if gpu_callbacks.get_races().races_found else 0.0
 """)
 
 
@@ -501,21 +519,31 @@ _SPARSE_SCRIPT = textwrap.dedent("""
     v = jax.random.normal(ks[2], (B, S, K, D), dt)
     do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
     dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
-    cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"])
+    cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
+                          persistent=c.get("persistent", False),
+                          persistent_ctas=c.get("persistent_ctas"),
+                          persistent_sync_per_tile=c.get("sync_per_tile", True))
+    if c.get("races"):
+      detect_races(ha)
     kern = lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, interpret=True,
                                                config=cfg, **kw)
     dense_ref = lambda q, k, v: ref(q, k, v, return_lse=True, q_offset=qo, kv_offset=ko,
                                     mask=dense)
 
-    (o, l), vjp = jax.vjp(kern, q, k, v)
+    (o, l), vjp = jax.vjp(kern, q, k, v)   # runs the forward kernel
     (o2, l2), vjp2 = jax.vjp(dense_ref, q, k, v)
     res = dict(out=rel(o, o2), lse=rel(l, l2))
+    if c.get("races"):
+      res["races"] = races_found()
     empty = ~np.isfinite(np.asarray(l2))
     res["n_empty_rows"] = int(empty.sum())
     res["n_partial"] = int(np.asarray(bs.kv_num_blocks).sum())
     res["n_full"] = int(np.asarray(bs.full_kv_num_blocks).sum())
     res["empty_rows_zero"] = float(np.abs(np.asarray(o, np.float32).transpose(0, 2, 1, 3)[empty]
                                           ).max()) if empty.any() else 0.0
+    if c.get("fwd_only"):
+      print("RESULT", json.dumps(res))
+      sys.exit(0)
     dlm = jnp.where(empty, 0.0, dl)
     g = vjp((do.astype(o.dtype), dlm))
     g2 = vjp2((do.astype(o2.dtype), dlm))
@@ -613,6 +641,112 @@ def test_block_sparsity_refusals():
           - ha._fwd_smem_bytes(cfg, 128, 2)) == (128 + 2 * cfg.stages * 128) * 4
   assert ha._dq_smem_bytes(cfg, 64, 2, True) == ha._dq_smem_bytes(cfg, 64, 2, q_sides=1,
                                                                     kv_sides=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Persistent forward (HopperConfig(persistent=True, persistent_ctas=n)): n CTAs, each looping
+# over several (head, q tile, batch) work items with the K/V ring, the ping-pong and the
+# producer carried across tiles and Q double-buffered. Forward + lse, with the interpreter's
+# happens-before race detector on ("races": inf if it found one); its phase checks (every
+# barrier phase observed by every waiter) run in every interpret-mode case. Every case has more
+# work items than CTAs.
+# --------------------------------------------------------------------------------------------
+def _pcase(ctas, **kw):
+  return _case(persistent=True, persistent_ctas=ctas, races=True, **kw)
+
+
+PERSISTENT_CASES = {
+    # dense, 6 work items on 4 CTAs (2, 2, 1, 1); 4 KV steps per tile (S=192 padded to 256)
+    # on a 3-slot ring, so a CTA's second tile starts mid-ring (slot 1); f16
+    "dense_uneven": (_pcase(4, shape=(1, 256, 192, 3, 3, 64), stages=3), 2e-2),
+    # causal + q offset + left window, ragged lengths (T=300, S=330), GQA (N=2, K=1), bf16,
+    # 3-slot ring; longest tiles first
+    "causal_gqa_window_ragged": (_pcase(4, shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16",
+                                        causal=True, q_offset=40, window=(90, None),
+                                        stages=3), 3e-2),
+    # documents (segment ids: the per-(batch, tile) range table read per work item) + causal,
+    # 2 batch rows, GQA, rows 60..69 in a document no key has (out 0, lse -inf); 8 items on 3
+    "documents_empty_rows": (_pcase(
+        3, shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3,
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
+    # no ping-pong schedule barrier; causal (4- and 2-step tiles on a 3-slot ring), 4 items
+    # on 3 CTAs
+    "no_schedule_barrier": (_pcase(3, shape=(1, 256, 256, 2, 2, 64), causal=True,
+                                   sched=False, stages=3), 2e-2),
+    # the ping-pong's extra round once per CTA instead of per tile (persistent_sync_per_tile);
+    # causal tiles of 4 and 2 steps, 4 items on 3 CTAs
+    "sync_once_per_cta": (_pcase(3, shape=(1, 256, 256, 2, 2, 64), causal=True,
+                                 sync_per_tile=False, stages=3), 2e-2),
+    # tiles with zero KV blocks: causal with kv_offset 150, so query tile 0 (positions 0..127)
+    # sees no key (n = 0: out 0, lse -inf, no ring traffic); in each of the 2 CTAs the empty
+    # tiles alternate with 2-step tiles (causal order: tile 1, then tile 0) on a 3-slot ring
+    "zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150,
+                                stages=3), 2e-2),
+    # BlockMask lists + mask_fn (SPARSE_CASES' chunked_causal_per_head_offsets): per-head lists,
+    # head 0's second query block lists nothing (a zero-step tile between two others: all 4
+    # items on 1 CTA), T != S, offsets; forward only
+    "sparse_lists_mask_fn": (_sparse_case(
+        shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
+        q_offset=192, kv_offset=40, lists=(1, 2), seed=1, persistent=True, persistent_ctas=1,
+        races=True, fwd_only=True), 3e-2),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(PERSISTENT_CASES))
+def test_interpret_persistent(name):
+  case, tol = PERSISTENT_CASES[name]
+  B, T, _, N = case["shape"][:4]
+  assert B * N * -(-T // 128) > case["persistent_ctas"], "more work items than CTAs"
+  res = _run_case(case, script=_SPARSE_SCRIPT if "mask" in case else _CASE_SCRIPT)
+  assert "races" in res, res
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= tol, (name, key, err, res)
+  if name in ("documents_empty_rows", "sparse_lists_mask_fn"):
+    assert res["n_empty_rows"] > 0, res
+  if name == "zero_block_tiles":   # whole query tiles without a key
+    assert res["n_empty_rows"] >= B * N * 128, res
+
+
+def test_persistent_config():
+  with pytest.raises(ValueError, match="persistent_ctas"):
+    ha.HopperConfig(persistent=True, persistent_ctas=0)
+  with pytest.raises(ValueError, match="persistent_ctas"):
+    ha.HopperConfig(persistent=True, persistent_ctas=2.5)
+  assert not ha.HopperConfig().persistent   # off by default
+  cfg = ha.HopperConfig(persistent=True, persistent_ctas=3)
+  assert ha._persistent_ctas(cfg, 10) == 3 and ha._persistent_ctas(cfg, 2) == 2
+  assert ha._persistent_ctas(ha.HopperConfig(persistent=True), 10_000) >= 1
+  import dataclasses
+  for d in (64, 128, 256):
+    base = ha.default_config(d)
+    pcfg = dataclasses.replace(base, persistent=True)
+    # what the kernel allocates fits, for plain, segment-id and side-array calls
+    for kw in (dict(), dict(segments=True), dict(q_sides=1, kv_sides=2)):
+      assert ha._fwd_smem_bytes(pcfg, d, 2, **kw) <= ha._SMEM_LIMIT, (d, kw)
+    # the second Q buffer (and its row side values) is accounted for
+    extra = ha._fwd_smem_bytes(pcfg, d, 2, segments=True, persistent=True) - ha._fwd_smem_bytes(
+        base, d, 2, segments=True)
+    assert extra == 2 * 64 * d * 2 + 2 * 64 * 4, (d, extra)
+    # D <= 128 runs persistent; the default D=256 config does not fit twice the Q and falls
+    # back to the non-persistent kernel (a 1-stage ring would fit)
+    assert ha._fwd_persistent(pcfg, d, 2) == (d <= 128), d
+    assert not ha._fwd_persistent(base, d, 2)
+  assert ha._fwd_smem_bytes(dataclasses.replace(ha.default_config(256), persistent=True), 256, 2,
+                            persistent=True) > ha._SMEM_LIMIT
+  assert ha._fwd_persistent(ha.HopperConfig(block_kv=64, stages=1, persistent=True), 256, 2)
+  # the work-item order is the non-persistent grid's: heads fastest, then tiles, then batch
+  # (causal: tiles reversed); tiles first with tiles_fastest
+  import jax.numpy as jnp
+  st = _st(384, 384, False, 0, 0, None, None)
+  st = dataclasses.replace(st, B=2, N=3)
+  got = [tuple(int(x) for x in ha._fwd_work_item(st, jnp.int32(w), 3)) for w in range(18)]
+  assert got == [(b, h, ci) for b in range(2) for ci in range(3) for h in range(3)]
+  stc = dataclasses.replace(st, causal=True, cfg=ha.HopperConfig(tiles_fastest=True))
+  got = [tuple(int(x) for x in ha._fwd_work_item(stc, jnp.int32(w), 3)) for w in range(18)]
+  assert got == [(b, h, 2 - ci) for b in range(2) for h in range(3) for ci in range(3)]
 
 
 # --------------------------------------------------------------------------------------------
