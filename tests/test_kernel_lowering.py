@@ -1,0 +1,236 @@
+"""Our Pallas GPU kernels lowered for CUDA on this CPU-only machine.
+
+`jax.jit(f).trace(...).lower(lowering_platforms=("cuda",))` runs Pallas' GPU lowerings - Mosaic
+GPU (primitive lowering rules, register layouts of the wgmma tiles, barriers, TMA descriptors,
+captured constants) and Triton (the kernel's Triton IR with its launch parameters) - and embeds
+each kernel as a custom call; only the final compile to PTX waits for the GPU. So every
+configuration here, including those not yet compiled on a GPU (the persistent Hopper forward),
+is checked to be a real GPU kernel at the Pallas level in CI, while interpret mode
+(test_hopper_kernel.py, test_flash_kernel.py, test_paged.py) checks its numerics. Lowering is
+fast (about a second per call); no kernel runs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import hopper_attention as ha
+
+_TARGET = re.compile(r"stablehlo\.custom_call @(mosaic_gpu\w*)")
+
+
+def _lowered(fn, *shapes) -> str:
+  return jax.jit(fn).trace(*shapes).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def _lower(fn, *shapes):
+  """The Mosaic GPU custom calls of `fn` lowered for CUDA."""
+  return _TARGET.findall(_lowered(fn, *shapes))
+
+
+def _triton_calls(fn, *shapes):
+  """[(kernel name, num_warps, num_stages)] of the Triton custom calls of `fn`."""
+  calls = []
+  for line in _lowered(fn, *shapes).splitlines():
+    if "xla.gpu.triton" not in line:
+      continue
+    get = lambda key, pat: re.search(key + pat, line).group(1)
+    calls.append((get("name = ", r'"([^"]*)"'), int(get("num_warps = ", r"(\d+)")),
+                  int(get("num_stages = ", r"(\d+)"))))
+  return calls
+
+
+def _shapes(B, T, S, N, K, D, dtype=jnp.bfloat16):
+  return (jax.ShapeDtypeStruct((B, T, N, D), dtype), jax.ShapeDtypeStruct((B, S, K, D), dtype),
+          jax.ShapeDtypeStruct((B, S, K, D), dtype))
+
+
+def _docs(B, L, n, seed):
+  rng = np.random.default_rng(seed)
+  ids = np.zeros((B, L), np.int32)
+  for b in range(B):
+    for c in rng.choice(np.arange(1, L), n - 1, replace=False):
+      ids[b, c:] += 1
+  return jnp.asarray(ids)
+
+
+PERSISTENT = ha.HopperConfig(persistent=True, persistent_ctas=132)
+
+# name: (B, T, S, N, K, D, dtype), kwargs of hopper_attention, kernels in the forward and in
+# forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
+CASES = {
+    "dense": ((2, 1024, 1024, 8, 8, 128, jnp.bfloat16), {}, 1, 3),
+    "causal_gqa_offset_ragged": ((2, 300, 517, 8, 2, 128, jnp.bfloat16),
+                                 dict(is_causal=True, q_offset=184), 1, 3),
+    "window_two_sided_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
+                                 dict(sliding_window=(100, 30)), 1, 3),
+    "documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
+                  dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 0)), 1, 3),
+    "d256_xla_backward": ((1, 384, 512, 2, 1, 256, jnp.bfloat16),
+                          dict(sliding_window=(64, None), kv_offset=7), 1, 1),
+    "fused_backward": ((2, 1024, 1024, 8, 2, 128, jnp.bfloat16),
+                       dict(is_causal=True, backward="fused"), 1, 2),
+    "persistent_dense": ((4, 1024, 1024, 16, 16, 128, jnp.bfloat16),
+                         dict(config=PERSISTENT), 1, 3),
+    "persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
+                                            dict(is_causal=True, q_offset=184,
+                                                 config=PERSISTENT), 1, 3),
+    "persistent_documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
+                             dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 1),
+                                  config=PERSISTENT), 1, 3),
+    "persistent_sync_once_no_sched_d64": (
+        (2, 512, 512, 8, 2, 64, jnp.float16),
+        dict(is_causal=True, config=ha.HopperConfig(persistent=True, persistent_ctas=132,
+                                                    persistent_sync_per_tile=False,
+                                                    block_kv=64, stages=3)), 1, 3),
+    "persistent_no_schedule_barrier": ((2, 640, 640, 4, 2, 128, jnp.bfloat16),
+                                       dict(config=ha.HopperConfig(
+                                           persistent=True, persistent_ctas=132,
+                                           schedule_barrier=False)), 1, 3),
+    "persistent_d256_one_stage": ((1, 384, 512, 2, 1, 256, jnp.bfloat16),
+                                  dict(sliding_window=(64, None), config=ha.HopperConfig(
+                                      block_kv=64, stages=1, persistent=True,
+                                      persistent_ctas=132)), 1, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernels_lower_for_cuda(name):
+  shape, kw, n_fwd, n_fwdbwd = CASES[name]
+  shapes = _shapes(*shape)
+
+  def fwd(q, k, v):
+    return ha.hopper_attention(q, k, v, interpret=False, return_lse=True, **kw)
+
+  def fwdbwd(q, k, v):
+    def loss(q, k, v):
+      o, lse = fwd(q, k, v)
+      return jnp.sum(o.astype(jnp.float32)) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0))
+    return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  assert len(_lower(fwd, *shapes)) == n_fwd
+  assert len(_lower(fwdbwd, *shapes)) == n_fwdbwd
+
+
+def _mask_kw(mask, shapes, sliding_window=None, q_offset=0, kv_offset=0):
+  """What the pallas_mgpu adapter hands the kernel for a mask function."""
+  from jattn.backends import pallas_mgpu
+  q, k, _ = (jnp.zeros(s.shape, s.dtype) for s in shapes)
+  return pallas_mgpu._kernel_args(q, k, mask=mask, is_causal=False, q_offset=q_offset,  # pylint: disable=protected-access
+                                  kv_offset=kv_offset, sliding_window=sliding_window,
+                                  segment_ids=None)
+
+
+def _wide_ops_mask(b, h, q, kv):
+  del b, h
+  spread = jnp.maximum(q, kv) * 3 - jnp.minimum(q, kv)
+  return (~(spread % 7 == 0)) ^ ((jnp.abs(q - kv) >= 150) & (-kv > -600))
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("which", ["prefix_lm_offsets", "chunked_causal",
+                                   "wide_ops_two_sided_window"])
+def test_mask_function_kernels_lower_for_cuda(which, persistent):
+  """BlockMask lists + in-register mask functions, forward and backward. The primitives of
+  `wide_ops_two_sided_window` are pallas_mgpu's candidates for MASK_OPS (lowering is checked
+  here; MASK_OPS takes them once tests/test_gpu_hopper.py compiled them on the H100)."""
+  from jattn import masks
+  shapes = _shapes(2, 640, 700, 8, 2, 128)
+  mask, extra = {
+      "prefix_lm_offsets": (masks.prefix_lm(200), dict(q_offset=60)),
+      "chunked_causal": (masks.chunked_causal(192), {}),
+      "wide_ops_two_sided_window": (_wide_ops_mask, dict(sliding_window=(300, 100))),
+  }[which]
+  kw = _mask_kw(mask, shapes, **extra)
+  cfg = PERSISTENT if persistent else None
+
+  def fwd(q, k, v):
+    return ha.hopper_attention(q, k, v, interpret=False, config=cfg, **kw)
+
+  def fwdbwd(q, k, v):
+    return jax.grad(lambda *a: jnp.sum(fwd(*a).astype(jnp.float32)), argnums=(0, 1, 2))(
+        q, k, v)
+  assert len(_lower(fwd, *shapes)) == 1
+  assert len(_lower(fwdbwd, *shapes)) == 3
+
+
+def test_lowering_catches_what_the_kernel_cannot_take():
+  """The check is not vacuous: a mask that gathers from a captured array fails to lower (the
+  reason pallas_mgpu refuses `gather` by capability)."""
+  table = jnp.arange(640)
+  shapes = _shapes(1, 640, 640, 2, 2, 128)
+  kw = _mask_kw(lambda b, h, q, kv: table[q] > kv, shapes)
+  with pytest.raises(Exception, match="captures non-Ref constants|constant"):
+    _lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, **kw), *shapes)
+
+
+# --------------------------------------------------------------------------------------------
+# The portable (Triton) flash kernel and the paged decode kernel.
+# --------------------------------------------------------------------------------------------
+def _band(T, S, w=None):
+  qp, kp = np.arange(T)[:, None], np.arange(S)[None, :]
+  keep = kp <= qp
+  if w is not None:
+    keep &= kp > qp - w
+  return keep
+
+
+def _flash_case(name):
+  """(shapes, flash_attention kwargs, expected [(kernel, warps, stages)] of fwd + bwd)."""
+  from pallas_kernels import from_dense
+  fwd, dq = ("jattn_flash_fwd", 8, 3), ("jattn_flash_dq", 8, 3)
+  if name == "dense_4k_long_tiles":
+    return _shapes(1, 4096, 4096, 4, 4, 128), {}, [fwd, dq, ("jattn_flash_dkv", 8, 3)]
+  if name == "causal_1k_short_tiles":   # kv extent <= SHORT_KV_EXTENT: short-call dK/dV
+    bs = from_dense(_band(1024, 1024), 128, 128)
+    return (_shapes(2, 1024, 1024, 8, 2, 128),
+            dict(block_sparsity=bs, block_q=128, block_kv=128,
+                 mask_fn=lambda b, h, q, kv, qv, kvv: kv <= q),
+            [fwd, dq, ("jattn_flash_dkv", 4, 2)])
+  if name == "documents_side_arrays_softcap_sinks":
+    ids = np.asarray(_docs(1, 1000, 4, 2))
+    dense = (ids[:, :, None] == ids[:, None, :]) & _band(1000, 1000)[None]
+    return (_shapes(1, 1000, 1000, 4, 2, 128),
+            dict(block_sparsity=from_dense(dense, 128, 128), block_q=128, block_kv=128,
+                 mask_fn=lambda b, h, q, kv, qv, kvv: (qv[0] == kvv[0]) & (kv <= q),
+                 q_side=(jnp.asarray(ids),), kv_side=(jnp.asarray(ids),), softcap=30.0,
+                 sinks=jnp.zeros((4,), jnp.float32)),
+            [fwd, dq, ("jattn_flash_dkv", 4, 2)])
+  if name == "fused_backward":
+    return (_shapes(1, 2048, 2048, 4, 4, 128), dict(backward="fused"),
+            [fwd, ("jattn_flash_dkv_dq", 8, 3)])
+  if name == "f32_d64":
+    return (_shapes(1, 300, 200, 4, 1, 64, jnp.float32), {},
+            [("jattn_flash_fwd", 4, 2), ("jattn_flash_dq", 4, 2), ("jattn_flash_dkv", 4, 2)])
+  raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["dense_4k_long_tiles", "causal_1k_short_tiles",
+                                  "documents_side_arrays_softcap_sinks", "fused_backward",
+                                  "f32_d64"])
+def test_flash_kernels_lower_for_cuda_with_their_launch_parameters(name):
+  from pallas_kernels import flash_attention
+  shapes, kw, want = _flash_case(name)
+
+  def fwdbwd(q, k, v):
+    return jax.grad(lambda *a: jnp.sum(flash_attention(*a, **kw).astype(jnp.float32)),
+                    argnums=(0, 1, 2))(q, k, v)
+  got = _triton_calls(fwdbwd, *shapes)
+  assert sorted(got) == sorted(want), got
+
+
+def test_paged_decode_kernel_lowers_for_cuda():
+  from pallas_kernels.paged_attention import paged_attention
+  B, N, K, H, P, ps, M = 4, 8, 2, 128, 64, 16, 8
+  args = (jax.ShapeDtypeStruct((B, 1, N, H), jnp.bfloat16),
+          jax.ShapeDtypeStruct((P, ps, K, H), jnp.bfloat16),
+          jax.ShapeDtypeStruct((P, ps, K, H), jnp.bfloat16),
+          jax.ShapeDtypeStruct((B, M), jnp.int32), jax.ShapeDtypeStruct((B,), jnp.int32))
+  calls = _triton_calls(lambda q, kp, vp, table, lengths: paged_attention(
+      q, kp, vp, table, lengths, None, sliding_window=(64, 0), return_lse=True), *args)
+  assert len(calls) == 1, calls
