@@ -38,6 +38,12 @@ GPU) kernel", for the tuning log):
   delta = rowsum(dO * O) - dlse for the dK/dV kernel (no separate XLA pass over O and dO).
   `backward="fused"` (experimental) instead accumulates dQ inside the dK/dV kernel with f32
   TMA reduce-adds (5 matrix products instead of 7).
+* persistent dQ kernel (`HopperConfig(bwd_persistent=True)`, off by default, not yet compiled
+  or timed on the GPU): as the persistent forward - one CTA per SM looping over the (head, q
+  tile, batch) work items, the K/V ring and the producer carried across tiles, Q and dO
+  double-buffered, the next tile's inputs loaded during the current tile's first KV step,
+  delta / dQ stores not awaited before the next tile. See `_dq_call`. The dK/dV kernel has
+  no persistent mode yet.
 
 Semantics follow docs/ARCHITECTURE.md for the features this kernel has: causal with static
 offsets (absolute positions `q_offset + i`, `kv_offset + j`), sliding window (left, right),
@@ -129,12 +135,23 @@ class HopperConfig:
   # consumers finish the current one, its Q is prefetched into a second Q buffer, and the
   # O / lse stores are not awaited before the next tile. Costs a second Q buffer (2*64*D*2
   # bytes); where that overflows shared memory (the default D=256 config) the forward runs
-  # non-persistent instead (`_fwd_persistent`). The backward kernels ignore both fields.
+  # non-persistent instead (`_fwd_persistent`). The backward kernels ignore `persistent`
+  # (the dQ kernel has its own switch, `bwd_persistent`, below).
   persistent: bool = False
-  persistent_ctas: int | None = None   # only with persistent=True; capped at the work items
+  persistent_ctas: int | None = None   # persistent / bwd_persistent; capped at the work items
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
+  # backward: the dQ kernel persistent (off by default, not yet compiled or timed on the GPU):
+  # a 1-D grid of `persistent_ctas` CTAs (shared with the forward; default one per SM) looping
+  # over the dQ work items (the forward's order), the K/V ring and the producer carried across
+  # tiles, Q and dO double-buffered and the next tile's loads (Q, dO, O, lse, dlse, row side
+  # values) issued during the current tile, the delta and dQ stores not awaited before the
+  # next tile (see `_dq_call`). Applies to the dQ kernel only for now: the dK/dV kernel (and
+  # the "fused" / "xla" backwards) ignore it. Where its buffers do not fit in shared memory
+  # (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel runs
+  # non-persistent. Independent of `persistent` (the forward's).
+  bwd_persistent: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -567,10 +584,15 @@ def _smem_transforms(D: int, dtype):
           plgpu.SwizzleTransform(swz))
 
 
-def _compiler_params(cfg: HopperConfig | None = None):
+def _compiler_params(cfg: HopperConfig | None = None,
+                     reduction_scratch_bytes: int | None = None):
+  """reduction_scratch_bytes: overrides `cfg.reduction_scratch_bytes` (the persistent dQ
+  kernel reserves none)."""
   plgpu = _api()["plgpu"]
   kw = {}
-  if cfg is not None and cfg.reduction_scratch_bytes is not None:
+  if reduction_scratch_bytes is not None:
+    kw["reduction_scratch_bytes"] = reduction_scratch_bytes
+  elif cfg is not None and cfg.reduction_scratch_bytes is not None:
     kw["reduction_scratch_bytes"] = cfg.reduction_scratch_bytes
   return plgpu.CompilerParams(approx_math=True, **kw)
 
@@ -601,9 +623,10 @@ def _side_row(has_b: bool, b):
 
 
 def _fwd_work_item(st: _Static, w, n_tiles: int):
-  """Work item `w` of the persistent forward -> (b, h, ci), numbered in the order the
-  non-persistent grid (`_grid`) launches its CTAs: heads fastest (or tiles, with
-  `cfg.tiles_fastest`), then batch; causal tiles reversed (longest rows first)."""
+  """Work item `w` of the persistent forward and of the persistent dQ kernel (same grid) ->
+  (b, h, ci), numbered in the order the non-persistent grid (`_grid`) launches its CTAs:
+  heads fastest (or tiles, with `cfg.tiles_fastest`), then batch; causal tiles reversed
+  (longest rows first)."""
   N = st.N
   if st.cfg.tiles_fastest:
     ci, rest = lax.rem(w, n_tiles), lax.div(w, n_tiles)
@@ -977,19 +1000,49 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None):
   """-> (dq, delta): delta [B, N, Tp] f32 = rowsum(do * out) - dlse2 * LOG2E, computed from
   the O / dO tiles the kernel loads anyway (no separate pass over O and dO in HBM); the dK/dV
-  kernel, launched after, reads it."""
+  kernel, launched after, reads it.
+
+  Non-persistent: one CTA per (head, q tile, batch). Persistent (`cfg.bwd_persistent`, see
+  `_dq_persistent`): `n_ctas` CTAs, CTA `cta` runs the work items w = cta + k * n_ctas (local
+  tiles k = 0, 1, ...; the forward's `_fwd_work_item` order, which is this grid's) in one loop
+  per warpgroup. Buffers and barrier phases across tiles:
+  * K/V ring: as in the persistent forward - ring step g = the CTA's earlier tiles' steps +
+    t, slot g % stages; the producer waits a slot's "free" barrier only for g >= stages and
+    `_drain`s once at the end; a tile with n = 0 steps touches no ring barrier.
+  * Per-tile inputs: Q and dO double-buffered per consumer (index buf * 2 + wg, buf = k % 2;
+    dQ is staged through the tile's Q buffer as before); O, lse, dlse and the row side values
+    single-buffered: they are read into registers at the start of the tile (delta, the row
+    vectors). The next tile's loads are all issued at the end of the tile's first KV step
+    (after the loop where n = 0), i.e. after this tile's q_bar wait, so one barrier per
+    consumer (q_bar[wg]) suffices: each phase has one batch of loads in flight and is waited
+    once, at the start of its tile.
+  * Stores: delta is staged in the lse slot (lse is in registers by then) and dQ in the Q
+    buffer, both TMA-stored without waiting. The prefetch issued in the first step of tile k
+    first does `wait_smem_to_gmem(0, wait_read_only=True)`: tile k - 1's dQ store (the Q
+    buffer the prefetch overwrites) and tile k's delta store (the lse slot) have read SMEM by
+    then - both were issued at least one KV step earlier, so the wait is normally free. All
+    stores are awaited at the end of the CTA.
+  Shared memory: 4 Q + 4 dO + 2 O tiles + the ring (D=128, 2 stages: 224 KiB of tiles); the
+  small vectors share one f32 allocation and the side values one int32 allocation (Mosaic
+  rounds every allocation up to 1 KiB), and no reduction scratch is reserved (the kernel's
+  only reduction, delta's row sum, stays within a warp). See `_dq_smem_bytes`.
+  """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cfg = st.cfg
   bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages
   D, dtype, G = st.D, st.dtype, st.G
-  n_cta = st.Tp // (2 * bq)
+  n_tiles = st.Tp // (2 * bq)
   c = st.c
   segs, sparse = st.segments, st.sparse
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
   has_dlse = dlse2 is not None
-  smem = _dq_smem_bytes(cfg, D, jnp.dtype(dtype).itemsize, q_sides=nqs, kv_sides=nks)
+  itemsize = jnp.dtype(dtype).itemsize
+  persistent = _dq_persistent(cfg, D, itemsize, nqs, nks)
+  items = st.B * st.N * n_tiles
+  n_ctas = _persistent_ctas(cfg, items) if persistent else None
+  smem = _dq_smem_bytes(cfg, D, itemsize, q_sides=nqs, kv_sides=nks, persistent=persistent)
   if smem > _SMEM_LIMIT and not st.interpret:
     raise ValueError(f"the dQ kernel needs ~{smem} bytes of shared memory for head_dim {D} "
                      f"(limit {_SMEM_LIMIT}) with {cfg}; use fewer bwd_stages")
@@ -1002,65 +1055,93 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
-    (dq_ref, delta_ref, q_smem, do_smem, o_smem, lse_smem, delta_smem, dlse_smem, k_smem,
-     v_smem, q_bar, kv_bar, kv_free) = (next(it) for _ in range(13))
-    qside_smem = [next(it) for _ in range(nqs)]
-    kvside_smem = [next(it) for _ in range(nks)]
-    b = lax.axis_index("batch")
-    h = lax.axis_index("heads")
-    ci = lax.axis_index("q_seq")
-    if st.causal:
-      ci = (n_cta - 1) - ci
-    wg = lax.axis_index("wg")
-    r0 = ci * (2 * bq)
-    if sparse:   # each listed 128-key block is 128 // bkv steps
-      n, sections = _list_walk(lists, b if st.Bm > 1 else 0, h if st.Hm > 1 else 0, ci,
-                               _SPARSE_BLOCK // bkv)
+    dq_ref, delta_ref = next(it), next(it)
+    if persistent:
+      (q_smem, do_smem, o_smem, vec_smem, k_smem, v_smem, q_bar, kv_bar,
+       kv_free) = (next(it) for _ in range(9))
+      side_smem = next(it) if nqs + nks else None
+      # [0, wg]: lse, then delta's staging; [1, wg]: dlse
+      lse_buf = lambda i: vec_smem.at[0, i]
+      delta_buf = lse_buf
+      dlse_buf = lambda i: vec_smem.at[1, i]
+      # int32 rows of 64: q side s of consumer i at s * 2 + i, kv side s of slot at
+      # 2 * nqs + s * stages + slot
+      qside_buf = lambda s, i: side_smem.at[s * 2 + i]
+      kvside_buf = lambda s, slot: side_smem.at[2 * nqs + s * stages + slot]
     else:
+      (q_smem, do_smem, o_smem, lse_smem, delta_smem, dlse_smem, k_smem,
+       v_smem, q_bar, kv_bar, kv_free) = (next(it) for _ in range(11))
+      qside_smem = [next(it) for _ in range(nqs)]
+      kvside_smem = [next(it) for _ in range(nks)]
+      lse_buf = lambda i: lse_smem.at[i]
+      delta_buf = lambda i: delta_smem.at[i]
+      dlse_buf = lambda i: dlse_smem.at[i]
+      qside_buf = lambda s, i: qside_smem[s].at[i]
+      kvside_buf = lambda s, slot: kvside_smem[s].at[slot]
+
+    def plan(b, h, ci):
+      """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
+      range; None for lists)."""
+      r0 = ci * (2 * bq)
+      if sparse:   # each listed 128-key block is 128 // bkv steps
+        n, sections = _list_walk(lists, b if st.Bm > 1 else 0, h if st.Hm > 1 else 0, ci,
+                                 _SPARSE_BLOCK // bkv)
+        return r0, n, sections, None
       if segs:
         lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
       else:
         lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
       n, sections = _range_walk(lo, flo, fhi, hi)
+      return r0, n, sections, lo
 
-    @pl.when(wg < 2)
-    def _consumer():
-      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
-      q_base = r0 + wg * bq
-      qs, dos, o_s = q_smem.at[wg], do_smem.at[wg], o_smem.at[wg]
+    def load_tile(b, h, q_base, i):
+      """This consumer's inputs for rows [q_base, q_base + bq) of (b, h): Q, dO -> buffer i,
+      O, lse (+ dlse) (+ row side values) -> its own buffers; all on q_bar[wg]."""
       rows_sl = (b, pl.ds(q_base, bq), h)
       vec_sl = (b, h, pl.ds(q_base, bq))
-      plgpu.copy_gmem_to_smem(q_ref.at[rows_sl], qs, q_bar.at[wg])
-      plgpu.copy_gmem_to_smem(do_ref.at[rows_sl], dos, q_bar.at[wg])
-      plgpu.copy_gmem_to_smem(o_ref.at[rows_sl], o_s, q_bar.at[wg])
-      plgpu.copy_gmem_to_smem(lse_ref.at[vec_sl], lse_smem.at[wg], q_bar.at[wg])
+      bar = q_bar.at[wg]
+      plgpu.copy_gmem_to_smem(q_ref.at[rows_sl], q_smem.at[i], bar)
+      plgpu.copy_gmem_to_smem(do_ref.at[rows_sl], do_smem.at[i], bar)
+      plgpu.copy_gmem_to_smem(o_ref.at[rows_sl], o_smem.at[wg], bar)
+      plgpu.copy_gmem_to_smem(lse_ref.at[vec_sl], lse_buf(wg), bar)
       if has_dlse:
-        plgpu.copy_gmem_to_smem(dlse_ref.at[vec_sl], dlse_smem.at[wg], q_bar.at[wg])
-      for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
-        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], sm.at[wg],
-                                q_bar.at[wg])
-      plgpu.barrier_wait(q_bar.at[wg])
-      lse = _load_vec(st, lse_smem.at[wg], "ROW")
+        plgpu.copy_gmem_to_smem(dlse_ref.at[vec_sl], dlse_buf(wg), bar)
+      for s, (ref, hb) in enumerate(zip(qside_refs, q_sides)):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], qside_buf(s, wg),
+                                bar)
+
+    def consume(b, h, q_base, n, sections, qs, dos, base, prefetch):
+      """A consumer's part of one tile (its rows [q_base, q_base + bq)), after its inputs
+      arrived: delta (stored by TMA, not awaited), the dQ loop over the tile's n KV steps, dQ
+      staged through `qs` (Q is dead by then) and TMA-stored - issued, not awaited.
+
+      base: None (the CTA's only tile: ring step = t) or the ring steps of the CTA's earlier
+      tiles (persistent). prefetch: None, or what to run once per tile at the end of the
+      first KV step (after the loop if n = 0): the next tile's loads (persistent)."""
+      ring = (lambda t: t) if base is None else (lambda t: t + base)
+      rows_sl = (b, pl.ds(q_base, bq), h)
+      vec_sl = (b, h, pl.ds(q_base, bq))
+      lse = _load_vec(st, lse_buf(wg), "ROW")
       # delta before the loop, while the dQ accumulator is not live yet (register headroom).
       do_f = _load_vec(st, dos, "WGMMA").astype(jnp.float32)
-      o_f = _load_vec(st, o_s, "WGMMA").astype(jnp.float32)
+      o_f = _load_vec(st, o_smem.at[wg], "WGMMA").astype(jnp.float32)
       dlt = jnp.sum(do_f * o_f, axis=1)
       if has_dlse:   # d lse / d s = p folds into delta (ds = p * (dp - delta + dlse))
-        dlt = dlt - _load_vec(st, dlse_smem.at[wg], "ROW") * LOG2E
+        dlt = dlt - _load_vec(st, dlse_buf(wg), "ROW") * LOG2E
       # The dK/dV kernel's input; the store overlaps the loop (awaited at the end).
-      delta_smem.at[wg][...] = dlt
+      delta_buf(wg)[...] = dlt
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(delta_smem.at[wg], delta_ref.at[vec_sl])
-      q_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in qside_smem]
+      plgpu.copy_smem_to_gmem(delta_buf(wg), delta_ref.at[vec_sl])
+      q_vecs = [_load_vec(st, qside_buf(s, wg), "ROW") for s in range(nqs)]
       dq = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
       def step(t, dq, masked, blk):
-        slot = lax.rem(t, stages)
+        slot = lax.rem(ring(t), stages)
         if masked:
           j = blk(t)
         plgpu.barrier_wait(kv_bar.at[slot])
         if masked:
-          kv_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
+          kv_vecs = [_load_vec(st, kvside_buf(s, slot), "COL") for s in range(nks)]
 
         s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])])
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
@@ -1076,26 +1157,119 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
 
         dq, = _mma_acc(st, (dq,), [(ds.astype(dtype), k_smem.at[slot])])
         plgpu.barrier_arrive(kv_free.at[slot])
+        if prefetch is not None:
+          pl.when(t == 0)(prefetch)
         return dq
 
       dq = _walk(sections, step, dq)
+      if prefetch is not None:
+        pl.when(n == 0)(prefetch)
       qs[...] = (dq * st.scale).astype(dtype)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(qs, dq_ref.at[rows_sl])
+
+    def load_kv(b, kvh, j, slot):
+      sl = (b, pl.ds(j * bkv, bkv), kvh)
+      plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], kv_bar.at[slot])
+      plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], kv_bar.at[slot])
+      for s, (ref, hb) in enumerate(zip(kvside_refs, kv_sides)):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(j * bkv, bkv)],
+                                kvside_buf(s, slot), kv_bar.at[slot])
+
+    def kv_head(h):
+      return lax.div(h, jnp.asarray(G, h.dtype))
+
+    # `wg` (this warpgroup) is bound in each branch below, where the non-persistent kernel
+    # always read it (the closures above see it when called).
+    if persistent:
+      cta = lax.axis_index("cta")
+      wg = lax.axis_index("wg")
+      # this CTA's work items: w = cta + k * n_ctas < items, k < n_local (cta < n_ctas <= items)
+      n_local = lax.div(items - 1 - cta, n_ctas) + 1
+
+      def item(k):
+        return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+
+      @pl.when(wg < 2)
+      def _consumer_persistent():
+        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+
+        def issue(k, buf):   # the inputs of local tile k -> Q / dO buffer `buf`
+          b, h, ci = item(k)
+          load_tile(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
+
+        issue(0, 0)
+
+        def tile(k, base):
+          buf = lax.rem(k, 2)
+          b, h, ci = item(k)
+          r0, n, sections, _ = plan(b, h, ci)
+          plgpu.barrier_wait(q_bar.at[wg])
+
+          def prefetch():
+            # Tile k - 1's dQ store (from the Q buffer about to be overwritten) and this
+            # tile's delta store (from the lse slot) must have read SMEM.
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+            @pl.when(k + 1 < n_local)
+            def _():
+              issue(k + 1, 1 - buf)
+          i = buf * 2 + wg
+          consume(b, h, r0 + wg * bq, n, sections, q_smem.at[i], do_smem.at[i], base,
+                  prefetch)
+          return base + n
+
+        lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        plgpu.wait_smem_to_gmem(0)
+
+      @pl.when(wg == 2)
+      def _producer_persistent():
+        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+
+        def tile(k, cnt):
+          b, h, ci = item(k)
+          _, n, sections, lo = plan(b, h, ci)
+          kvh = kv_head(h)
+
+          def body(t, carry, masked=None, blk=None):
+            del masked
+            g = cnt + t   # ring step over the whole CTA
+            slot = lax.rem(g, stages)
+            j = lo + t if blk is None else blk(t)
+            _wait_if(g >= stages, kv_free.at[slot])
+            load_kv(b, kvh, j, slot)
+            return carry
+          if sparse:   # block indices from the lists, one loop per list
+            _walk(sections, body, None)
+          else:
+            lax.fori_loop(0, n, body, None)
+          return cnt + n
+
+        total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        _drain(total, stages, (kv_free,))
+      return
+
+    b = lax.axis_index("batch")
+    h = lax.axis_index("heads")
+    ci = lax.axis_index("q_seq")
+    if st.causal:   # longest rows first
+      ci = (n_tiles - 1) - ci
+    wg = lax.axis_index("wg")
+    r0, n, sections, lo = plan(b, h, ci)
+
+    @pl.when(wg < 2)
+    def _consumer():
+      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+      q_base = r0 + wg * bq
+      load_tile(b, h, q_base, wg)
+      plgpu.barrier_wait(q_bar.at[wg])
+      consume(b, h, q_base, n, sections, q_smem.at[wg], do_smem.at[wg], None, None)
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-      kvh = lax.div(h, jnp.asarray(G, h.dtype))
-
-      def load(j, slot):
-        sl = (b, pl.ds(j * bkv, bkv), kvh)
-        plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[slot], kv_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[slot], kv_bar.at[slot])
-        for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
-          plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(j * bkv, bkv)],
-                                  sm.at[slot], kv_bar.at[slot])
+      kvh = kv_head(h)
 
       if sparse:
         def sbody(t, carry, masked, blk):
@@ -1103,40 +1277,50 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           slot = lax.rem(t, stages)
           j = blk(t)
           _wait_if(t >= stages, kv_free.at[slot])
-          load(j, slot)
+          load_kv(b, kvh, j, slot)
           return carry
         _walk(sections, sbody, None)
         _drain(n, stages, (kv_free,))
         return
 
       for i in range(stages):
-        pl.when(i < n)(functools.partial(load, lo + i, i))
+        pl.when(i < n)(functools.partial(load_kv, b, kvh, lo + i, i))
 
       def body(t, carry):
         slot = lax.rem(t, stages)
         plgpu.barrier_wait(kv_free.at[slot])
-        load(lo + t, slot)
+        load_kv(b, kvh, lo + t, slot)
         return carry
       lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
       _drain(n, stages, (kv_free,))
 
   tr = _smem_transforms(D, dtype)
-  scratch = (
-      plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # Q, then dQ for the output copy
-      plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # dO
-      plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # O
-      plgpu.SMEM((2, bq), jnp.float32),                 # lse
-      plgpu.SMEM((2, bq), jnp.float32),                 # delta (output staging)
-      plgpu.SMEM((2, bq), jnp.float32),                 # dlse (unused without it)
-      plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
-      plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
-      # One arrival per TMA copy: Q, dO, O, lse (+ dlse) (+ row side values).
-      plgpu.Barrier(num_arrivals=4 + has_dlse + nqs, num_barriers=2),
-      plgpu.Barrier(num_arrivals=2 + nks, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-  )
-  scratch = scratch + tuple(plgpu.SMEM((2, bq), jnp.int32) for _ in range(nqs)) + tuple(
-      plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
+  # One arrival per TMA copy: Q, dO, O, lse (+ dlse) (+ row side values).
+  q_barrier = plgpu.Barrier(num_arrivals=4 + has_dlse + nqs, num_barriers=2)
+  ring = (plgpu.SMEM((stages, bkv, D), dtype, transforms=tr),
+          plgpu.SMEM((stages, bkv, D), dtype, transforms=tr))
+  ring_barriers = (plgpu.Barrier(num_arrivals=2 + nks, num_barriers=stages),
+                   plgpu.Barrier(num_arrivals=2, num_barriers=stages))
+  if persistent:
+    scratch = (
+        plgpu.SMEM((4, bq, D), dtype, transforms=tr),     # Q, then dQ: index buf * 2 + wg
+        plgpu.SMEM((4, bq, D), dtype, transforms=tr),     # dO: index buf * 2 + wg
+        plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # O
+        plgpu.SMEM((1 + has_dlse, 2, bq), jnp.float32),   # lse (then delta), dlse
+    ) + ring + (q_barrier,) + ring_barriers
+    if nqs + nks:
+      scratch = scratch + (plgpu.SMEM((2 * nqs + stages * nks, bkv), jnp.int32),)
+  else:
+    scratch = (
+        plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # Q, then dQ for the output copy
+        plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # dO
+        plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # O
+        plgpu.SMEM((2, bq), jnp.float32),                 # lse
+        plgpu.SMEM((2, bq), jnp.float32),                 # delta (output staging)
+        plgpu.SMEM((2, bq), jnp.float32),                 # dlse (unused without it)
+    ) + ring + (q_barrier,) + ring_barriers
+    scratch = scratch + tuple(plgpu.SMEM((2, bq), jnp.int32) for _ in range(nqs)) + tuple(
+        plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
   # O may come as f32 (residual VJP): the kernel stages it in q's dtype, as the forward wrote it.
   operands = (q, k, v, do, out.astype(dtype), lse2)
   if has_dlse:
@@ -1149,10 +1333,16 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     operands = operands + tuple(sp[0])
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
-  grid, names = _grid(st, st.N, n_cta, "q_seq")
+  if persistent:
+    grid, names = (n_ctas,), ("cta",)
+    # no reduction scratch: delta's row sum is within a warp (see the docstring)
+    params = _compiler_params(st.cfg, reduction_scratch_bytes=0)
+  else:
+    grid, names = _grid(st, st.N, n_tiles, "q_seq")
+    params = _compiler_params(st.cfg)
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
-      num_threads=3, thread_name="wg", compiler_params=_compiler_params(st.cfg),
+      num_threads=3, thread_name="wg", compiler_params=params,
       **_interpret_arg(st))(*operands)
 
 
@@ -1549,8 +1739,9 @@ def _fwd_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
 
 
 def _persistent_ctas(cfg: HopperConfig, items: int) -> int:
-  """CTAs of the persistent forward: `cfg.persistent_ctas`, else the GPU's SM count (132, the
-  H100 SXM's, where it cannot be read), never more than there are work items."""
+  """CTAs of a persistent kernel (the forward with `cfg.persistent`, the dQ kernel with
+  `cfg.bwd_persistent`): `cfg.persistent_ctas`, else the GPU's SM count (132, the H100 SXM's,
+  where it cannot be read), never more than there are work items."""
   n = cfg.persistent_ctas
   if n is None:
     n = 132
@@ -1563,18 +1754,53 @@ def _persistent_ctas(cfg: HopperConfig, items: int) -> int:
   return max(1, min(n, items))
 
 
+def _smem_alloc(nbytes: int) -> int:
+  """Mosaic GPU rounds every shared-memory allocation (scratch buffer) up to 1 KiB."""
+  return -(-nbytes // 1024) * 1024
+
+
 def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,
-                   q_sides: int = 0, kv_sides: int = 0) -> int:
-  """dQ kernel SMEM (the backward's largest): Q, dO, O (2 consumers) + K/V ring + lse, delta,
-  dlse + Mosaic scratch + ~1 KiB slack (+ the int32 side values of the Q tiles and of the K
-  ring, as in `_fwd_smem_bytes`)."""
+                   q_sides: int = 0, kv_sides: int = 0, persistent: bool | None = None) -> int:
+  """dQ kernel SMEM (the backward's largest), as Mosaic GPU allocates it (every buffer rounded
+  up to 1 KiB, 8 bytes per barrier; checked against the lowering's own count in
+  tests/test_kernel_lowering.py):
+  * non-persistent: Q, dO, O (2 consumers) + K/V ring + lse, delta, dlse (one allocation
+    each) + the int32 side values of the Q tiles and of the K ring (one allocation per side
+    array; segment ids: one of each) + the reduction scratch (2 KiB unless configured).
+  * persistent (`persistent`; None: what the kernel will allocate, `_dq_persistent`): Q and
+    dO double-buffered (4 tiles each), O single (2), the ring; lse / delta / dlse in one f32
+    allocation (delta staged in the lse slot), all side values in one int32 allocation; no
+    reduction scratch. D=128, bwd_stages=2: 230448 bytes, with segment ids 231472 (limit
+    232448); D=64: 115760."""
   if segments:
     q_sides, kv_sides = 1, 1
-  bq, bkv = cfg.bwd_block_q, cfg.bwd_block_kv
-  buffers = (3 * 2 * bq + 2 * cfg.bwd_stages * bkv) * D * itemsize
-  scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
-  sides = (q_sides * 2 * bq + kv_sides * cfg.bwd_stages * bkv) * 4
-  return buffers + 3 * 2 * bq * 4 + scratch + 1024 + sides
+  if persistent is None:
+    persistent = _dq_persistent(cfg, D, itemsize, q_sides, kv_sides)
+  bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages
+  tile = bq * D * itemsize
+  ring = 2 * _smem_alloc(stages * bkv * D * itemsize)
+  barriers = 8 * (2 + 2 * stages)
+  if persistent:
+    bufs = 2 * _smem_alloc(4 * tile) + _smem_alloc(2 * tile) + _smem_alloc(2 * 2 * bq * 4)
+    sides = _smem_alloc((2 * q_sides + stages * kv_sides) * bkv * 4) if q_sides + kv_sides else 0
+    scratch = 0
+  else:
+    bufs = 3 * _smem_alloc(2 * tile) + 3 * _smem_alloc(2 * bq * 4)
+    sides = q_sides * _smem_alloc(2 * bq * 4) + kv_sides * _smem_alloc(stages * bkv * 4)
+    scratch = _smem_alloc(2048 if cfg.reduction_scratch_bytes is None
+                          else cfg.reduction_scratch_bytes)
+  return ring + bufs + sides + barriers + scratch
+
+
+def _dq_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
+                   kv_sides: int = 0) -> bool:
+  """Whether the dQ kernel runs persistent: `cfg.bwd_persistent`, unless its buffers do not
+  fit in shared memory (then it runs non-persistent, as `_fwd_persistent`). They fit for
+  D <= 128 with bwd_stages=2, plain or with segment ids; not at D=128 with block-sparse side
+  arrays (one q + two kv side arrays: 232496 > 232448 bytes) or with bwd_stages=3 (D=128)."""
+  return cfg.bwd_persistent and _dq_smem_bytes(cfg, D, itemsize, q_sides=q_sides,
+                                               kv_sides=kv_sides,
+                                               persistent=True) <= _SMEM_LIMIT
 
 
 def _static_int(x, name):

@@ -368,6 +368,89 @@ def test_persistent_block_mask_and_backward():
 
 
 # --------------------------------------------------------------------------------------------
+# Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
+# each looping over (head, q tile, batch) work items; K/V ring and producer carried across
+# tiles, Q / dO double-buffered, the next tile's inputs loaded during the current one, delta /
+# dQ stores not awaited before the next tile. The dK/dV kernel is unchanged.
+# --------------------------------------------------------------------------------------------
+_BWD_PERSISTENT = ha.HopperConfig(bwd_persistent=True)
+
+PERSISTENT_BWD = {
+    # 2 * 8 * 8 = 128 work items (< 132 SMs: one each) / 4 * 16 * 8 = 512 (not a multiple)
+    "dense": dict(shape=(2, 1024, 1024, 8, 8, 128), kw=dict()),
+    "causal_many_items": dict(shape=(4, 1024, 1024, 16, 4, 128), kw=dict(is_causal=True)),
+    "gqa_offsets_window_not_multiples": dict(
+        shape=(2, 333, 517, 8, 2, 128),
+        kw=dict(is_causal=True, q_offset=184, sliding_window=(150, None))),
+    # whole query tiles with no key (zero-step tiles: dQ 0, delta still written)
+    "empty_tiles_kv_offset": dict(shape=(2, 512, 256, 4, 2, 128),
+                                  kw=dict(is_causal=True, kv_offset=300)),
+    "window_two_sided_gqa_d64": dict(shape=(1, 512, 512, 4, 1, 64),
+                                     kw=dict(sliding_window=(100, 30))),
+    "documents_empty_rows": dict(shape=(2, 1000, 1000, 8, 2, 128),
+                                 kw=dict(is_causal=True,
+                                         segment_ids=_seg(1000, 1000, 5, seed=15,
+                                                          orphan=(100, 230)))),
+    "documents_not_causal_f16": dict(shape=(2, 777, 777, 4, 4, 128), dtype=jnp.float16,
+                                     kw=dict(segment_ids=_seg(777, 777, 4, seed=16))),
+    "head_dim_96": dict(shape=(1, 300, 300, 2, 2, 96), kw=dict(is_causal=True)),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(PERSISTENT_BWD))
+def test_persistent_backward(name):
+  c = PERSISTENT_BWD[name]
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_BWD_PERSISTENT,
+                 backward="mosaic", **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [
+    ha.HopperConfig(bwd_persistent=True, persistent_ctas=7),          # many items per CTA
+    ha.HopperConfig(bwd_persistent=True, tiles_fastest=True),
+    ha.HopperConfig(bwd_persistent=True, persistent=True),            # both kernels persistent
+    ha.HopperConfig(bwd_persistent=True, bwd_stages=3),               # D=64 only (SMEM)
+], ids=["ctas7", "tiles_fastest", "with_persistent_forward", "d64_3stages"])
+def test_persistent_backward_configs(cfg):
+  D = 64 if cfg.bwd_stages == 3 else 128
+  check_backward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
+  check_backward(2, 640, 640, 4, 2, D, jnp.bfloat16, config=cfg,
+                 segment_ids=_seg(640, 640, 4, seed=17, orphan=(300, 420)))
+
+
+@requires_hopper
+def test_persistent_backward_block_mask():
+  """BlockMask lists + mask_fn through the persistent dQ kernel (a zero-step tile: query block
+  1 of head 0 lists nothing), against the dense reference, lse gradient included."""
+  from pallas_kernels import from_dense
+  B, T, N, K, D = 2, 640, 8, 2, 128
+  q, k, v, do, dl = _inputs(B, T, T, N, K, D, jnp.bfloat16, seed=18)
+  i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+  dense = np.broadcast_to(((i // 192 == j // 192) & (j <= i)) | (j < 100), (B, N, T, T)).copy()
+  dense[:, 0, 128:256] = False   # head 0: rows 128..255 meet no key
+  bs = from_dense(dense[:1], 128, 128)
+
+  def mask_fn(b, h, q_pos, kv_pos, qv, kvv):   # primitives of pallas_mgpu.MASK_OPS only
+    m = ((q_pos // 192 == kv_pos // 192) & (kv_pos <= q_pos)) | (kv_pos < 100)
+    return m & ((h != 0) | (q_pos < 128) | (q_pos > 255))
+
+  def loss(fn, q, k, v, **kw):
+    o, l = fn(q, k, v, return_lse=True, **kw)
+    return (jnp.sum(o.astype(jnp.float32) * do)
+            + jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0) * dl))
+  kern = jax.jit(jax.grad(lambda *a: loss(ha.hopper_attention, *a, config=_BWD_PERSISTENT,
+                                          block_sparsity=bs, mask_fn=mask_fn),
+                          argnums=(0, 1, 2)))
+  poison(((B, T, N, D), jnp.bfloat16), ((B, T, K, D), jnp.bfloat16), ((B, T, K, D), jnp.bfloat16))
+  got = kern(q, k, v)
+  want = jax.grad(lambda *a: loss(ref, *a, mask=jnp.asarray(dense)), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip(("dq", "dk", "dv"), got, want):
+    assert rel_err(a, b) < 5e-2, (name, rel_err(a, b))
+  assert np.all(np.asarray(got[0], np.float32)[:, 128:256, 0] == 0)   # rows without a key
+
+
+# --------------------------------------------------------------------------------------------
 # Through jattn.
 # --------------------------------------------------------------------------------------------
 @requires_hopper

@@ -247,9 +247,11 @@ _CASE_SCRIPT = textwrap.dedent("""
     cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
                           schedule_barrier=c["sched"], persistent=c.get("persistent", False),
                           persistent_ctas=c.get("persistent_ctas"),
-                          persistent_sync_per_tile=c.get("sync_per_tile", True))
+                          persistent_sync_per_tile=c.get("sync_per_tile", True),
+                          bwd_persistent=c.get("bwd_persistent", False),
+                          bwd_stages=c.get("bwd_stages", 2))
     if c.get("races"):
-      detect_races(ha)
+      detect_races(ha, dq_only=c["races"] == "dq")
     res = {{}}
 
     if c.get("via_jattn"):   # the pallas_mgpu backend (interpret on CPU) vs jattn's reference
@@ -278,9 +280,14 @@ _CASE_SCRIPT = textwrap.dedent("""
       g = jax.grad(lambda *a: loss(ha.hopper_attention, *a, interpret=True, config=cfg,
                                    backward=c["grad"]), argnums=(0, 1, 2))(q, k, v)
       g2 = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
+      if c.get("races"):   # any race in the backward's kernels (the dQ kernel runs first)
+        res["races_bwd"] = races_found_any()
       for name, a, b in zip(("dq", "dk", "dv"), g, g2):
         res[name] = rel(a, b)
         res[name + "_finite"] = 0.0 if bool(jnp.all(jnp.isfinite(a))) else float("inf")
+      if empty.any():   # rows meeting no key: zero dq
+        res["dq_empty_rows"] = float(np.abs(np.asarray(g[0], np.float32).transpose(
+            0, 2, 1, 3)[empty]).max())
       if c.get("residual"):   # the same backward kernels fed (out, lse) instead of recomputing
         gr = ha.hopper_attention_residual_vjp(
             q, k, v, o, l, do, jnp.where(jnp.isfinite(l), dl, 0.0), interpret=True,
@@ -306,17 +313,48 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
         return 0.0
       return float(np.abs(a[fin] - b[fin]).max() / max(np.abs(b[fin]).max(), 1e-6))
 
-    def detect_races(ha):
-      # every later interpret-mode kernel runs with the interpreter's happens-before race
-      # detector (SMEM / TMA accesses of the warpgroups of a CTA, ordered by the barriers)
+    def detect_races(ha, dq_only=False):
+      # every later interpret-mode kernel (dq_only: only the dQ kernel) runs with the
+      # interpreter's happens-before race detector (SMEM / TMA accesses of the warpgroups of a
+      # CTA, ordered by the barriers)
       import functools
       api = ha._api()
-      api["InterpretParams"] = functools.partial(api["InterpretParams"], detect_races=True)
+      plain = api["InterpretParams"]
+      racy = functools.partial(plain, detect_races=True)
+      if dq_only:
+        dq_call = ha._dq_call
+
+        def traced_with_races(*a, **k):
+          api["InterpretParams"] = racy
+          try:
+            return dq_call(*a, **k)
+          finally:
+            api["InterpretParams"] = plain
+        ha._dq_call = traced_with_races
+      else:
+        api["InterpretParams"] = racy
+      # remember the verdict of every kernel (the detector's state is reset per kernel)
+      from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+      clear = gpu_callbacks._clear_shared_memory
+
+      def clear_and_record():
+        if gpu_callbacks._races is not None and gpu_callbacks._races.races_found:
+          _RACY_KERNELS.append(1)
+        clear()
+      gpu_callbacks._clear_shared_memory = clear_and_record
+
+    _RACY_KERNELS = []
 
     def races_found():
       # of the last interpret-mode kernel: an error (inf) if the detector found a race
       from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
       return float("inf") if gpu_callbacks.get_races().races_found else 0.0
+
+    def races_found_any():
+      # of every interpret-mode kernel since detect_races() (e.g. all of a backward's)
+      from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+      last = gpu_callbacks._races is not None and gpu_callbacks._races.races_found
+      return float("inf") if _RACY_KERNELS or last else 0.0
 """)
 
 
@@ -404,7 +442,9 @@ _DELTA_SCRIPT = textwrap.dedent("""
     c = json.loads({case!r})
     B, T, S, N, K, D = c["shape"]
     dt = jnp.bfloat16
-    kw = dict(is_causal=c["causal"])
+    kw = dict(is_causal=c["causal"], q_offset=c.get("q_offset", 0),
+              kv_offset=c.get("kv_offset", 0),
+              sliding_window=tuple(c["window"]) if c.get("window") else None)
     if c.get("seg"):
       kw["segment_ids"] = (jnp.asarray(c["seg"]["q"], jnp.int32),
                            jnp.asarray(c["seg"]["kv"], jnp.int32))
@@ -412,7 +452,13 @@ _DELTA_SCRIPT = textwrap.dedent("""
     q = jax.random.normal(ks[0], (B, T, N, D), dt)
     k = jax.random.normal(ks[1], (B, S, K, D), dt)
     v = jax.random.normal(ks[2], (B, S, K, D), dt)
-    st, _, (qp, kp, vp, seg, _), _ = ha._prepare(q, k, v, interpret=True, **kw)
+    # bwd_persistent: the persistent dQ kernel, `persistent_ctas` CTAs, race detector on
+    cfg = ha.HopperConfig(bwd_persistent=c.get("bwd_persistent", False),
+                          persistent_ctas=c.get("persistent_ctas"),
+                          bwd_stages=c.get("bwd_stages", 2))
+    if c.get("races"):
+      detect_races(ha)
+    st, _, (qp, kp, vp, seg, _), _ = ha._prepare(q, k, v, interpret=True, config=cfg, **kw)
     Tp = st.Tp
     # O and dO random on every row, padded ones included (the kernel's math is row-local)
     out = jax.random.normal(ks[3], (B, Tp, N, st.D), jnp.float32 if c["out_f32"] else dt)
@@ -422,6 +468,7 @@ _DELTA_SCRIPT = textwrap.dedent("""
     lse2 = jnp.pad(lse * ha.LOG2E, ((0, 0), (0, 0), (0, Tp - T)), constant_values=-jnp.inf)
     lse_b = jnp.where(lse2 == -jnp.inf, jnp.inf, lse2)
     dq, delta = ha._dq_call(st, qp, kp, vp, do, out, lse_b, dlse2, seg=seg)
+    races = races_found() if c.get("races") else None
     # the kernel stages O in q's dtype
     want = jnp.einsum("btnd,btnd->bnt", out.astype(dt).astype(jnp.float32),
                       do.astype(jnp.float32), precision="highest")
@@ -433,7 +480,15 @@ _DELTA_SCRIPT = textwrap.dedent("""
     b = np.asarray(dq_x[:, :T], np.float64)
     res = dict(shape=list(delta.shape), finite=bool(np.isfinite(delta).all()),
                delta=float(np.abs(delta - want).max() / np.abs(want).max()),
-               dq=float(np.abs(a - b).max() / np.abs(b).max()))
+               dq=float(np.abs(a - b).max() / np.abs(b).max()),
+               persistent=ha._dq_persistent(cfg, st.D, 2, len(st.q_sides), len(st.kv_sides)))
+    if races is not None:
+      res["races"] = races
+    # rows meeting no key: dQ exactly zero (the kernel's and the dense one's)
+    empty = ~np.isfinite(np.asarray(lse))   # [B, N, T]
+    res["n_empty_rows"] = int(empty.sum())
+    res["dq_empty_rows"] = (float(np.abs(a.transpose(0, 2, 1, 3)[empty]).max())
+                            if empty.any() else 0.0)
     print("RESULT", json.dumps(res))
 """)
 
@@ -461,6 +516,62 @@ def test_dq_kernel_writes_delta(name):
   assert res["finite"], res
   assert res["delta"] <= 1e-5, res
   assert res["dq"] <= 2e-2, res
+  assert res["dq_empty_rows"] == 0.0, res
+
+
+# --------------------------------------------------------------------------------------------
+# Persistent dQ kernel (HopperConfig(bwd_persistent=True, persistent_ctas=n)): n CTAs, each
+# looping over several (head, q tile, batch) work items with the K/V ring and the producer
+# carried across tiles, Q / dO double-buffered, the next tile's inputs loaded during the
+# current one, the delta / dQ stores not awaited. The dQ kernel alone (_DELTA_SCRIPT: dQ against
+# the dense backward, delta against an einsum, random O / dO) with the race detector on; every
+# case has more work items than CTAs, not a multiple of them. The whole backward with it:
+# PERSISTENT_BWD_CASES below.
+# --------------------------------------------------------------------------------------------
+def _dqcase(ctas, **kw):
+  c = dict(bwd_persistent=True, persistent_ctas=ctas, races=True, dlse=True, out_f32=False,
+           causal=False)
+  c.update(kw)
+  return c
+
+
+PERSISTENT_DQ_CASES = {
+    # causal + q offset + left window, ragged lengths (T=300, S=330), GQA (N=2, K=1), lse
+    # cotangent, O as f32; 6 items on 4 CTAs; 3-slot ring (so tiles start mid-ring)
+    "causal_gqa_offset_window_ragged_dlse": _dqcase(
+        4, shape=(1, 300, 330, 2, 1, 64), causal=True, q_offset=40, window=(90, None),
+        bwd_stages=3, out_f32=True),
+    # documents + causal, 2 batch rows (the range table read per work item), GQA, rows 60..69
+    # in a document no key has (dQ 0); 8 items on 3 CTAs; no lse cotangent
+    "documents_empty_rows": _dqcase(
+        3, shape=(2, 200, 200, 2, 1, 64), causal=True, dlse=False,
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))),
+    # tiles with zero KV steps (causal, kv_offset 150: query tile 0 sees no key): dQ 0 and
+    # delta still written; 8 items on 3 CTAs, empty and 2-step tiles interleaved
+    "zero_step_tiles": _dqcase(3, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(PERSISTENT_DQ_CASES))
+def test_interpret_persistent_dq(name):
+  case = PERSISTENT_DQ_CASES[name]
+  B, T, _, N = case["shape"][:4]
+  items = B * N * -(-T // 128)
+  assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
+  res = _run_case(case, script=_DELTA_SCRIPT)
+  assert res["persistent"], res
+  assert res["races"] == 0.0, res
+  assert res["shape"] == [B, N, -(-T // 128) * 128], res
+  assert res["finite"], res
+  assert res["delta"] <= 1e-5, res
+  assert res["dq"] <= 2e-2, res
+  assert res["dq_empty_rows"] == 0.0, res
+  if name != "causal_gqa_offset_window_ragged_dlse":
+    assert res["n_empty_rows"] > 0, res
+  if name == "zero_step_tiles":   # whole query tiles without a key
+    assert res["n_empty_rows"] >= B * N * 128, res
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,9 +633,11 @@ _SPARSE_SCRIPT = textwrap.dedent("""
     cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
                           persistent=c.get("persistent", False),
                           persistent_ctas=c.get("persistent_ctas"),
-                          persistent_sync_per_tile=c.get("sync_per_tile", True))
+                          persistent_sync_per_tile=c.get("sync_per_tile", True),
+                          bwd_persistent=c.get("bwd_persistent", False),
+                          bwd_stages=c.get("bwd_stages", 2))
     if c.get("races"):
-      detect_races(ha)
+      detect_races(ha, dq_only=c["races"] == "dq")
     kern = lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, interpret=True,
                                                config=cfg, **kw)
     dense_ref = lambda q, k, v: ref(q, k, v, return_lse=True, q_offset=qo, kv_offset=ko,
@@ -546,6 +659,8 @@ _SPARSE_SCRIPT = textwrap.dedent("""
       sys.exit(0)
     dlm = jnp.where(empty, 0.0, dl)
     g = vjp((do.astype(o.dtype), dlm))
+    if c.get("races"):   # any race in the backward's kernels (the dQ kernel runs first)
+      res["races_bwd"] = races_found_any()
     g2 = vjp2((do.astype(o2.dtype), dlm))
     for name, a, b in zip(("dq", "dk", "dv"), g, g2):
       res[name] = rel(a, b)
@@ -710,6 +825,37 @@ def test_interpret_persistent(name):
     assert res["n_empty_rows"] >= B * N * 128, res
 
 
+# The whole backward (forward kernel, persistent dQ kernel, dK/dV kernel) of block-sparse
+# calls, against the dense reference (_SPARSE_SCRIPT), race detector on the dQ kernel.
+PERSISTENT_BWD_CASES = {
+    # BlockMask lists + mask_fn (SPARSE_CASES' chunked_causal_per_head_offsets): per-head lists,
+    # head 0's second query block lists nothing (a zero-step tile between two others: all 4
+    # items on 1 CTA), T != S, offsets, lse cotangent
+    "sparse_lists_mask_fn": _sparse_case(
+        shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
+        q_offset=192, kv_offset=40, lists=(1, 2), seed=1, bwd_persistent=True,
+        persistent_ctas=1, races="dq"),
+    # side arrays (one q, two kv: the persistent kernel's single int32 side buffer), per-batch
+    # lists, rows meeting no key; 2 items on 1 CTA
+    "sparse_side_arrays": _sparse_case(shape=(2, 128, 160, 1, 1, 64), mask="ids", lists=(2, 1),
+                                       seed=2, bwd_persistent=True, persistent_ctas=1,
+                                       races="dq"),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(PERSISTENT_BWD_CASES))
+def test_interpret_persistent_backward(name):
+  case = PERSISTENT_BWD_CASES[name]
+  res = _run_case(case, script=_SPARSE_SCRIPT)
+  assert res["races_bwd"] == 0.0, res
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= 3e-2, (name, key, err, res)
+  assert res["n_empty_rows"] > 0, res
+  assert res["dq_empty_rows"] == 0.0, res
+
+
 def test_persistent_config():
   with pytest.raises(ValueError, match="persistent_ctas"):
     ha.HopperConfig(persistent=True, persistent_ctas=0)
@@ -747,6 +893,35 @@ def test_persistent_config():
   stc = dataclasses.replace(st, causal=True, cfg=ha.HopperConfig(tiles_fastest=True))
   got = [tuple(int(x) for x in ha._fwd_work_item(stc, jnp.int32(w), 3)) for w in range(18)]
   assert got == [(b, h, 2 - ci) for b in range(2) for h in range(3) for ci in range(3)]
+
+
+def test_bwd_persistent_config():
+  """Shared memory of the persistent dQ kernel (`_dq_smem_bytes`, exact: see
+  tests/test_kernel_lowering.py) and when it applies (`_dq_persistent`)."""
+  import dataclasses
+  assert not ha.HopperConfig().bwd_persistent   # off by default
+  cfg = ha.HopperConfig(bwd_persistent=True)
+  limit = ha._SMEM_LIMIT
+  # D=128, bwd_stages=2: Q and dO double-buffered (+2 tiles each, 4 * 64 * 128 * 2 bytes), O /
+  # lse / dlse / side values single, delta staged in the lse slot, no reduction scratch
+  assert ha._dq_smem_bytes(cfg, 128, 2, persistent=True) == 230448 <= limit
+  assert ha._dq_smem_bytes(cfg, 128, 2, segments=True, persistent=True) == 231472 <= limit
+  assert ha._dq_smem_bytes(cfg, 128, 2, persistent=False) == 169008
+  assert ha._dq_persistent(cfg, 128, 2) and ha._dq_persistent(cfg, 128, 2, 1, 1)
+  assert ha._dq_persistent(cfg, 128, 2, 1, 0) and ha._dq_persistent(cfg, 128, 2, 0, 2)
+  # too big at D=128: one q + two kv side arrays, or a 3-slot ring -> non-persistent dQ
+  assert not ha._dq_persistent(cfg, 128, 2, 1, 2)
+  assert not ha._dq_persistent(dataclasses.replace(cfg, bwd_stages=3), 128, 2)
+  # D=64 (and the padded 96 -> 128 as 128): everything fits, 3 slots and side arrays too
+  for c in (cfg, dataclasses.replace(cfg, bwd_stages=3)):
+    for sides in ((0, 0), (1, 1), (2, 3)):
+      assert ha._dq_persistent(c, 64, 2, *sides), (c.bwd_stages, sides)
+  assert not ha._dq_persistent(ha.HopperConfig(), 64, 2)
+  # the forward's switch does not turn on the persistent dQ kernel, nor the reverse
+  assert not ha._dq_persistent(ha.HopperConfig(persistent=True), 64, 2)
+  assert not ha._fwd_persistent(cfg, 64, 2)
+  # D > 128: no Mosaic backward at all (the XLA one), whatever the config
+  assert not ha.bwd_kernel_supports(192)
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def _docs(B, L, n, seed):
 
 
 PERSISTENT = ha.HopperConfig(persistent=True, persistent_ctas=132)
+BWD_PERSISTENT = ha.HopperConfig(bwd_persistent=True, persistent_ctas=132)
 
 # name: (B, T, S, N, K, D, dtype), kwargs of hopper_attention, kernels in the forward and in
 # forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
@@ -96,6 +97,23 @@ CASES = {
                                   dict(sliding_window=(64, None), config=ha.HopperConfig(
                                       block_kv=64, stages=1, persistent=True,
                                       persistent_ctas=132)), 1, 1),
+    # the persistent dQ kernel (HopperConfig(bwd_persistent=True))
+    "bwd_persistent_dense": ((4, 1024, 1024, 16, 16, 128, jnp.bfloat16),
+                             dict(config=BWD_PERSISTENT), 1, 3),
+    "bwd_persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
+                                                dict(is_causal=True, q_offset=184,
+                                                     config=BWD_PERSISTENT), 1, 3),
+    "bwd_persistent_documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
+                                 dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 2),
+                                      config=BWD_PERSISTENT), 1, 3),
+    "bwd_persistent_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
+                                      dict(sliding_window=(100, 30), kv_offset=300,
+                                           config=BWD_PERSISTENT), 1, 3),
+    "both_persistent_causal_d64_3stages": (
+        (2, 512, 512, 8, 2, 64, jnp.float16),
+        dict(is_causal=True, config=ha.HopperConfig(persistent=True, bwd_persistent=True,
+                                                    persistent_ctas=132, bwd_stages=3,
+                                                    block_kv=64, stages=3)), 1, 3),
 }
 
 
@@ -132,11 +150,12 @@ def _wide_ops_mask(b, h, q, kv):
   return (~(spread % 7 == 0)) ^ ((jnp.abs(q - kv) >= 150) & (-kv > -600))
 
 
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("persistent", [False, True, "bwd"])
 @pytest.mark.parametrize("which", ["prefix_lm_offsets", "chunked_causal",
                                    "wide_ops_two_sided_window"])
 def test_mask_function_kernels_lower_for_cuda(which, persistent):
-  """BlockMask lists + in-register mask functions, forward and backward. The primitives of
+  """BlockMask lists + in-register mask functions, forward and backward (persistent: the
+  persistent forward; "bwd": the persistent dQ kernel). The primitives of
   `wide_ops_two_sided_window` are pallas_mgpu's candidates for MASK_OPS (lowering is checked
   here; MASK_OPS takes them once tests/test_gpu_hopper.py compiled them on the H100)."""
   from jattn import masks
@@ -147,7 +166,7 @@ def test_mask_function_kernels_lower_for_cuda(which, persistent):
       "wide_ops_two_sided_window": (_wide_ops_mask, dict(sliding_window=(300, 100))),
   }[which]
   kw = _mask_kw(mask, shapes, **extra)
-  cfg = PERSISTENT if persistent else None
+  cfg = {False: None, True: PERSISTENT, "bwd": BWD_PERSISTENT}[persistent]
 
   def fwd(q, k, v):
     return ha.hopper_attention(q, k, v, interpret=False, config=cfg, **kw)
@@ -157,6 +176,54 @@ def test_mask_function_kernels_lower_for_cuda(which, persistent):
         q, k, v)
   assert len(_lower(fwd, *shapes)) == 1
   assert len(_lower(fwdbwd, *shapes)) == 3
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("bwd_persistent", [False, True])
+@pytest.mark.parametrize("sides", ["none", "segments", "side_arrays"])
+def test_dq_smem_bytes_is_what_mosaic_allocates(D, bwd_persistent, sides):
+  """`_dq_smem_bytes` (which decides whether the persistent dQ kernel fits) against the shared
+  memory Mosaic GPU's lowering counts for the dQ kernel (and checks against the 227 KiB of the
+  H100: an overflow fails to lower). At D=128 the persistent kernel fits plain and with segment
+  ids; with one q + two kv side arrays it does not and the dQ kernel runs non-persistent."""
+  from jax.experimental.mosaic.gpu import core as mgpu_core
+  from pallas_kernels import from_dense
+  T = 512
+  shapes = _shapes(2, T, T, 4, 2, D)
+  cfg = ha.HopperConfig(bwd_persistent=bwd_persistent, persistent_ctas=132)
+  kw, nq, nkv = dict(config=cfg), 0, 0
+  if sides == "segments":
+    kw.update(is_causal=True, segment_ids=_docs(2, T, 4, 3))
+    nq, nkv = 1, 1
+  elif sides == "side_arrays":
+    ids = _docs(2, T, 4, 4)
+    dense = np.asarray(ids[:, :, None] == ids[:, None, :])[:, None]
+    kw.update(block_sparsity=from_dense(dense, 128, 128), q_side=(ids,),
+              kv_side=(ids, jnp.ones((1, T), jnp.int32)),
+              mask_fn=lambda b, h, q, kv, qv, kvv: (qv[0] == kvv[0]) & (kvv[1] != 0))
+    nq, nkv = 1, 2
+  seen = []
+  count = mgpu_core._smem_tree_size   # pylint: disable=protected-access
+
+  def record(tree):
+    seen.append(count(tree))
+    return seen[-1]
+
+  def fwdbwd(q, k, v):
+    return jax.grad(lambda *a: jnp.sum(ha.hopper_attention(*a, interpret=False, **kw).astype(
+        jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+  mgpu_core._smem_tree_size = record   # pylint: disable=protected-access
+  try:
+    assert len(_lower(fwdbwd, *shapes)) == 3
+  finally:
+    mgpu_core._smem_tree_size = count   # pylint: disable=protected-access
+  persistent = ha._dq_persistent(cfg, D, 2, nq, nkv)   # pylint: disable=protected-access
+  assert persistent == (bwd_persistent and not (D == 128 and sides == "side_arrays"))
+  want = ha._dq_smem_bytes(cfg, D, 2, q_sides=nq, kv_sides=nkv)   # pylint: disable=protected-access
+  assert len(seen) == 3 and seen[1] == want, (seen, want)   # forward, dQ, dK/dV
+  assert want <= ha._SMEM_LIMIT   # pylint: disable=protected-access
+  if persistent:   # really the persistent kernel's buffers
+    assert want != ha._dq_smem_bytes(cfg, D, 2, q_sides=nq, kv_sides=nkv, persistent=False)  # pylint: disable=protected-access
 
 
 def test_lowering_catches_what_the_kernel_cannot_take():
