@@ -622,6 +622,34 @@ def _side_row(has_b: bool, b):
   return b if has_b else 0
 
 
+def _persistent_ring_producer(n_local, item, plan, kv_head, stages: int, sparse: bool,
+                              load_step, free_barriers):
+  """The producer warpgroup of a persistent kernel (forward, dQ): streams the KV blocks of the
+  CTA's `n_local` work items through the ring, counting ring steps over the whole CTA (step g
+  uses slot g % stages; `load_step(b, kv_head, block, slot, wait)` waits the slot's "free"
+  barrier(s) when `wait`, i.e. from step `stages` on, then issues its TMA loads), and drains the
+  last `stages` "free" phases once at the end."""
+  def tile(k, cnt):
+    b, h, ci = item(k)
+    _, n, sections, lo = plan(b, h, ci)
+    kvh = kv_head(h)
+
+    def body(t, carry, masked=None, blk=None):
+      del masked
+      g = cnt + t
+      j = lo + t if blk is None else blk(t)
+      load_step(b, kvh, j, lax.rem(g, stages), g >= stages)
+      return carry
+    if sparse:   # block indices from the lists, one loop per list
+      _walk(sections, body, None)
+    else:
+      lax.fori_loop(0, n, body, None)
+    return cnt + n
+
+  total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
+  _drain(total, stages, free_barriers)
+
+
 def _fwd_work_item(st: _Static, w, n_tiles: int):
   """Work item `w` of the persistent forward and of the persistent dQ kernel (same grid) ->
   (b, h, ci), numbered in the order the non-persistent grid (`_grid`) launches its CTAs:
@@ -878,29 +906,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
 
-        def tile(k, cnt):
-          b, h, ci = item(k)
-          _, n, sections, lo = plan(b, h, ci)
-          kvh = kv_head(h)
-
-          def body(t, carry, masked=None, blk=None):
-            del masked
-            g = cnt + t   # ring step over the whole CTA
-            slot = lax.rem(g, stages)
-            j = lo + t if blk is None else blk(t)
-            _wait_if(g >= stages, k_free.at[slot])
-            load_k(b, kvh, j, slot)
-            _wait_if(g >= stages, v_free.at[slot])
-            load_v(b, kvh, j, slot)
-            return carry
-          if sparse:   # block indices from the lists, one loop per list
-            _walk(sections, body, None)
-          else:
-            lax.fori_loop(0, n, body, None)
-          return cnt + n
-
-        total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
-        _drain(total, stages, (k_free, v_free))
+        def load_step(b, kvh, j, slot, wait):
+          _wait_if(wait, k_free.at[slot])
+          load_k(b, kvh, j, slot)
+          _wait_if(wait, v_free.at[slot])
+          load_v(b, kvh, j, slot)
+        _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
+                                  (k_free, v_free))
       return
 
     b = lax.axis_index("batch")
@@ -1226,27 +1238,11 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
 
-        def tile(k, cnt):
-          b, h, ci = item(k)
-          _, n, sections, lo = plan(b, h, ci)
-          kvh = kv_head(h)
-
-          def body(t, carry, masked=None, blk=None):
-            del masked
-            g = cnt + t   # ring step over the whole CTA
-            slot = lax.rem(g, stages)
-            j = lo + t if blk is None else blk(t)
-            _wait_if(g >= stages, kv_free.at[slot])
-            load_kv(b, kvh, j, slot)
-            return carry
-          if sparse:   # block indices from the lists, one loop per list
-            _walk(sections, body, None)
-          else:
-            lax.fori_loop(0, n, body, None)
-          return cnt + n
-
-        total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
-        _drain(total, stages, (kv_free,))
+        def load_step(b, kvh, j, slot, wait):
+          _wait_if(wait, kv_free.at[slot])
+          load_kv(b, kvh, j, slot)
+        _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
+                                  (kv_free,))
       return
 
     b = lax.axis_index("batch")
