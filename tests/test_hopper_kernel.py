@@ -244,12 +244,7 @@ _CASE_SCRIPT = textwrap.dedent("""
     v = jax.random.normal(ks[2], (B, S, K, D), dt)
     do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
     dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
-    cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
-                          schedule_barrier=c["sched"], persistent=c.get("persistent", False),
-                          persistent_ctas=c.get("persistent_ctas"),
-                          persistent_sync_per_tile=c.get("sync_per_tile", True),
-                          bwd_persistent=c.get("bwd_persistent", False),
-                          bwd_stages=c.get("bwd_stages", 2))
+    cfg = config_of(ha, c)
     if c.get("races"):
       detect_races(ha, dq_only=c["races"] == "dq")
     res = {{}}
@@ -302,6 +297,16 @@ _CASE_SCRIPT = textwrap.dedent("""
 # the non-finite patterns differ.
 _SCRIPT_PRELUDE = textwrap.dedent("""
     import jax.numpy as jnp, numpy as np
+
+    def config_of(ha, c):
+      # the HopperConfig of a case dict
+      return ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
+                             schedule_barrier=c.get("sched", True),
+                             persistent=c.get("persistent", False),
+                             persistent_ctas=c.get("persistent_ctas"),
+                             persistent_sync_per_tile=c.get("sync_per_tile", True),
+                             bwd_persistent=c.get("bwd_persistent", False),
+                             bwd_stages=c.get("bwd_stages", 2))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -630,12 +635,7 @@ _SPARSE_SCRIPT = textwrap.dedent("""
     v = jax.random.normal(ks[2], (B, S, K, D), dt)
     do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
     dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
-    cfg = ha.HopperConfig(block_kv=c["block_kv"], stages=c["stages"],
-                          persistent=c.get("persistent", False),
-                          persistent_ctas=c.get("persistent_ctas"),
-                          persistent_sync_per_tile=c.get("sync_per_tile", True),
-                          bwd_persistent=c.get("bwd_persistent", False),
-                          bwd_stages=c.get("bwd_stages", 2))
+    cfg = config_of(ha, c)
     if c.get("races"):
       detect_races(ha, dq_only=c["races"] == "dq")
     kern = lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, interpret=True,
