@@ -1,5 +1,15 @@
+import glob
 import os
 import sys
+
+# CPU-only machines (CI): the tests compile many small programs (interpret-mode kernels above
+# all) and run each a few times, so XLA:CPU's optimization passes cost more than they save:
+# level 0 measured ~25% faster on the interpret-mode kernel tests. Never on a GPU machine,
+# where the same flag would also change how the GPU programs are compiled.
+if not glob.glob("/dev/nvidia[0-9]*"):
+  _flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0").strip()
 
 # tests import the independent oracles as a plain module
 sys.path.insert(0, os.path.dirname(__file__))

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -221,6 +223,37 @@ def test_config_validation():
   assert ha.bwd_kernel_supports(128) and not ha.bwd_kernel_supports(256)
 
 
+def test_default_config_persistent_only_for_short_uniform_calls(monkeypatch):
+  # The rule measured on the H100 (NOTES, Hopper v5): persistent forward for short kv lengths
+  # when every tile walks the same blocks; never for causal / window / documents / long calls.
+  assert ha.default_config(128, 1024, uniform_tiles=True).persistent
+  assert ha.default_config(64, 512, uniform_tiles=True).persistent
+  assert not ha.default_config(128, 1024).persistent
+  assert not ha.default_config(128, 2048, uniform_tiles=True).persistent
+  assert not ha.default_config(256, 512, uniform_tiles=True).persistent
+  assert not ha.default_config(128).persistent
+  # ...and the call resolves it from its own arguments (seen at the forward's decision point)
+  seen = []
+  real = ha._fwd_persistent
+
+  def spy(cfg, *a, **k):
+    seen.append(cfg.persistent)
+    return real(cfg, *a, **k)
+  monkeypatch.setattr(ha, "_fwd_persistent", spy)
+  q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 256, 1, 128), jnp.bfloat16)
+  cases = [({}, True), (dict(is_causal=True), False), (dict(sliding_window=(64, 64)), False),
+           (dict(segment_ids=jnp.zeros((1, 256), jnp.int32)), False)]
+  for kw, want in cases:
+    seen.clear()
+    jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v, **kw), q, kv, kv)
+    assert seen and all(x == want for x in seen), (kw, seen)
+  long_kv = jax.ShapeDtypeStruct((1, 2048, 1, 128), jnp.bfloat16)
+  seen.clear()
+  jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v), q, long_kv, long_kv)
+  assert seen and not any(seen)
+
+
 # --------------------------------------------------------------------------------------------
 # Interpret-mode runs of the kernels (subprocess, timeout).
 # --------------------------------------------------------------------------------------------
@@ -256,6 +289,15 @@ _CASE_SCRIPT = textwrap.dedent("""
       o, l = jattn.attention(q, k, v, return_lse=True, implementation="pallas_mgpu",
                              hopper_config=cfg, **kw)
       o2, l2 = jattn.attention(q, k, v, return_lse=True, implementation="reference", **kw)
+    elif c["grad"]:
+      # one interpret-mode forward serves the outputs and the backward (a second forward under
+      # jax.grad would double the case's run time)
+      (o, l), kern_vjp = jax.vjp(
+          lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, interpret=True,
+                                              config=cfg, backward=c["grad"], **kw), q, k, v)
+      if c.get("races"):
+        res["races"] = races_found()
+      o2, l2 = ref(q, k, v, return_lse=True, **kw)
     else:
       o, l = ha.hopper_attention(q, k, v, return_lse=True, interpret=True, config=cfg, **kw)
       if c.get("races"):
@@ -272,8 +314,11 @@ _CASE_SCRIPT = textwrap.dedent("""
         o, l = fn(q, k, v, return_lse=True, **kw, **extra)
         return (jnp.sum(o.astype(jnp.float32) * do)
                 + jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0) * dl))
-      g = jax.grad(lambda *a: loss(ha.hopper_attention, *a, interpret=True, config=cfg,
-                                   backward=c["grad"]), argnums=(0, 1, 2))(q, k, v)
+      if c.get("via_jattn"):
+        g = jax.grad(lambda *a: loss(ha.hopper_attention, *a, interpret=True, config=cfg,
+                                     backward=c["grad"]), argnums=(0, 1, 2))(q, k, v)
+      else:   # the cotangents of `loss`: do (cast like o's convert) and dl where lse is finite
+        g = kern_vjp((do.astype(o.dtype), jnp.where(jnp.isfinite(l), dl, 0.0).astype(l.dtype)))
       g2 = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
       if c.get("races"):   # any race in the backward's kernels (the dQ kernel runs first)
         res["races_bwd"] = races_found_any()
@@ -365,7 +410,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
 
 def _run_case(case: dict, timeout: int = 600, script: str = _CASE_SCRIPT) -> dict:
   script = _SCRIPT_PRELUDE + script.format(root=ROOT, case=json.dumps(case))
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")   # XLA_FLAGS: see conftest.py
   try:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=timeout, env=env)
