@@ -99,11 +99,20 @@ class KernelConfig:
   dq: tuple[int, int] = (128, 64)
   dq_launch: tuple[int, int] = (8, 3)
   bwd: str = "split"
+  # forward launch order: "tiles" = the query tiles of one (batch, head) are
+  # consecutive programs (longest first); "heads" = every (batch, head)'s
+  # longest tile first, then every second-longest, ... (longest-job-first
+  # over the whole grid, which evens out causal tails; the K/V of one head
+  # are then shared by programs far apart).
+  fwd_order: str = "tiles"
 
   def __post_init__(self):
     if self.bwd not in BACKWARD_MODES:
       raise ValueError(f"KernelConfig.bwd must be one of {BACKWARD_MODES}, "
                        f"got {self.bwd!r}")
+    if self.fwd_order not in ("tiles", "heads"):
+      raise ValueError("KernelConfig.fwd_order must be 'tiles' or 'heads', "
+                       f"got {self.fwd_order!r}")
 
 
 # A call counts as "short" when the KV extent one query block walks (mean
@@ -197,6 +206,7 @@ class _Static:
   dkv_launch: tuple
   dq_launch: tuple
   bwd: str             # "split" | "fused"
+  fwd_heads_fastest: bool   # KernelConfig.fwd_order == "heads"
   scale: float
   softcap: float | None
   has_sinks: bool
@@ -331,8 +341,21 @@ def _loop(count, body, carry):
 
 
 # --------------------------------------------------------------------------
-# Forward kernel: grid (q tiles, B*N).
+# Forward kernel: grid (q tiles, B*N), or (B*N, q tiles) with fwd_order
+# "heads" (the first grid axis varies fastest in launch order).
 # --------------------------------------------------------------------------
+def _fwd_axes(st: _Static):
+  """(grid axis of the query tile, grid axis of batch * heads)."""
+  return (1, 0) if st.fwd_heads_fastest else (0, 1)
+
+
+def _fwd_grid_map(st: _Static, fn):
+  """An index map written as fn(i, bh) -> the forward grid's argument order."""
+  if st.fwd_heads_fastest:
+    return lambda bh, i: fn(i, bh)
+  return fn
+
+
 def _fwd_kernel(*refs, st: _Static):
   tq, tkv = st.fwd
   it = iter(refs)
@@ -345,8 +368,9 @@ def _fwd_kernel(*refs, st: _Static):
   o_ref, lse_ref = next(it), next(it)
 
   nqt = st.T_pad // tq
-  qi = nqt - 1 - pl.program_id(0)       # heavy (late) query tiles first
-  bh = pl.program_id(1)
+  i_axis, bh_axis = _fwd_axes(st)
+  qi = nqt - 1 - pl.program_id(i_axis)  # heavy (late) query tiles first
+  bh = pl.program_id(bh_axis)
   b = lax.div(bh, st.N)
   h = lax.rem(bh, st.N)
   q_off, kv_off = _offsets(st, offs_ref)
@@ -684,9 +708,12 @@ def _fwd_call(st: _Static, q, k, v, sinks, arrays, q_side, kv_side, offs):
                    lambda i, bh: (b_of(bh), h_of(bh), nqt - 1 - i)),
   ]
   nw, ns = st.fwd_launch
+  # the maps above take (i, bh); fwd_order "heads" launches bh fastest
+  specs, out_specs = ([dataclasses.replace(sp, index_map=_fwd_grid_map(st, sp.index_map))
+                       for sp in group] for group in (specs, out_specs))
   out, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, st=st),
-      grid=(nqt, st.B * N),
+      grid=(st.B * N, nqt) if st.fwd_heads_fastest else (nqt, st.B * N),
       in_specs=specs,
       out_specs=out_specs,
       out_shape=out_shape,
@@ -1184,7 +1211,7 @@ def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
       fwd=(tiles_q[0], tiles_kv[0]), dkv=(tiles_q[1], tiles_kv[1]),
       dq=(tiles_q[2], tiles_kv[2]),
       fwd_launch=launches[0], dkv_launch=launches[1], dq_launch=launches[2],
-      bwd=cfg.bwd,
+      bwd=cfg.bwd, fwd_heads_fastest=cfg.fwd_order == "heads",
       scale=scale, softcap=softcap, has_sinks=has_sinks,
       mask_fn=mask_fn, score_mod=score_mod,
       q_side_b=tuple(q_side_b), kv_side_b=tuple(kv_side_b),

@@ -683,6 +683,18 @@ def _fwd_work_item(st: _Static, w, n_tiles: int):
   return b, h, ci
 
 
+def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int):
+  """This CTA's share of a persistent kernel's `items` work items (forward, dQ): work items
+  w = cta + k * n_ctas < items for local tiles k < n_local (cta < n_ctas <= items, so every CTA
+  has at least one). -> (n_local, item: k -> (b, h, ci))."""
+  cta = lax.axis_index("cta")
+  n_local = lax.div(items - 1 - cta, n_ctas) + 1
+
+  def item(k):
+    return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+  return n_local, item
+
+
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   """seg: None, or (q_seg [B, Tp], kv_seg [B, Sp]) int32 (edge-padded) when st.segments.
   sp: None, or (kv lists, q lists, q side arrays, kv side arrays) when st.sparse.
@@ -877,12 +889,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       return lax.div(h, jnp.asarray(G, h.dtype))
 
     if persistent:
-      cta = lax.axis_index("cta")
-      # this CTA's work items: w = cta + k * n_ctas < items, k < n_local (cta < n_ctas <= items)
-      n_local = lax.div(items - 1 - cta, n_ctas) + 1
-
-      def item(k):
-        return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1210,13 +1217,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # `wg` (this warpgroup) is bound in each branch below, where the non-persistent kernel
     # always read it (the closures above see it when called).
     if persistent:
-      cta = lax.axis_index("cta")
       wg = lax.axis_index("wg")
-      # this CTA's work items: w = cta + k * n_ctas < items, k < n_local (cta < n_ctas <= items)
-      n_local = lax.div(items - 1 - cta, n_ctas) + 1
-
-      def item(k):
-        return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
