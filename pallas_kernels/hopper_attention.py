@@ -65,6 +65,7 @@ import math
 from typing import Any
 
 import jax
+import jax.extend as jax_extend
 import jax.numpy as jnp
 from jax import lax
 
@@ -479,6 +480,43 @@ def _walk(sections, body, carry):
   return carry
 
 
+def _without_bool_not(fn):
+  """`fn` evaluated with every `not` of a boolean array computed as `int32(x) == 0`.
+
+  Mosaic GPU in jax 0.11.2 cannot lower `not` of a boolean register array ("Register bitwidth
+  in target type must be divisible by 8, got 2", H100, sixth session) while it lowers the
+  conversion and the compare; `~m` is common in mask functions, so the kernel re-evaluates the
+  traced function with that one substitution (nested jit bodies included) instead of refusing
+  it."""
+  def eval_jaxpr(jaxpr, consts, args):
+    env = {}
+
+    def read(v):
+      return v.val if isinstance(v, jax_extend.core.Literal) else env[v]
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+      ins = [read(v) for v in eqn.invars]
+      if eqn.primitive is lax.not_p and eqn.invars[0].aval.dtype == jnp.bool_:
+        outs = [lax.convert_element_type(ins[0], jnp.int32) == 0]
+      elif eqn.primitive.name in ("pjit", "jit", "closed_call") and "jaxpr" in eqn.params:
+        inner = eqn.params["jaxpr"]
+        outs = eval_jaxpr(inner.jaxpr, inner.consts, ins)
+      else:
+        # first-order primitives only: MASK_OPS admits no control flow
+        outs = eqn.primitive.bind(*ins, **eqn.params)
+        if not eqn.primitive.multiple_results:
+          outs = [outs]
+      env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+  def wrapped(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    outs = eval_jaxpr(closed.jaxpr, closed.consts, jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+  return wrapped
+
+
 def _tile_keep(st: _Static, b, h, shape, q_axis: int, q_pos, kv_pos, kv_idx, q_vecs, kv_vecs):
   """Mask of a masked block's tile ([q, kv] if q_axis == 0, else [kv, q]); None keeps all.
 
@@ -490,7 +528,7 @@ def _tile_keep(st: _Static, b, h, shape, q_axis: int, q_pos, kv_pos, kv_idx, q_v
     kv_axis = 1 - q_axis
     qv = tuple(lax.broadcast_in_dim(x, shape, [q_axis]) for x in q_vecs)
     kvv = tuple(lax.broadcast_in_dim(x, shape, [kv_axis]) for x in kv_vecs)
-    m = jnp.asarray(st.mask_fn(b, h, q_pos, kv_pos, qv, kvv), bool)
+    m = jnp.asarray(_without_bool_not(st.mask_fn)(b, h, q_pos, kv_pos, qv, kvv), bool)
     if m.shape != tuple(shape):
       m = jnp.broadcast_to(m, shape)
     keep = _and(keep, m)

@@ -638,8 +638,8 @@ _SPARSE_SCRIPT = textwrap.dedent("""
     dt = jnp.dtype(c["dtype"])
     qo, ko, P, C = c["q_offset"], c["kv_offset"], c.get("P", 0), c.get("C", 1)
 
-    def prefix_lm(b, h, q, kv, qv, kvv):
-      return (kv <= q) | (kv < P)
+    def prefix_lm(b, h, q, kv, qv, kvv):   # `~` goes through the kernel's rewrite of `not`
+      return ~((kv > q) & (kv >= P))
 
     def chunked_causal(b, h, q, kv, qv, kvv):   # head 1 also sees a prefix (per-head lists)
       return ((q // C == kv // C) & (kv <= q)) | (kv < P + 1000 * (h - 1))

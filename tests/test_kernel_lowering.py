@@ -155,9 +155,10 @@ def _wide_ops_mask(b, h, q, kv):
                                    "wide_ops_two_sided_window"])
 def test_mask_function_kernels_lower_for_cuda(which, persistent):
   """BlockMask lists + in-register mask functions, forward and backward (persistent: the
-  persistent forward; "bwd": the persistent dQ kernel). The primitives of
-  `wide_ops_two_sided_window` are pallas_mgpu's candidates for MASK_OPS (lowering is checked
-  here; MASK_OPS takes them once tests/test_gpu_hopper.py compiled them on the H100)."""
+  persistent forward; "bwd": the persistent dQ kernel). `wide_ops_two_sided_window` uses the
+  primitives added to pallas_mgpu.MASK_OPS in the sixth session (compiled on the H100 by
+  tests/test_gpu_hopper.py; jax 0.10.2's lowering here accepts more than 0.11.2's, e.g. `not` of
+  a boolean, which the kernel therefore rewrites)."""
   from jattn import masks
   shapes = _shapes(2, 640, 700, 8, 2, 128)
   mask, extra = {

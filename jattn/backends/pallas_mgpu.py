@@ -51,12 +51,15 @@ FEATURES = frozenset({"causal", "offsets", "sliding_window", "segment_ids", "gqa
 # forward CTA tile) and evaluates the (folded) mask's `evaluate` on register tiles of the
 # partial blocks. MASK_OPS are the primitives whose Mosaic GPU lowering there has been compiled
 # and checked on the H100 (tests/test_gpu_hopper.py::test_block_mask_*: prefix LM, chunked
-# causal, padding, or-combined windows, `%`, documents); anything else - `ge` and
-# `broadcast_in_dim` of folded two-sided windows included - is refused by capability until a
-# GPU test covers it, and `pallas_flash` runs the call.
+# causal, padding, or-combined windows, `%`, documents, and one mask per primitive for those
+# added in the sixth session; `not` of a boolean goes through the kernel's rewrite
+# `_without_bool_not`). Anything else is refused by capability until a GPU test covers it, and
+# `pallas_flash` runs the call.
 MASK_BLOCK = (128, 128)
 MASK_OPS = frozenset({"and", "or", "eq", "ne", "lt", "le", "gt", "add", "sub", "div", "rem",
-                      "sign", "select_n", "convert_element_type", "jit", "pjit"})
+                      "sign", "select_n", "convert_element_type", "jit", "pjit",
+                      "not", "xor", "ge", "mul", "neg", "abs", "min", "max",
+                      "broadcast_in_dim"})
 
 # Priorities: cudnn is 30 (5 when it needs a dense mask). From benchmarks/NOTES.md (H100, bf16,
 # D=128, one run side by side with cuDNN; ratios ours/cuDNN as fwd | fwd+bwd):
