@@ -153,6 +153,11 @@ class HopperConfig:
   # (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel runs
   # non-persistent. Independent of `persistent` (the forward's).
   bwd_persistent: bool = False
+  # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
+  # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
+  # the previous block's P V (the ping-pong between the consumers stays). Costs a second P tile
+  # in registers. head_dim <= 128 only (ignored above: the accumulators would not fit).
+  overlap_softmax: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -778,6 +783,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
   persistent = _fwd_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks)
+  overlap = cfg.overlap_softmax and D <= 128
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
 
@@ -815,6 +821,111 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(sched)
 
+    def softmax_update(s, m_i, l_i, masked: bool):
+      """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
+      max, new row sum, alpha = the factor rescaling the accumulator from the old max)."""
+      m_new = jnp.maximum(m_i, s.max(axis=1) * c)
+      m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new) if masked else m_new
+      alpha = jnp.exp2(m_i - m_use)
+      p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, s.shape, [0]))
+      return p.astype(dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
+
+    def overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask):
+      """The KV loop with `cfg.overlap_softmax` (see HopperConfig): step 0 peeled (its S, then
+      its softmax), steps t >= 1 issue S_t and P_{t-1} V_{t-1} together and run the softmax of
+      S_t while the P V product is in flight, and the last P V is issued after the loop.
+
+      Barriers per step as in the plain loop: "K free" once S_t has landed, "V free" once
+      P_{t-1} V_{t-1} has, V_t and the next K waited at the end of the softmax inside the
+      second ping-pong round; two schedule-barrier rounds per step (one after the products
+      are issued, one after the softmax), so the consumers' rounds pair up as before."""
+      slot_of = lambda t: lax.rem(ring(t), stages)
+
+      def kv_vecs_of(slot):
+        # the block's KV side values share the K slot: read before K's "free" arrival
+        return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
+
+      def end_softmax(t):   # the second ping-pong round; V_t and K_{t+1} land inside it
+        if cfg.schedule_barrier:
+          plgpu.barrier_arrive(sched)
+        plgpu.barrier_wait(v_bar.at[slot_of(t)])
+
+        @pl.when(t + 1 < n)
+        def _():
+          plgpu.barrier_wait(k_bar.at[slot_of(t + 1)])
+        if cfg.schedule_barrier:
+          plgpu.barrier_wait(sched)
+
+      p0 = _cast(st, jnp.zeros((bq, bkv), dtype), "WGMMA")
+
+      def first(carry):
+        # Step 0, always masked: its block (the first of the first non-empty section) may be
+        # full, and a full block's mask keeps every pair, so this is exact either way.
+        acc, m_i, l_i, _ = carry
+        u0, _, _, blk = sections[-1]
+        j = blk(u0)
+        for u0, u1, _, blk in reversed(sections[:-1]):
+          j = jnp.where(u1 > u0, blk(u0), j)
+        slot = slot_of(0)
+        kv_vecs = kv_vecs_of(slot)
+        s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
+        plgpu.barrier_arrive(k_free.at[slot])
+        p16, m_new, l_new, _ = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True)
+        end_softmax(0)
+        return acc, m_new, l_new, p16
+
+      def step(t, carry, masked, blk):
+        acc, m_i, l_i, p_prev = carry
+        slot, prev = slot_of(t), slot_of(t - 1)
+        if masked:
+          j = blk(t)
+          kv_vecs = kv_vecs_of(slot)
+
+        def softmax_of(s):
+          plgpu.barrier_arrive(k_free.at[slot])
+          if masked:
+            s = apply_mask(s, j, kv_vecs)
+          return softmax_update(s, m_i, l_i, masked)
+
+        if st.interpret:   # the same order, with jnp products
+          sched_sync()
+          s = lax.dot_general(qs[...], k_smem.at[slot][...], (((1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+          p16, m_new, l_new, alpha = softmax_of(s)
+          acc = acc + jnp.dot(p_prev, v_smem.at[prev][...],
+                              preferred_element_type=jnp.float32)
+        else:
+          def fn(refs):
+            acc_ref, s_ref, p_ref, m_ref, l_ref, a_ref = refs
+            plgpu.wgmma(s_ref, qs, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+            plgpu.wgmma(acc_ref, p_prev, v_smem.at[prev])
+            sched_sync()
+            # S_t has landed (P_{t-1} V_{t-1} may still run): its softmax overlaps the product
+            outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
+            for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
+              r[...] = x
+          zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
+          acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
+              (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
+        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        plgpu.barrier_arrive(v_free.at[prev])
+        end_softmax(t)
+        return acc, m_new, l_new, p16
+
+      def last(carry):   # P_{n-1} V_{n-1}
+        acc, m_i, l_i, p_prev = carry
+        slot = slot_of(n - 1)
+        acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])])
+        plgpu.barrier_arrive(v_free.at[slot])
+        return acc, m_i, l_i, p_prev
+
+      carry = (acc, m_i, l_i, p0)
+      carry = lax.cond(n > 0, first, lambda c: c, carry)
+      carry = _walk([(jnp.maximum(u0, 1), u1, masked, blk)
+                     for u0, u1, masked, blk in sections], step, carry)
+      carry = lax.cond(n > 0, last, lambda c: c, carry)
+      return carry[:3]
+
     def consume(b, h, r0, n, sections, qs, qside_bufs, base, sync_per_tile: bool):
       """A consumer's part of one tile, after its Q (`qs`, row side values `qside_bufs`) has
       arrived: the online softmax over the tile's n KV steps, then out (staged through `qs`,
@@ -839,6 +950,15 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       if sync_per_tile:
         pl.when(wg == 1)(sched_sync)
 
+      def apply_mask(s, j, kv_vecs):
+        """Raw scores of KV block j -> -inf where the tile's mask drops the pair."""
+        rows = _iota(st, (bq, bkv), 0)
+        cols = _iota(st, (bq, bkv), 1)
+        kv_idx = cols + j * bkv
+        keep = _tile_keep(st, b, h, (bq, bkv), 0, rows + (st.q_off + q_base),
+                          kv_idx + st.kv_off, kv_idx, q_vecs, kv_vecs)
+        return s if keep is None else jnp.where(keep, s, _NEG_INF)
+
       def step(t, carry, masked, blk):
         acc, m_i, l_i = carry
         slot = lax.rem(ring(t), stages)
@@ -851,13 +971,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
         plgpu.barrier_arrive(k_free.at[slot])
         if masked:
-          rows = _iota(st, (bq, bkv), 0)
-          cols = _iota(st, (bq, bkv), 1)
-          kv_idx = cols + j * bkv
-          keep = _tile_keep(st, b, h, (bq, bkv), 0, rows + (st.q_off + q_base),
-                            kv_idx + st.kv_off, kv_idx, q_vecs, kv_vecs)
-          if keep is not None:
-            s = jnp.where(keep, s, _NEG_INF)
+          s = apply_mask(s, j, kv_vecs)
         m_new = jnp.maximum(m_i, s.max(axis=1) * c)
         m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new) if masked else m_new
         alpha = jnp.exp2(m_i - m_use)
@@ -890,7 +1004,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_new, l_i
 
-      acc, m_i, l_i = _walk(sections, step, (acc, m_i, l_i))
+      if overlap:
+        acc, m_i, l_i = overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask)
+      else:
+        acc, m_i, l_i = _walk(sections, step, (acc, m_i, l_i))
       if sync_per_tile:
         pl.when(wg == 0)(sched_sync)
 

@@ -372,6 +372,52 @@ def test_persistent_block_mask_and_backward():
 
 
 # --------------------------------------------------------------------------------------------
+# Forward with HopperConfig(overlap_softmax=True): S_t and P_{t-1} V_{t-1} issued together, the
+# softmax of S_t overlapping the P V product (FA3's intra-warpgroup overlap), non-persistent and
+# persistent.
+# --------------------------------------------------------------------------------------------
+_OVERLAP = ha.HopperConfig(overlap_softmax=True)
+_OVERLAP_PERSISTENT = ha.HopperConfig(overlap_softmax=True, persistent=True)
+
+OVERLAP_FWD = {
+    "dense_bf16": dict(shape=(2, 512, 512, 4, 4, 128), kw=dict()),
+    "causal_f16_d64": dict(shape=(2, 512, 512, 4, 4, 64), kw=dict(is_causal=True),
+                           dtype=jnp.float16),
+    **{k: FWD_FEATURES[k] for k in ("gqa_causal", "not_multiples", "window_two_sided",
+                                    "empty_rows_kv_offset", "head_dim_96_padded",
+                                    "f16_decode_like")},
+    "documents_empty_rows": PERSISTENT_FWD["documents_empty_rows"],
+    **{"persistent_" + k: dict(PERSISTENT_FWD[k], config=_OVERLAP_PERSISTENT)
+       for k in ("dense", "causal_gqa_ragged_offset", "empty_tiles_kv_offset",
+                 "documents_not_causal")},
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(OVERLAP_FWD))
+def test_overlap_softmax_forward(name):
+  c = OVERLAP_FWD[name]
+  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), config=c.get("config", _OVERLAP),
+                **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [_OVERLAP, _OVERLAP_PERSISTENT], ids=["grid", "persistent"])
+def test_overlap_softmax_block_mask(cfg):
+  from pallas_kernels import from_dense
+  q, k, v, _, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=17)
+  dense = np.tril(np.ones((640, 640), bool)) | (np.arange(640)[None, :] < 200)
+  bs = from_dense(dense[None, None], 128, 128)
+  mask_fn = lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200))
+  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, config=cfg,
+                                                  block_sparsity=bs, mask_fn=mask_fn))
+  poison(((2, 640, 8, 128), jnp.bfloat16), ((2, 8, 640), jnp.float32))
+  o, l = f(q, k, v)
+  o2, l2 = ref(q, k, v, return_lse=True, mask=jnp.asarray(dense))
+  assert rel_err(o, o2) < 2e-2 and rel_err(l, l2) < 1e-3
+
+
+# --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across
 # tiles, Q / dO double-buffered, the next tile's inputs loaded during the current one, delta /

@@ -351,7 +351,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              persistent_ctas=c.get("persistent_ctas"),
                              persistent_sync_per_tile=c.get("sync_per_tile", True),
                              bwd_persistent=c.get("bwd_persistent", False),
-                             bwd_stages=c.get("bwd_stages", 2))
+                             bwd_stages=c.get("bwd_stages", 2),
+                             overlap_softmax=c.get("overlap", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -868,6 +869,46 @@ def test_interpret_persistent(name):
     assert res["n_empty_rows"] > 0, res
   if name == "zero_block_tiles":   # whole query tiles without a key
     assert res["n_empty_rows"] >= B * N * 128, res
+
+
+# Forward with HopperConfig(overlap_softmax=True) (FA3's intra-warpgroup overlap: S_t and
+# P_{t-1} V_{t-1} issued together, step 0 peeled, the last P V after the loop), forward + lse
+# against the reference, race detector on.
+OVERLAP_CASES = {
+    # causal + q offset + left window, ragged lengths, GQA, bf16, 3-slot ring: masked and
+    # unmasked sections, step 0 in a masked section
+    "causal_gqa_window_ragged": (_case(shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16",
+                                       causal=True, q_offset=40, window=(90, None), stages=3,
+                                       overlap=True, races=True), 3e-2),
+    # documents + causal, rows in a document no key has (out 0, lse -inf), 2 batch rows
+    "documents_empty_rows": (_case(
+        shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3, overlap=True,
+        races=True, seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                             kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
+    # persistent: tiles with zero KV steps (n = 0: neither the peeled step nor the last P V)
+    # between 2-step tiles, the ring carried across tiles, 2 CTAs
+    "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
+                                           kv_offset=150, stages=3, overlap=True), 2e-2),
+    # BlockMask lists + mask_fn with `~` (the rewrite of not): step 0 from the partial list or,
+    # where a row lists no partial block, from the full list; a zero-step tile; forward only
+    "sparse_lists_mask_fn": (_sparse_case(
+        shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
+        q_offset=192, kv_offset=40, lists=(1, 2), seed=1, block_kv=64, stages=3, overlap=True,
+        races=True, fwd_only=True), 3e-2),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(OVERLAP_CASES))
+def test_interpret_overlap_softmax(name):
+  case, tol = OVERLAP_CASES[name]
+  res = _run_case(case, script=_SPARSE_SCRIPT if "mask" in case else _CASE_SCRIPT)
+  assert "races" in res, res
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= tol, (name, key, err, res)
+  if name in ("documents_empty_rows", "persistent_zero_block_tiles"):
+    assert res["n_empty_rows"] > 0, res
 
 
 # The whole backward (forward kernel, persistent dQ kernel, dK/dV kernel) of block-sparse

@@ -302,3 +302,22 @@ def test_paged_decode_kernel_lowers_for_cuda():
   calls = _triton_calls(lambda q, kp, vp, table, lengths: paged_attention(
       q, kp, vp, table, lengths, None, sliding_window=(64, 0), return_lse=True), *args)
   assert len(calls) == 1, calls
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged",
+                                   "window_two_sided_f16_d64", "documents", "mask_fn"])
+def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
+  """HopperConfig(overlap_softmax=True): run_state over two accumulators plus the softmax's
+  plain refs, wgmma_accumulator_load(wait_n=1), the peeled first step and the last P V under
+  lax.cond (register arrays yielded)."""
+  cfg = ha.HopperConfig(overlap_softmax=True, persistent=persistent, persistent_ctas=132)
+  if which == "mask_fn":
+    from jattn import masks
+    shapes = _shapes(2, 640, 700, 8, 2, 128)
+    kw = _mask_kw(masks.prefix_lm(200), shapes, q_offset=60)
+  else:
+    (B, T, S, N, K, D, dt), kw, _, _ = CASES[which]
+    shapes = _shapes(B, T, S, N, K, D, dt)
+  assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
+                                                        **kw), *shapes)) == 1
