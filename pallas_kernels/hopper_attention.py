@@ -184,12 +184,23 @@ class HopperConfig:
 # non-persistent grid is faster even dense (4k 0.97 vs 0.95, 16k 1.04 vs 0.95 x cuDNN).
 _PERSISTENT_MAX_KV = 1024
 
+# The intra-warpgroup overlap (`HopperConfig.overlap_softmax`), A/B on the H100 in two runs
+# (sixth session, NOTES.md): forward +1 to +4% on dense and causal calls from S=4k, +2% on the
+# persistent dense S=1k call, -1 to -2.5% on causal S=1k (non-persistent, ~4.5 steps per tile:
+# the peeled first step and the trailing P V do not pay off). Not yet timed with windows,
+# segment ids or block masks, which keep the plain loop.
+_OVERLAP_MIN_KV = 2048
 
-def default_config(head_dim: int, kv_len: int | None = None, *,
-                   uniform_tiles: bool = False) -> HopperConfig:
-  """Tiles for `head_dim`. With `kv_len`, the per-call choice: the persistent forward when the
-  kv length is short and `uniform_tiles` (no causal mask, window, segment ids or block mask:
-  every query tile walks every KV block)."""
+
+def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
+                   static_ranges: bool | None = None) -> HopperConfig:
+  """Tiles for `head_dim`. With `kv_len`, the per-call choice:
+  * the persistent forward when the kv length is short and `uniform_tiles` (no causal mask,
+    window, segment ids or block mask: every query tile walks every KV block);
+  * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
+    walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
+    mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV.
+  Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   d = _padded_head_dim(head_dim)
   if d <= 64:
     cfg = HopperConfig(block_kv=128, stages=3)
@@ -197,8 +208,14 @@ def default_config(head_dim: int, kv_len: int | None = None, *,
     cfg = HopperConfig(block_kv=128, stages=2)
   else:
     return HopperConfig(block_kv=64, stages=2)
-  if uniform_tiles and kv_len is not None and kv_len <= _PERSISTENT_MAX_KV:
-    cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False)
+  if kv_len is None:
+    return cfg
+  static_ranges = uniform_tiles if static_ranges is None else (static_ranges or uniform_tiles)
+  if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
+    cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
+                              overlap_softmax=True)
+  elif static_ranges and kv_len >= _OVERLAP_MIN_KV:
+    cfg = dataclasses.replace(cfg, overlap_softmax=True)
   return cfg
 
 
@@ -2090,9 +2107,9 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     left, right = sliding_window
   seg_ids = _normalize_segment_ids(segment_ids, B, T, S)
   D = _padded_head_dim(D0)
-  uniform = (not is_causal and sliding_window is None and seg_ids is None
-             and block_sparsity is None)
-  cfg = config or default_config(D0, S, uniform_tiles=uniform)
+  static = sliding_window is None and seg_ids is None and block_sparsity is None
+  uniform = static and not is_causal
+  cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static)
   q_side, kv_side = tuple(q_side), tuple(kv_side)
   if block_sparsity is None and (mask_fn is not None or q_side or kv_side):
     raise ValueError("mask_fn / q_side / kv_side need a block_sparsity (without one every "

@@ -223,7 +223,7 @@ def test_config_validation():
   assert ha.bwd_kernel_supports(128) and not ha.bwd_kernel_supports(256)
 
 
-def test_default_config_persistent_only_for_short_uniform_calls(monkeypatch):
+def test_default_config_persistent_and_overlap_rules(monkeypatch):
   # The rule measured on the H100 (NOTES, Hopper v5): persistent forward for short kv lengths
   # when every tile walks the same blocks; never for causal / window / documents / long calls.
   assert ha.default_config(128, 1024, uniform_tiles=True).persistent
@@ -232,26 +232,40 @@ def test_default_config_persistent_only_for_short_uniform_calls(monkeypatch):
   assert not ha.default_config(128, 2048, uniform_tiles=True).persistent
   assert not ha.default_config(256, 512, uniform_tiles=True).persistent
   assert not ha.default_config(128).persistent
-  # ...and the call resolves it from its own arguments (seen at the forward's decision point)
+  # overlapped softmax (sixth session): persistent calls, and dense / causal from S=2k
+  assert ha.default_config(128, 1024, uniform_tiles=True).overlap_softmax
+  assert ha.default_config(128, 4096, static_ranges=True).overlap_softmax
+  assert ha.default_config(64, 2048, uniform_tiles=True).overlap_softmax
+  assert not ha.default_config(128, 1024, static_ranges=True).overlap_softmax   # causal 1k
+  assert not ha.default_config(128, 8192).overlap_softmax        # window / segments / masks
+  assert not ha.default_config(128).overlap_softmax               # the A/B base
+  assert not ha.default_config(256, 8192, uniform_tiles=True).overlap_softmax
+  # ...and the call resolves both from its own arguments (seen at the forward's decision point)
   seen = []
   real = ha._fwd_persistent
 
   def spy(cfg, *a, **k):
-    seen.append(cfg.persistent)
+    seen.append((cfg.persistent, cfg.overlap_softmax))
     return real(cfg, *a, **k)
   monkeypatch.setattr(ha, "_fwd_persistent", spy)
+  for S, cases in (
+      (256, [({}, (True, True)), (dict(is_causal=True), (False, False)),
+             (dict(sliding_window=(64, 64)), (False, False)),
+             (dict(segment_ids=jnp.zeros((1, 256), jnp.int32)), (False, False))]),
+      (2048, [({}, (False, True)), (dict(is_causal=True), (False, True)),
+              (dict(sliding_window=(64, 64)), (False, False)),
+              (dict(segment_ids=jnp.zeros((1, 2048), jnp.int32)), (False, False))])):
+    q = jax.ShapeDtypeStruct((1, S, 2, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, S, 1, 128), jnp.bfloat16)
+    for kw, want in cases:
+      seen.clear()
+      jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v, **kw), q, kv, kv)
+      assert seen and all(x == want for x in seen), (S, kw, seen)
+  # the kv length decides, not the query length (short queries over a long cache)
   q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
-  kv = jax.ShapeDtypeStruct((1, 256, 1, 128), jnp.bfloat16)
-  cases = [({}, True), (dict(is_causal=True), False), (dict(sliding_window=(64, 64)), False),
-           (dict(segment_ids=jnp.zeros((1, 256), jnp.int32)), False)]
-  for kw, want in cases:
-    seen.clear()
-    jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v, **kw), q, kv, kv)
-    assert seen and all(x == want for x in seen), (kw, seen)
-  long_kv = jax.ShapeDtypeStruct((1, 2048, 1, 128), jnp.bfloat16)
   seen.clear()
-  jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v), q, long_kv, long_kv)
-  assert seen and not any(seen)
+  jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v), q, kv, kv)
+  assert seen and all(x == (False, True) for x in seen), seen
 
 
 # --------------------------------------------------------------------------------------------
