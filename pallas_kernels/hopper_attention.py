@@ -11,8 +11,13 @@ GPU) kernel", for the tuning log):
   accumulators in registers). The two consumers ping-pong through a schedule barrier, so the
   softmax of one overlaps the tensor-core work of the other (as FA3 does); the next K block's
   wait is issued behind the P@V product.
-* persistent forward (`HopperConfig(persistent=True)`, off by default, not yet measured): a
-  1-D grid of one CTA per SM, each looping over (head, q tile, batch) work items; the K/V
+* overlapped softmax (`HopperConfig(overlap_softmax=True)`, default for dense / causal calls
+  from kv length 2048 and for persistent calls, head_dim <= 128): within a consumer, step t
+  issues S_t = Q K_t^T and P_{t-1} V_{t-1} together and runs the softmax of S_t while the P V
+  product is in flight (FA3's intra-warpgroup overlap, on top of the ping-pong). See
+  `overlapped_walk` in `_fwd_call`.
+* persistent forward (`HopperConfig(persistent=True)`, default for short dense calls only:
+  see `default_config`): a 1-D grid of one CTA per SM, each looping over (head, q tile, batch) work items; the K/V
   ring, the producer and the ping-pong carry on across tiles, Q is double-buffered and
   prefetched one tile ahead, O / lse stores are not awaited before the next tile. Removes the
   per-tile fixed cost (Q load, ring fill, store wait). See `_fwd_call`.
@@ -38,8 +43,8 @@ GPU) kernel", for the tuning log):
   delta = rowsum(dO * O) - dlse for the dK/dV kernel (no separate XLA pass over O and dO).
   `backward="fused"` (experimental) instead accumulates dQ inside the dK/dV kernel with f32
   TMA reduce-adds (5 matrix products instead of 7).
-* persistent dQ kernel (`HopperConfig(bwd_persistent=True)`, off by default, not yet compiled
-  or timed on the GPU): as the persistent forward - one CTA per SM looping over the (head, q
+* persistent dQ kernel (`HopperConfig(bwd_persistent=True)`, off by default: measured no gain
+  on the H100): as the persistent forward - one CTA per SM looping over the (head, q
   tile, batch) work items, the K/V ring and the producer carried across tiles, Q and dO
   double-buffered, the next tile's inputs loaded during the current tile's first KV step,
   delta / dQ stores not awaited before the next tile. See `_dq_call`. The dK/dV kernel has
@@ -51,7 +56,8 @@ segment ids (row i meets column j iff q_ids[b, i] == kv_ids[b, j]), GQA, `return
 (natural-log lse [B, N, T] float32, differentiable), any T and S (padded to tile multiples
 inside; padded keys are masked), head dims 64..256 (multiples of 64 natively, others
 zero-padded), block_sparsity + mask_fn (flash_attention's semantics; not with causal, window
-or segment ids). Fully masked rows give out = 0, lse = -inf and zero gradients.
+or segment ids; the mask function is re-evaluated with `not` of booleans rewritten, see
+`_without_bool_not`). Fully masked rows give out = 0, lse = -inf and zero gradients.
 Dtypes bf16 and f16.
 
 Entry point: `hopper_attention(q, k, v, ...)`; reference: `hopper_reference.hopper_attention_reference`.
@@ -143,7 +149,7 @@ class HopperConfig:
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
-  # backward: the dQ kernel persistent (off by default, not yet compiled or timed on the GPU):
+  # backward: the dQ kernel persistent (off by default: no gain on the H100, NOTES.md v6):
   # a 1-D grid of `persistent_ctas` CTAs (shared with the forward; default one per SM) looping
   # over the dQ work items (the forward's order), the K/V ring and the producer carried across
   # tiles, Q and dO double-buffered and the next tile's loads (Q, dO, O, lse, dlse, row side

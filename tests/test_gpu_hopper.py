@@ -86,6 +86,28 @@ def check_backward(B, T, S, N, K, D, dtype, **kw):
     assert err < tol, (name, err)
 
 
+def check_forward_case(c, config):
+  """check_forward of a case dict (shape, kw, optional dtype / config overriding `config`)."""
+  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), config=c.get("config", config),
+                **c["kw"])
+
+
+def check_block_mask_lists(config, mask_fn, seed):
+  """hopper_attention with BlockSparsity lists (a 200-key prefix + causal, 128 x 128 blocks)
+  and `mask_fn` for that mask, forward + lse against the dense reference."""
+  from pallas_kernels import from_dense
+  q, k, v, _, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=seed)
+  dense = np.tril(np.ones((640, 640), bool)) | (np.arange(640)[None, :] < 200)
+  bs = from_dense(dense[None, None], 128, 128)
+  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, config=config,
+                                                  block_sparsity=bs, mask_fn=mask_fn))
+  poison(((2, 640, 8, 128), jnp.bfloat16), ((2, 8, 640), jnp.float32))
+  o, l = f(q, k, v)
+  o2, l2 = ref(q, k, v, return_lse=True, mask=jnp.asarray(dense))
+  assert rel_err(o, o2) < 2e-2 and rel_err(l, l2) < 1e-3
+
+
+
 # --------------------------------------------------------------------------------------------
 # Forward.
 # --------------------------------------------------------------------------------------------
@@ -121,7 +143,7 @@ FWD_FEATURES = {
 @pytest.mark.parametrize("name", sorted(FWD_FEATURES))
 def test_forward_features(name):
   c = FWD_FEATURES[name]
-  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+  check_forward_case(c, None)
 
 
 @requires_hopper
@@ -239,7 +261,7 @@ SEG_CASES = {
 @pytest.mark.parametrize("name", sorted(SEG_CASES))
 def test_segments_forward(name):
   c = SEG_CASES[name]
-  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+  check_forward_case(c, None)
 
 
 @requires_hopper
@@ -333,9 +355,7 @@ PERSISTENT_FWD = {
 @requires_hopper
 @pytest.mark.parametrize("name", sorted(PERSISTENT_FWD))
 def test_persistent_forward(name):
-  c = PERSISTENT_FWD[name]
-  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), config=c.get("config", _PERSISTENT),
-                **c["kw"])
+  check_forward_case(PERSISTENT_FWD[name], _PERSISTENT)
 
 
 @requires_hopper
@@ -357,17 +377,7 @@ def test_persistent_configs(cfg):
 def test_persistent_block_mask_and_backward():
   """A BlockMask (lists + mask_fn) through the persistent forward, and the backward of a
   persistent-config call (the backward kernels ignore `persistent`)."""
-  from pallas_kernels import from_dense
-  q, k, v, _, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=14)
-  dense = np.tril(np.ones((640, 640), bool)) | (np.arange(640)[None, :] < 200)
-  bs = from_dense(dense[None, None], 128, 128)
-  mask_fn = lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200)
-  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, config=_PERSISTENT,
-                                                  block_sparsity=bs, mask_fn=mask_fn))
-  poison(((2, 640, 8, 128), jnp.bfloat16), ((2, 8, 640), jnp.float32))
-  o, l = f(q, k, v)
-  o2, l2 = ref(q, k, v, return_lse=True, mask=jnp.asarray(dense))
-  assert rel_err(o, o2) < 2e-2 and rel_err(l, l2) < 1e-3
+  check_block_mask_lists(_PERSISTENT, lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200), 14)
   check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_PERSISTENT)
 
 
@@ -396,25 +406,13 @@ OVERLAP_FWD = {
 @requires_hopper
 @pytest.mark.parametrize("name", sorted(OVERLAP_FWD))
 def test_overlap_softmax_forward(name):
-  c = OVERLAP_FWD[name]
-  check_forward(*c["shape"], c.get("dtype", jnp.bfloat16), config=c.get("config", _OVERLAP),
-                **c["kw"])
+  check_forward_case(OVERLAP_FWD[name], _OVERLAP)
 
 
 @requires_hopper
 @pytest.mark.parametrize("cfg", [_OVERLAP, _OVERLAP_PERSISTENT], ids=["grid", "persistent"])
 def test_overlap_softmax_block_mask(cfg):
-  from pallas_kernels import from_dense
-  q, k, v, _, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=17)
-  dense = np.tril(np.ones((640, 640), bool)) | (np.arange(640)[None, :] < 200)
-  bs = from_dense(dense[None, None], 128, 128)
-  mask_fn = lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200))
-  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, config=cfg,
-                                                  block_sparsity=bs, mask_fn=mask_fn))
-  poison(((2, 640, 8, 128), jnp.bfloat16), ((2, 8, 640), jnp.float32))
-  o, l = f(q, k, v)
-  o2, l2 = ref(q, k, v, return_lse=True, mask=jnp.asarray(dense))
-  assert rel_err(o, o2) < 2e-2 and rel_err(l, l2) < 1e-3
+  check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 17)
 
 
 # --------------------------------------------------------------------------------------------

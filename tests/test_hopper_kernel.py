@@ -826,6 +826,17 @@ def test_block_sparsity_refusals():
 # barrier phase observed by every waiter) run in every interpret-mode case. Every case has more
 # work items than CTAs.
 # --------------------------------------------------------------------------------------------
+def _run_raced_case(name, case, tol):
+  """A forward case (_CASE_SCRIPT, or _SPARSE_SCRIPT for block lists) with the race detector
+  on: no race, every error within `tol`. -> the result dict."""
+  res = _run_case(case, script=_SPARSE_SCRIPT if "mask" in case else _CASE_SCRIPT)
+  assert "races" in res, res
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= tol, (name, key, err, res)
+  return res
+
+
 def _pcase(ctas, **kw):
   return _case(persistent=True, persistent_ctas=ctas, races=True, **kw)
 
@@ -874,11 +885,7 @@ def test_interpret_persistent(name):
   case, tol = PERSISTENT_CASES[name]
   B, T, _, N = case["shape"][:4]
   assert B * N * -(-T // 128) > case["persistent_ctas"], "more work items than CTAs"
-  res = _run_case(case, script=_SPARSE_SCRIPT if "mask" in case else _CASE_SCRIPT)
-  assert "races" in res, res
-  for key, err in res.items():
-    if not key.startswith("n_"):
-      assert err <= tol, (name, key, err, res)
+  res = _run_raced_case(name, case, tol)
   if name in ("documents_empty_rows", "sparse_lists_mask_fn"):
     assert res["n_empty_rows"] > 0, res
   if name == "zero_block_tiles":   # whole query tiles without a key
@@ -916,11 +923,7 @@ OVERLAP_CASES = {
 @pytest.mark.parametrize("name", sorted(OVERLAP_CASES))
 def test_interpret_overlap_softmax(name):
   case, tol = OVERLAP_CASES[name]
-  res = _run_case(case, script=_SPARSE_SCRIPT if "mask" in case else _CASE_SCRIPT)
-  assert "races" in res, res
-  for key, err in res.items():
-    if not key.startswith("n_"):
-      assert err <= tol, (name, key, err, res)
+  res = _run_raced_case(name, case, tol)
   if name in ("documents_empty_rows", "persistent_zero_block_tiles"):
     assert res["n_empty_rows"] > 0, res
 
