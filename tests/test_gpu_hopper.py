@@ -415,6 +415,35 @@ def test_overlap_softmax_block_mask(cfg):
   check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 17)
 
 
+# The overlap with 240 registers per consumer and 24 for the producer (FA3's split): measured
+# faster in 5 of 6 A/B comparisons (NOTES.md v7) but not yet a default; this runs every producer
+# path with 24 registers (static ranges, the segment-id range table, block lists; persistent
+# and not) and the backward kernels under the same split.
+_R240 = dict(overlap_softmax=True, consumer_registers=240, producer_registers=24)
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", ["not_multiples", "documents_empty_rows",
+                                  "persistent_documents_not_causal",
+                                  "persistent_empty_tiles_kv_offset"])
+def test_overlap_registers_240_forward(name):
+  c = OVERLAP_FWD[name]
+  cfg = dataclasses.replace(c.get("config", _OVERLAP), **_R240)
+  check_forward_case(dict(c, config=cfg), None)
+
+
+@requires_hopper
+def test_overlap_registers_240_block_mask_and_backward():
+  cfg = ha.HopperConfig(**_R240)
+  check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 18)
+  check_block_mask_lists(dataclasses.replace(cfg, persistent=True),
+                         lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200), 19)
+  check_backward(2, 333, 517, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
+                 config=cfg)
+  check_backward(2, 400, 400, 4, 2, 128, jnp.bfloat16, config=cfg,
+                 segment_ids=_seg(400, 400, 3, seed=20, orphan=(100, 130)))
+
+
 # --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across
