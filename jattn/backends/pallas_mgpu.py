@@ -61,11 +61,13 @@ MASK_OPS = frozenset({"and", "or", "eq", "ne", "lt", "le", "gt", "add", "sub", "
                       "not", "xor", "ge", "mul", "neg", "abs", "min", "max",
                       "broadcast_in_dim"})
 
-# Priorities: cudnn is 30 (5 when it needs a dense mask). From benchmarks/NOTES.md (H100, bf16,
-# D=128, one run side by side with cuDNN; ratios ours/cuDNN as fwd | fwd+bwd):
-#   causal S=1k 1.07 | 1.25, causal S=4k 1.10 | 1.04, causal S=16k 1.07 | 0.94,
-#   dense S=1k 0.97 | 1.10, dense S=4k 0.98 | 0.94, dense S=16k 1.03 | 0.94,
-#   causal sliding window 1024 at S=8k 1.06 | 1.11; offsets make cuDNN use a dense mask.
+# Priorities: cudnn is 30 (5 when it needs a dense mask). From BENCHMARKS.md (H100, bf16, D=128,
+# one run side by side with cuDNN, sixth session; ratios ours/cuDNN as fwd | fwd+bwd):
+#   causal S=1k 1.07 (A/B) | 1.24, causal S=4k 1.14 | 1.04, causal S=16k 1.11 | 0.96,
+#   dense S=1k 1.05 | 1.06, dense S=4k 0.99 | 0.94, dense S=16k 1.04 | 0.93,
+#   causal sliding window 1024 at S=8k 1.07 | 1.10; offsets make cuDNN use a dense mask.
+# The selector ranks by the slower of the two (a call that is differentiated pays both), so
+# dense and long causal calls stay with cuDNN.
 PRIORITY_FAST = 40        # measured faster than cuDNN, forward and forward + backward
 PRIORITY_MIXED = 25       # measured equal / mixed: cuDNN stays first
 PRIORITY_SLOW = 20        # head_dim > 128: the backward is a dense XLA recomputation
@@ -125,8 +127,9 @@ def _priority(call: AttentionCall) -> int:
     return PRIORITY_SLOW_SPARSE if "segment_ids" in call.features else PRIORITY_SLOW
   # Documents: cuDNN refuses segment ids natively (dense mask, priority 5) and pallas_flash (20)
   # is the portable Triton kernel (8 documents at S=8k: 266 fwd / 236 fwd+bwd TFLOP/s on the
-  # H100, benchmarks/NOTES.md); this kernel skips the same blocks at the Hopper rate.
-  # (Prediction, not yet measured: see bench_hopper.py --sections sparse.)
+  # H100, benchmarks/NOTES.md); this kernel skips the same blocks at the Hopper rate (8
+  # documents at S=8k: 1.33x pallas_flash forward, 1.24x forward + backward, BENCHMARKS.md
+  # sixth session, both scripts in one machine start).
   if "mask_fn" in call.features:
     # Arbitrary block-sparse masks: above pallas_flash (20), the portable kernel walking the
     # same lists at the Triton rate, and above cuDNN's dense-mask path (5).
