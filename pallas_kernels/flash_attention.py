@@ -340,6 +340,45 @@ def _loop(count, body, carry):
   return lax.fori_loop(0, count, body, carry)
 
 
+def _q_tile_kv_lists(st: _Static, blk, qi, b, h, tq: int, tkv: int):
+  """(full, partial) KV tile walks of query tile qi (forward, dQ kernels): the
+  block lists' row of its query block, or every KV tile (the ragged last ones
+  partial) for dense calls."""
+  mrow = lax.shift_right_logical(qi, int(st.bq // tq).bit_length() - 1) \
+      if st.bq > tq else qi
+  bm = b if st.Bm > 1 else 0
+  hm = h if st.Hm > 1 else 0
+  n_dense_full = st.S // tkv
+  n_dense_tiles = -(-st.S // tkv)
+  return _lists(st, blk, bm, hm, mrow, st.bkv // tkv, n_dense_full,
+                tuple(range(n_dense_full, n_dense_tiles)), st.contig_kv)
+
+
+def _kv_tile(st: _Static, j, tkv: int, k_ref, v_ref, ks_refs, q, q_pos, q_vals,
+             kv_off, kv_iota, b, h, masked: bool, *, want_grad: bool,
+             after_qk=None):
+  """KV tile j of a query tile's walk (forward, dQ kernels) -> (k, v, scores
+  in base 2 with dropped pairs at -inf, d score / d (scale*qk) or None, keep
+  mask or None, after_qk(v) or None). `after_qk` is issued between Q K^T and
+  the score transform (the dQ kernel's dP product)."""
+  start = _start(j, tkv)
+  k = k_ref[pl.ds(start, tkv), :]
+  v = v_ref[pl.ds(start, tkv), :]
+  kv_local = start + kv_iota
+  kv_pos = kv_off + kv_local
+  qk = _dot(q, k, trans_b=True)
+  extra = None if after_qk is None else after_qk(v)
+  s2, grad = _scores2(st, qk, b, h, q_pos, kv_pos, want_grad=want_grad)
+  keep = None
+  if masked:
+    kv_vals = tuple(r[pl.ds(start, tkv)][None, :] for r in ks_refs)
+    keep = _keep(st, (q.shape[0], tkv), b, h, q_pos, kv_pos, q_vals, kv_vals,
+                 kv_local, kv_len_mask=True)
+    if keep is not None:
+      s2 = jnp.where(keep, s2, _NEG_INF)
+  return k, v, s2, grad, keep, extra
+
+
 # --------------------------------------------------------------------------
 # Forward kernel: grid (q tiles, B*N), or (B*N, q tiles) with fwd_order
 # "heads" (the first grid axis varies fastest in launch order).
@@ -382,20 +421,9 @@ def _fwd_kernel(*refs, st: _Static):
 
   def step(j, carry, masked):
     acc, m, l = carry
-    start = _start(j, tkv)
-    k = k_ref[pl.ds(start, tkv), :]
-    v = v_ref[pl.ds(start, tkv), :]
-    kv_local = start + kv_iota
-    kv_pos = kv_off + kv_local
-    qk = _dot(q, k, trans_b=True)
-    s2, _ = _scores2(st, qk, b, h, q_pos, kv_pos, want_grad=False)
-    keep = None
-    if masked:
-      kv_vals = tuple(r[pl.ds(start, tkv)][None, :] for r in ks_refs)
-      keep = _keep(st, (tq, tkv), b, h, q_pos, kv_pos, q_vals, kv_vals,
-                   kv_local, kv_len_mask=True)
-      if keep is not None:
-        s2 = jnp.where(keep, s2, _NEG_INF)
+    _, v, s2, _, keep, _ = _kv_tile(st, j, tkv, k_ref, v_ref, ks_refs, q, q_pos,
+                                    q_vals, kv_off, kv_iota, b, h, masked,
+                                    want_grad=False)
     m_new = jnp.maximum(m, jnp.max(s2, axis=1))
     if keep is not None or st.score_mod is not None:
       m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new)
@@ -407,15 +435,7 @@ def _fwd_kernel(*refs, st: _Static):
     acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
-  mrow = lax.shift_right_logical(qi, int(st.bq // tq).bit_length() - 1) \
-      if st.bq > tq else qi
-  bm = b if st.Bm > 1 else 0
-  hm = h if st.Hm > 1 else 0
-  n_dense_full = st.S // tkv
-  n_dense_tiles = -(-st.S // tkv)
-  full, part = _lists(
-      st, blk, bm, hm, mrow, st.bkv // tkv, n_dense_full,
-      tuple(range(n_dense_full, n_dense_tiles)), st.contig_kv)
+  full, part = _q_tile_kv_lists(st, blk, qi, b, h, tq, tkv)
 
   carry = (jnp.zeros((tq, st.Dvp), jnp.float32),
            jnp.full((tq,), _NEG_INF, jnp.float32),
@@ -478,23 +498,12 @@ def _dq_kernel(*refs, st: _Static, has_dlse: bool):
   kv_iota = lax.broadcasted_iota(jnp.int32, (1, tkv), 1)
 
   def step(j, dq, masked):
-    start = _start(j, tkv)
-    k = k_ref[pl.ds(start, tkv), :]
-    v = v_ref[pl.ds(start, tkv), :]
-    kv_local = start + kv_iota
-    kv_pos = kv_off + kv_local
-    qk = _dot(q, k, trans_b=True)
     # dP is issued before the exponentials so the tensor cores work on it
     # while the exp2 units compute P (measured: see benchmarks/NOTES.md).
-    dp = _dot(do, v, trans_b=True)
-    s2, grad = _scores2(st, qk, b, h, q_pos, kv_pos, want_grad=True)
-    keep = None
-    if masked:
-      kv_vals = tuple(r[pl.ds(start, tkv)][None, :] for r in ks_refs)
-      keep = _keep(st, (tq, tkv), b, h, q_pos, kv_pos, q_vals, kv_vals,
-                   kv_local, kv_len_mask=True)
-      if keep is not None:
-        s2 = jnp.where(keep, s2, _NEG_INF)
+    k, _, s2, grad, keep, dp = _kv_tile(
+        st, j, tkv, k_ref, v_ref, ks_refs, q, q_pos, q_vals, kv_off, kv_iota,
+        b, h, masked, want_grad=True,
+        after_qk=lambda v: _dot(do, v, trans_b=True))
     p = jnp.exp2(s2 - lse2)
     ds = p * (dp - dl)
     if grad is not None:
@@ -503,15 +512,7 @@ def _dq_kernel(*refs, st: _Static, has_dlse: bool):
         ds = jnp.where(keep, ds, 0.0)
     return dq + _dot(ds.astype(k.dtype), k)
 
-  mrow = lax.shift_right_logical(qi, int(st.bq // tq).bit_length() - 1) \
-      if st.bq > tq else qi
-  bm = b if st.Bm > 1 else 0
-  hm = h if st.Hm > 1 else 0
-  n_dense_full = st.S // tkv
-  n_dense_tiles = -(-st.S // tkv)
-  full, part = _lists(
-      st, blk, bm, hm, mrow, st.bkv // tkv, n_dense_full,
-      tuple(range(n_dense_full, n_dense_tiles)), st.contig_kv)
+  full, part = _q_tile_kv_lists(st, blk, qi, b, h, tq, tkv)
   dq = jnp.zeros((tq, st.Dp), jnp.float32)
   dq = _walk(full, lambda j, c: step(j, c, False), dq)
   dq = _walk(part, lambda j, c: step(j, c, True), dq)
@@ -670,6 +671,21 @@ def _side_spec(st, has_b, tile, full, which, kind):
                       lambda j, bk: (lax.div(bk, st.K) if has_b else 0, 0))
 
 
+def _q_grid_tail(st: _Static, offs, arrays, q_side, kv_side, tq: int):
+  """The operands (and their specs, maps of (i, bh)) that end the inputs of
+  a query-tile grid (forward, dQ): traced offsets, the KV block lists, the
+  side arrays."""
+  ins, specs = [], []
+  if st.static_offsets is None:
+    ins.append(offs)
+    specs.append(pl.BlockSpec((2,), lambda i, bh: (0,)))
+  a, s = _blk_specs(st, arrays, "kv", 2)
+  ins += a
+  specs += s
+  a, s = _side_inputs(st, q_side, kv_side, tq, None, "fwd")
+  return ins + a, specs + s
+
+
 def _fwd_call(st: _Static, q, k, v, sinks, arrays, q_side, kv_side, offs):
   tq, _ = st.fwd
   nqt = st.T_pad // tq
@@ -688,13 +704,7 @@ def _fwd_call(st: _Static, q, k, v, sinks, arrays, q_side, kv_side, offs):
   if st.has_sinks:
     ins.append(sinks)
     specs.append(pl.BlockSpec((N,), lambda i, bh: (0,)))
-  if st.static_offsets is None:
-    ins.append(offs)
-    specs.append(pl.BlockSpec((2,), lambda i, bh: (0,)))
-  a, s = _blk_specs(st, arrays, "kv", 2)
-  ins += a
-  specs += s
-  a, s = _side_inputs(st, q_side, kv_side, tq, None, "fwd")
+  a, s = _q_grid_tail(st, offs, arrays, q_side, kv_side, tq)
   ins += a
   specs += s
   out_shape = [
@@ -747,13 +757,7 @@ def _dq_call(st, q, k, v, do, lse2, out, dlse, arrays, q_side, kv_side, offs):
   if dlse is not None:
     ins.append(dlse)
     specs.append(pl.BlockSpec((None, None, tq), vecmap))
-  if st.static_offsets is None:
-    ins.append(offs)
-    specs.append(pl.BlockSpec((2,), lambda i, bh: (0,)))
-  a, s = _blk_specs(st, arrays, "kv", 2)
-  ins += a
-  specs += s
-  a, s = _side_inputs(st, q_side, kv_side, tq, None, "fwd")
+  a, s = _q_grid_tail(st, offs, arrays, q_side, kv_side, tq)
   ins += a
   specs += s
   nw, ns = st.dq_launch
