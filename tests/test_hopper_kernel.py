@@ -285,15 +285,7 @@ _CASE_SCRIPT = textwrap.dedent("""
     if c.get("seg"):
       kw["segment_ids"] = (jnp.asarray(c["seg"]["q"], jnp.int32),
                            jnp.asarray(c["seg"]["kv"], jnp.int32))
-    ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
-    q = jax.random.normal(ks[0], (B, T, N, D), dt)
-    k = jax.random.normal(ks[1], (B, S, K, D), dt)
-    v = jax.random.normal(ks[2], (B, S, K, D), dt)
-    do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
-    dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
-    cfg = config_of(ha, c)
-    if c.get("races"):
-      detect_races(ha, dq_only=c["races"] == "dq")
+    q, k, v, do, dl, cfg = case_inputs(ha, c, dt)
     res = {{}}
 
     if c.get("via_jattn"):   # the pallas_mgpu backend (interpret on CPU) vs jattn's reference
@@ -356,6 +348,22 @@ _CASE_SCRIPT = textwrap.dedent("""
 # the non-finite patterns differ.
 _SCRIPT_PRELUDE = textwrap.dedent("""
     import jax.numpy as jnp, numpy as np
+
+    def case_inputs(ha, c, dt):
+      # random q, k, v (dt), dO and dlse (f32) of the case's shape, its HopperConfig; the race
+      # detector switched on when the case asks for it
+      import jax
+      B, T, S, N, K, D = c["shape"]
+      ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
+      q = jax.random.normal(ks[0], (B, T, N, D), dt)
+      k = jax.random.normal(ks[1], (B, S, K, D), dt)
+      v = jax.random.normal(ks[2], (B, S, K, D), dt)
+      do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
+      dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
+      cfg = config_of(ha, c)
+      if c.get("races"):
+        detect_races(ha, dq_only=c["races"] == "dq")
+      return q, k, v, do, dl, cfg
 
     def config_of(ha, c):
       # the HopperConfig of a case dict
@@ -689,15 +697,7 @@ _SPARSE_SCRIPT = textwrap.dedent("""
     bs = from_dense(dense[:Bm, :Hm], 128, 128)
     kw = dict(q_offset=qo, kv_offset=ko, block_sparsity=bs, mask_fn=mask_fn, q_side=q_side,
               kv_side=kv_side)
-    ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
-    q = jax.random.normal(ks[0], (B, T, N, D), dt)
-    k = jax.random.normal(ks[1], (B, S, K, D), dt)
-    v = jax.random.normal(ks[2], (B, S, K, D), dt)
-    do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
-    dl = jax.random.normal(ks[4], (B, N, T), jnp.float32)
-    cfg = config_of(ha, c)
-    if c.get("races"):
-      detect_races(ha, dq_only=c["races"] == "dq")
+    q, k, v, do, dl, cfg = case_inputs(ha, c, dt)
     kern = lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, interpret=True,
                                                config=cfg, **kw)
     dense_ref = lambda q, k, v: ref(q, k, v, return_lse=True, q_offset=qo, kv_offset=ko,
