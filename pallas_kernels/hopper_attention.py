@@ -651,12 +651,44 @@ def _drain(n, stages: int, free_barriers):
 
 
 def _wait_if(cond, barrier):
-  """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around."""
+  """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
+  traced, or a Python bool when the step is known statically)."""
   a = _api()
+  if isinstance(cond, bool):
+    if cond:
+      a["plgpu"].barrier_wait(barrier)
+    return
 
   @a["pl"].when(cond)
   def _():
     a["plgpu"].barrier_wait(barrier)
+
+
+def _ring_producer(n, sections, lo, stages: int, sparse: bool, load_step, free_barriers):
+  """The producer warpgroup of a non-persistent kernel (forward, dQ): streams the tile's n KV
+  blocks through the ring - step t uses slot t % stages, and `load_step(j, slot, wait)` waits
+  the slot's "free" barrier(s) when `wait` (from step `stages` on), then issues block j's TMA
+  loads - and drains the last `stages` "free" phases. Blocks: lo + t for a range walk, the
+  lists' entries (one loop per list) for a sparse one."""
+  pl = _api()["pl"]
+  if sparse:
+    def sbody(t, carry, masked, blk):
+      del masked
+      slot = lax.rem(t, stages)
+      j = blk(t)
+      load_step(j, slot, t >= stages)
+      return carry
+    _walk(sections, sbody, None)
+  else:
+    for i in range(stages):
+      pl.when(i < n)(functools.partial(load_step, lo + i, i, False))
+
+    def body(t, carry):
+      slot = lax.rem(t, stages)
+      load_step(lo + t, slot, True)
+      return carry
+    lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
+  _drain(n, stages, free_barriers)
 
 
 def _smem_transforms(D: int, dtype):
@@ -1066,6 +1098,12 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     def kv_head(h):
       return lax.div(h, jnp.asarray(G, h.dtype))
 
+    def load_step(b, kvh, j, slot, wait):   # one ring step of the producer
+      _wait_if(wait, k_free.at[slot])
+      load_k(b, kvh, j, slot)
+      _wait_if(wait, v_free.at[slot])
+      load_v(b, kvh, j, slot)
+
     if persistent:
       n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
@@ -1106,12 +1144,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-
-        def load_step(b, kvh, j, slot, wait):
-          _wait_if(wait, k_free.at[slot])
-          load_k(b, kvh, j, slot)
-          _wait_if(wait, v_free.at[slot])
-          load_v(b, kvh, j, slot)
         _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
                                   (k_free, v_free))
       return
@@ -1135,38 +1167,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     @pl.when(wg == 2)
     def _producer():
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-      kvh = kv_head(h)
-
-      if sparse:   # block indices from the lists: one loop per list, waits past the ring
-        def sbody(t, carry, masked, blk):
-          del masked
-          slot = lax.rem(t, stages)
-          j = blk(t)
-          _wait_if(t >= stages, k_free.at[slot])
-          load_k(b, kvh, j, slot)
-          _wait_if(t >= stages, v_free.at[slot])
-          load_v(b, kvh, j, slot)
-          return carry
-        _walk(sections, sbody, None)
-        _drain(n, stages, (k_free, v_free))
-        return
-
-      def load(i):
-        load_k(b, kvh, lo + i, i)
-        load_v(b, kvh, lo + i, i)
-
-      for i in range(stages):
-        pl.when(i < n)(functools.partial(load, i))
-
-      def body(t, carry):
-        slot = lax.rem(t, stages)
-        plgpu.barrier_wait(k_free.at[slot])
-        load_k(b, kvh, lo + t, slot)
-        plgpu.barrier_wait(v_free.at[slot])
-        load_v(b, kvh, lo + t, slot)
-        return carry
-      lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
-      _drain(n, stages, (k_free, v_free))
+      _ring_producer(n, sections, lo, stages, sparse,
+                     functools.partial(load_step, b, kv_head(h)), (k_free, v_free))
 
   tr = _smem_transforms(D, dtype)
   qbufs = 2 if persistent else 1   # persistent: Q (+ row side values) double-buffered
@@ -1392,6 +1394,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     def kv_head(h):
       return lax.div(h, jnp.asarray(G, h.dtype))
 
+    def load_step(b, kvh, j, slot, wait):   # one ring step of the producer
+      _wait_if(wait, kv_free.at[slot])
+      load_kv(b, kvh, j, slot)
+
     # `wg` (this warpgroup) is bound in each branch below, where the non-persistent kernel
     # always read it (the closures above see it when called).
     if persistent:
@@ -1433,10 +1439,6 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-
-        def load_step(b, kvh, j, slot, wait):
-          _wait_if(wait, kv_free.at[slot])
-          load_kv(b, kvh, j, slot)
         _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
                                   (kv_free,))
       return
@@ -1461,30 +1463,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     @pl.when(wg == 2)
     def _producer():
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-      kvh = kv_head(h)
-
-      if sparse:
-        def sbody(t, carry, masked, blk):
-          del masked
-          slot = lax.rem(t, stages)
-          j = blk(t)
-          _wait_if(t >= stages, kv_free.at[slot])
-          load_kv(b, kvh, j, slot)
-          return carry
-        _walk(sections, sbody, None)
-        _drain(n, stages, (kv_free,))
-        return
-
-      for i in range(stages):
-        pl.when(i < n)(functools.partial(load_kv, b, kvh, lo + i, i))
-
-      def body(t, carry):
-        slot = lax.rem(t, stages)
-        plgpu.barrier_wait(kv_free.at[slot])
-        load_kv(b, kvh, lo + t, slot)
-        return carry
-      lax.fori_loop(jnp.int32(stages), jnp.maximum(n, stages), body, None)
-      _drain(n, stages, (kv_free,))
+      _ring_producer(n, sections, lo, stages, sparse,
+                     functools.partial(load_step, b, kv_head(h)), (kv_free,))
 
   tr = _smem_transforms(D, dtype)
   # One arrival per TMA copy: Q, dO, O, lse (+ dlse) (+ row side values).
