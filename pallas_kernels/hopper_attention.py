@@ -164,6 +164,12 @@ class HopperConfig:
   # the previous block's P V (the ping-pong between the consumers stays). Costs a second P tile
   # in registers. head_dim <= 128 only (ignored above: the accumulators would not fit).
   overlap_softmax: bool = False
+  # backward: ping-pong the dK/dV kernel's two consumers through a schedule barrier, as the
+  # forward does (one consumer's exponentials and dS while the other's products run): two
+  # rounds per step, one after S^T / dP^T are issued, one before dV / dK are. Not with
+  # backward="fused" (its pair barrier would interleave with these rounds and deadlock).
+  # Off by default: written in the sixth session, not yet timed on the GPU.
+  bwd_schedule_barrier: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -1547,6 +1553,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     raise NotImplementedError("the fused backward takes neither segment ids nor "
                               "block_sparsity")
   r = _SPARSE_BLOCK // bq   # kernel steps per listed query block
+  # Both consumers walk the same query blocks (the same in_free phases), so the schedule
+  # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
+  # consumer 0's.
+  ping_pong = cfg.bwd_schedule_barrier and not fused
 
   def kernel(*refs):
     it = iter(refs)
@@ -1560,6 +1570,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
      kv_bar, in_bar, in_free) = (next(it) for _ in range(11))
     if fused:
       ds_smem, dq_smem, pair = (next(it) for _ in range(3))
+    sched = next(it) if ping_pong else None
     kvside_smem = [next(it) for _ in range(nks)]
     qside_smem = [next(it) for _ in range(nqs)]
     b = lax.axis_index("batch")
@@ -1567,6 +1578,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     ci = lax.axis_index("kv_seq")
     wg = lax.axis_index("wg")
     c0 = ci * (2 * bkv)
+
+    def sched_sync():
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
     bm = b if st.Bm > 1 else 0
     if not sparse:
       if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
@@ -1613,7 +1628,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked:   # columns: the query block's side values (read before in_free)
             q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
 
-          sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])])
+          sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
+                             between=sched_sync if ping_pong else None)
           lse = _load_vec(st, lse_smem.at[slot], "COL")
           dlt = _load_vec(st, delta_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
@@ -1633,8 +1649,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             plgpu.commit_smem()
             plgpu.barrier_arrive(pair)          # my dS^T tile is in SMEM
 
-          dv, dk = _mma_acc(st, (dv, dk), [(pT.astype(dtype), do_smem.at[slot]),
-                                           (ds16, q_smem.at[slot])])
+          p16 = pT.astype(dtype)
+          if ping_pong:
+            sched_sync()
+          dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
           if fused:
             plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
@@ -1665,10 +1683,14 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         dk, dv = _walk(sections, step, (dk, dv))
         return dk, dv, base + n_g
 
+      if ping_pong:
+        pl.when(wg == 1)(sched_sync)
       if G == 1:
         dk, dv, _ = head(0, (zeros, zeros, jnp.int32(0)))
       else:
         dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, jnp.int32(0)))
+      if ping_pong:
+        pl.when(wg == 0)(sched_sync)
       if fused:
         # The other consumer's last dQ product reads my K tile: meet before it becomes dK.
         plgpu.barrier_arrive(pair)
@@ -1747,6 +1769,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
   grid, names = _grid(st, st.K, n_cta, "kv_seq")
   if not fused:
+    if ping_pong:
+      scratch = scratch + (plgpu.Barrier(num_arrivals=2),)
     scratch = scratch + tuple(plgpu.SMEM((2, bkv), jnp.int32) for _ in range(nks)) + tuple(
         plgpu.SMEM((stages, bq), jnp.int32) for _ in range(nqs))
     qside, kvside = _side_operands(st, seg, sp)

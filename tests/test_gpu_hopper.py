@@ -444,6 +444,20 @@ def test_overlap_registers_240_block_mask_and_backward():
                  segment_ids=_seg(400, 400, 3, seed=20, orphan=(100, 130)))
 
 
+@requires_hopper
+def test_bwd_schedule_barrier():
+  """The dK/dV kernel's ping-pong (HopperConfig(bwd_schedule_barrier=True), sixth session, not
+  yet timed): GQA head loop + causal + offset + ragged, documents with empty rows, a two-sided
+  window at D=64 f16."""
+  cfg = ha.HopperConfig(bwd_schedule_barrier=True)
+  check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
+                 config=cfg)
+  check_backward(2, 400, 400, 4, 2, 128, jnp.bfloat16, config=cfg,
+                 segment_ids=_seg(400, 400, 3, seed=21, orphan=(100, 130)))
+  check_backward(1, 512, 512, 4, 1, 64, jnp.float16, sliding_window=(100, 30),
+                 config=dataclasses.replace(cfg, block_kv=128, stages=3))
+
+
 # --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across

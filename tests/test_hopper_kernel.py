@@ -374,7 +374,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              persistent_sync_per_tile=c.get("sync_per_tile", True),
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
-                             overlap_softmax=c.get("overlap", False))
+                             overlap_softmax=c.get("overlap", False),
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -484,6 +485,11 @@ INTERPRET_CASES = {
         shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, grad="mosaic",
         seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
                  kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
+    # the dK/dV kernel's ping-pong (HopperConfig.bwd_schedule_barrier): GQA (the head loop),
+    # causal + offset, ragged lengths, 3-slot ring, race detector on
+    "fwdbwd_mosaic_bwd_ping_pong": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
+                                          causal=True, q_offset=40, stages=3, bwd_stages=3,
+                                          grad="mosaic", bwd_sched=True, races=True), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
@@ -753,9 +759,11 @@ SPARSE_CASES = {
     # sees a 50-key prefix) with GQA: the dK/dV kernel walks each query head's own lists;
     # head 0's second query block lists nothing (rows out 0, lse -inf); T != S, neither a
     # multiple of 128, nonzero offsets
+    # (with the dK/dV kernel's ping-pong, HopperConfig.bwd_schedule_barrier: per-head step
+    # counts that differ, the same for both consumers)
     "chunked_causal_per_head_offsets": _sparse_case(
         shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
-        q_offset=192, kv_offset=40, lists=(1, 2), seed=1),
+        q_offset=192, kv_offset=40, lists=(1, 2), seed=1, bwd_sched=True),
     # side arrays: random ids per batch row (per-batch lists, B=2) and a [1, S] key flag;
     # rows whose id no key has (fully masked: out 0, lse -inf, zero gradients)
     "side_arrays_per_batch": _sparse_case(shape=(2, 128, 160, 1, 1, 64), mask="ids",

@@ -321,3 +321,23 @@ def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
     shapes = _shapes(B, T, S, N, K, D, dt)
   assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
                                                         **kw), *shapes)) == 1
+
+
+@pytest.mark.parametrize("which", ["causal_gqa_offset_ragged", "documents", "mask_fn"])
+def test_bwd_schedule_barrier_lowers_for_cuda(which):
+  """HopperConfig(bwd_schedule_barrier=True): the dK/dV kernel's ping-pong (its extra barrier
+  allocation and rounds), forward + backward."""
+  cfg = ha.HopperConfig(bwd_schedule_barrier=True)
+  if which == "mask_fn":
+    from jattn import masks
+    shapes = _shapes(2, 640, 700, 8, 2, 128)
+    kw = _mask_kw(masks.prefix_lm(200), shapes, q_offset=60)
+  else:
+    (B, T, S, N, K, D, dt), kw, _, _ = CASES[which]
+    shapes = _shapes(B, T, S, N, K, D, dt)
+
+  def fwdbwd(q, k, v):
+    return jax.grad(lambda *a: jnp.sum(ha.hopper_attention(*a, interpret=False, config=cfg,
+                                                           **kw).astype(jnp.float32)),
+                    argnums=(0, 1, 2))(q, k, v)
+  assert len(_lower(fwdbwd, *shapes)) == 3
