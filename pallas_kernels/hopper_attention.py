@@ -164,11 +164,12 @@ class HopperConfig:
   # the previous block's P V (the ping-pong between the consumers stays). Costs a second P tile
   # in registers. head_dim <= 128 only (ignored above: the accumulators would not fit).
   overlap_softmax: bool = False
-  # backward: ping-pong the dK/dV kernel's two consumers through a schedule barrier, as the
-  # forward does (one consumer's exponentials and dS while the other's products run): two
-  # rounds per step, one after S^T / dP^T are issued, one before dV / dK are. Not with
-  # backward="fused" (its pair barrier would interleave with these rounds and deadlock).
-  # Off by default: written in the sixth session, not yet timed on the GPU.
+  # backward: ping-pong the two consumers of the dQ and dK/dV kernels through a schedule
+  # barrier, as the forward does (one consumer's exponentials and dS while the other's
+  # products run): two rounds per step, one after S / dP are issued, one before the dQ (dV /
+  # dK) products are. The fused backward's dK/dV kernel ignores it (its pair barrier would
+  # interleave with these rounds and deadlock). Off by default: written in the sixth session,
+  # not yet timed on the GPU.
   bwd_schedule_barrier: bool = False
 
   def __post_init__(self):
@@ -1261,6 +1262,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
   has_dlse = dlse2 is not None
   itemsize = jnp.dtype(dtype).itemsize
   persistent = _dq_persistent(cfg, D, itemsize, nqs, nks)
+  # bwd_schedule_barrier: the consumers ping-pong (see HopperConfig); both walk the tile's n
+  # KV steps, so with 2 rounds per step and, per tile, one before consumer 1's walk and one
+  # after consumer 0's, the rounds pair up (zero-step tiles included).
+  ping_pong = cfg.bwd_schedule_barrier
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
   smem = _dq_smem_bytes(cfg, D, itemsize, q_sides=nqs, kv_sides=nks, persistent=persistent)
@@ -1280,6 +1285,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     if persistent:
       (q_smem, do_smem, o_smem, vec_smem, k_smem, v_smem, q_bar, kv_bar,
        kv_free) = (next(it) for _ in range(9))
+      sched = next(it) if ping_pong else None
       side_smem = next(it) if nqs + nks else None
       # [0, wg]: lse, then delta's staging; [1, wg]: dlse
       lse_buf = lambda i: vec_smem.at[0, i]
@@ -1292,6 +1298,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     else:
       (q_smem, do_smem, o_smem, lse_smem, delta_smem, dlse_smem, k_smem,
        v_smem, q_bar, kv_bar, kv_free) = (next(it) for _ in range(11))
+      sched = next(it) if ping_pong else None
       qside_smem = [next(it) for _ in range(nqs)]
       kvside_smem = [next(it) for _ in range(nks)]
       lse_buf = lambda i: lse_smem.at[i]
@@ -1331,6 +1338,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
         plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], qside_buf(s, wg),
                                 bar)
 
+    def sched_sync():
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
+
     def consume(b, h, q_base, n, sections, qs, dos, base, prefetch):
       """A consumer's part of one tile (its rows [q_base, q_base + bq)), after its inputs
       arrived: delta (stored by TMA, not awaited), the dQ loop over the tile's n KV steps, dQ
@@ -1364,7 +1375,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
         if masked:
           kv_vecs = [_load_vec(st, kvside_buf(s, slot), "COL") for s in range(nks)]
 
-        s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])])
+        s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])],
+                         between=sched_sync if ping_pong else None)
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
         if masked:
           rows = _iota(st, (bq, bkv), 0)
@@ -1375,14 +1387,21 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           if keep is not None:
             p = jnp.where(keep, p, 0.0)
         ds = p * (dp - lax.broadcast_in_dim(dlt, dp.shape, [0]))
+        ds16 = ds.astype(dtype)
+        if ping_pong:
+          sched_sync()
 
-        dq, = _mma_acc(st, (dq,), [(ds.astype(dtype), k_smem.at[slot])])
+        dq, = _mma_acc(st, (dq,), [(ds16, k_smem.at[slot])])
         plgpu.barrier_arrive(kv_free.at[slot])
         if prefetch is not None:
           pl.when(t == 0)(prefetch)
         return dq
 
+      if ping_pong:
+        pl.when(wg == 1)(sched_sync)
       dq = _walk(sections, step, dq)
+      if ping_pong:
+        pl.when(wg == 0)(sched_sync)
       if prefetch is not None:
         pl.when(n == 0)(prefetch)
       qs[...] = (dq * st.scale).astype(dtype)
@@ -1479,6 +1498,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           plgpu.SMEM((stages, bkv, D), dtype, transforms=tr))
   ring_barriers = (plgpu.Barrier(num_arrivals=2 + nks, num_barriers=stages),
                    plgpu.Barrier(num_arrivals=2, num_barriers=stages))
+  if ping_pong:   # the consumers' schedule barrier
+    ring_barriers = ring_barriers + (plgpu.Barrier(num_arrivals=2),)
   if persistent:
     scratch = (
         plgpu.SMEM((4, bq, D), dtype, transforms=tr),     # Q, then dQ: index buf * 2 + wg
@@ -1975,7 +1996,7 @@ def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = Fa
   bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages
   tile = bq * D * itemsize
   ring = 2 * _smem_alloc(stages * bkv * D * itemsize)
-  barriers = 8 * (2 + 2 * stages)
+  barriers = 8 * (2 + 2 * stages + cfg.bwd_schedule_barrier)
   if persistent:
     bufs = 2 * _smem_alloc(4 * tile) + _smem_alloc(2 * tile) + _smem_alloc(2 * 2 * bq * 4)
     sides = _smem_alloc((2 * q_sides + stages * kv_sides) * bkv * 4) if q_sides + kv_sides else 0

@@ -446,9 +446,9 @@ def test_overlap_registers_240_block_mask_and_backward():
 
 @requires_hopper
 def test_bwd_schedule_barrier():
-  """The dK/dV kernel's ping-pong (HopperConfig(bwd_schedule_barrier=True), sixth session, not
-  yet timed): GQA head loop + causal + offset + ragged, documents with empty rows, a two-sided
-  window at D=64 f16."""
+  """The backward kernels' ping-pong (HopperConfig(bwd_schedule_barrier=True): dQ and dK/dV;
+  sixth session, not yet timed): GQA head loop + causal + offset + ragged, documents with empty
+  rows, a two-sided window at D=64 f16, the persistent dQ kernel with zero-step tiles."""
   cfg = ha.HopperConfig(bwd_schedule_barrier=True)
   check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
                  config=cfg)
@@ -456,6 +456,8 @@ def test_bwd_schedule_barrier():
                  segment_ids=_seg(400, 400, 3, seed=21, orphan=(100, 130)))
   check_backward(1, 512, 512, 4, 1, 64, jnp.float16, sliding_window=(100, 30),
                  config=dataclasses.replace(cfg, block_kv=128, stages=3))
+  check_backward(2, 512, 256, 4, 2, 128, jnp.bfloat16, is_causal=True, kv_offset=300,
+                 config=dataclasses.replace(cfg, bwd_persistent=True))
 
 
 # --------------------------------------------------------------------------------------------

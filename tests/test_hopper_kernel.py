@@ -942,10 +942,12 @@ PERSISTENT_BWD_CASES = {
     # BlockMask lists + mask_fn (SPARSE_CASES' chunked_causal_per_head_offsets): per-head lists,
     # head 0's second query block lists nothing (a zero-step tile between two others: all 4
     # items on 1 CTA), T != S, offsets, lse cotangent
+    # (with the consumers' ping-pong, HopperConfig.bwd_schedule_barrier: its per-tile extra
+    # rounds around the zero-step tile)
     "sparse_lists_mask_fn": _sparse_case(
         shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
         q_offset=192, kv_offset=40, lists=(1, 2), seed=1, bwd_persistent=True,
-        persistent_ctas=1, races="dq"),
+        persistent_ctas=1, races="dq", bwd_sched=True),
     # side arrays (one q, two kv: the persistent kernel's single int32 side buffer), per-batch
     # lists, rows meeting no key; 2 items on 1 CTA
     "sparse_side_arrays": _sparse_case(shape=(2, 128, 160, 1, 1, 64), mask="ids", lists=(2, 1),

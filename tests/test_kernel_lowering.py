@@ -187,11 +187,22 @@ def test_dq_smem_bytes_is_what_mosaic_allocates(D, bwd_persistent, sides):
   memory Mosaic GPU's lowering counts for the dQ kernel (and checks against the 227 KiB of the
   H100: an overflow fails to lower). At D=128 the persistent kernel fits plain and with segment
   ids; with one q + two kv side arrays it does not and the dQ kernel runs non-persistent."""
+  _check_dq_smem_bytes(D, bwd_persistent, sides)
+
+
+@pytest.mark.parametrize("bwd_persistent", [False, True])
+def test_dq_smem_bytes_with_bwd_schedule_barrier(bwd_persistent):
+  """The same with the consumers' schedule barrier (HopperConfig.bwd_schedule_barrier): the
+  persistent kernel with segment ids, 8 bytes under its limit before, still fits."""
+  _check_dq_smem_bytes(128, bwd_persistent, "segments", bwd_schedule_barrier=True)
+
+
+def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
   from jax.experimental.mosaic.gpu import core as mgpu_core
   from pallas_kernels import from_dense
   T = 512
   shapes = _shapes(2, T, T, 4, 2, D)
-  cfg = ha.HopperConfig(bwd_persistent=bwd_persistent, persistent_ctas=132)
+  cfg = ha.HopperConfig(bwd_persistent=bwd_persistent, persistent_ctas=132, **config)
   kw, nq, nkv = dict(config=cfg), 0, 0
   if sides == "segments":
     kw.update(is_causal=True, segment_ids=_docs(2, T, 4, 3))
