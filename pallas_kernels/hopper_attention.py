@@ -57,7 +57,7 @@ segment ids (row i meets column j iff q_ids[b, i] == kv_ids[b, j]), GQA, `return
 inside; padded keys are masked), head dims 64..256 (multiples of 64 natively, others
 zero-padded), block_sparsity + mask_fn (flash_attention's semantics; not with causal, window
 or segment ids; the mask function is re-evaluated with `not` of booleans rewritten, see
-`_without_bool_not`). Fully masked rows give out = 0, lse = -inf and zero gradients.
+`_without_not`). Fully masked rows give out = 0, lse = -inf and zero gradients.
 Dtypes bf16 and f16.
 
 Entry point: `hopper_attention(q, k, v, ...)`; reference: `hopper_reference.hopper_attention_reference`.
@@ -515,14 +515,16 @@ def _walk(sections, body, carry):
   return carry
 
 
-def _without_bool_not(fn):
-  """`fn` evaluated with every `not` of a boolean array computed as `int32(x) == 0`.
+def _without_not(fn):
+  """`fn` evaluated with every `not` rewritten: of a boolean array as `int32(x) == 0`, of a
+  signed integer array as `-x - 1`.
 
   Mosaic GPU in jax 0.11.2 cannot lower `not` of a boolean register array ("Register bitwidth
   in target type must be divisible by 8, got 2", H100, sixth session) while it lowers the
-  conversion and the compare; `~m` is common in mask functions, so the kernel re-evaluates the
-  traced function with that one substitution (nested jit bodies included) instead of refusing
-  it."""
+  conversion and the compare (and neg / sub); `~m` is common in mask functions, so the kernel
+  re-evaluates the traced function with that substitution (nested jit bodies included) instead
+  of refusing it. Integer `not` is rewritten too, so that no form of `not` reaches the lowering
+  untested (unsigned integers, which position masks do not use, are left as they are)."""
   def eval_jaxpr(jaxpr, consts, args):
     env = {}
 
@@ -532,8 +534,11 @@ def _without_bool_not(fn):
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
       ins = [read(v) for v in eqn.invars]
-      if eqn.primitive is lax.not_p and eqn.invars[0].aval.dtype == jnp.bool_:
+      dt = eqn.invars[0].aval.dtype if eqn.invars else None
+      if eqn.primitive is lax.not_p and dt == jnp.bool_:
         outs = [lax.convert_element_type(ins[0], jnp.int32) == 0]
+      elif eqn.primitive is lax.not_p and jnp.issubdtype(dt, jnp.signedinteger):
+        outs = [lax.sub(lax.neg(ins[0]), jnp.asarray(1, dt))]
       elif eqn.primitive.name in ("pjit", "jit", "closed_call") and "jaxpr" in eqn.params:
         inner = eqn.params["jaxpr"]
         outs = eval_jaxpr(inner.jaxpr, inner.consts, ins)
@@ -563,7 +568,7 @@ def _tile_keep(st: _Static, b, h, shape, q_axis: int, q_pos, kv_pos, kv_idx, q_v
     kv_axis = 1 - q_axis
     qv = tuple(lax.broadcast_in_dim(x, shape, [q_axis]) for x in q_vecs)
     kvv = tuple(lax.broadcast_in_dim(x, shape, [kv_axis]) for x in kv_vecs)
-    m = jnp.asarray(_without_bool_not(st.mask_fn)(b, h, q_pos, kv_pos, qv, kvv), bool)
+    m = jnp.asarray(_without_not(st.mask_fn)(b, h, q_pos, kv_pos, qv, kvv), bool)
     if m.shape != tuple(shape):
       m = jnp.broadcast_to(m, shape)
     keep = _and(keep, m)

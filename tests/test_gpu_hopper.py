@@ -608,7 +608,7 @@ def test_block_mask_matches_reference(name):
 
 # Primitives added to pallas_mgpu.MASK_OPS in the sixth session, after each compiled and matched
 # the reference on the H100 on its own (`test_block_mask_single_op`); `not` of a boolean array
-# compiles only through the kernel's rewrite (`hopper_attention._without_bool_not`: Mosaic GPU
+# compiles only through the kernel's rewrite (`hopper_attention._without_not`: Mosaic GPU
 # in jax 0.11.2 rejects it with "Register bitwidth in target type must be divisible by 8, got
 # 2"). The combined test below then runs them together with a folded two-sided window.
 WIDER_MASK_OPS = frozenset({"not", "xor", "ge", "mul", "neg", "abs", "min", "max",

@@ -223,6 +223,23 @@ def test_config_validation():
   assert ha.bwd_kernel_supports(128) and not ha.bwd_kernel_supports(256)
 
 
+def test_mask_functions_are_evaluated_without_not():
+  """`_without_not` (Mosaic GPU in jax 0.11.2 cannot lower `not` of booleans): the same values
+  as the mask function, `not` of booleans and of signed ints rewritten, nested jit included,
+  no `not` left in what the kernel traces."""
+  def mask(b, h, q, kv, qv, kvv):
+    inner = jax.jit(lambda x: ~x & (q >= 0))
+    return inner(~(q % 3 == kv % 5)) | ~(kv < 2) | ((~q) + kv > -3) | (qv[0] > h)
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.integers(-50, 50, (8, 16)), jnp.int32)
+  kv = jnp.asarray(rng.integers(-50, 50, (8, 16)), jnp.int32)
+  qv = (jnp.asarray(rng.integers(0, 4, (8, 16)), jnp.int32),)
+  rewritten = ha._without_not(mask)
+  np.testing.assert_array_equal(rewritten(0, 1, q, kv, qv, ()), mask(0, 1, q, kv, qv, ()))
+  assert "not" in str(jax.make_jaxpr(lambda *a: mask(0, 1, *a, ()))(q, kv, qv))
+  assert "not" not in str(jax.make_jaxpr(lambda *a: rewritten(0, 1, *a, ()))(q, kv, qv))
+
+
 def test_default_config_persistent_and_overlap_rules(monkeypatch):
   # The rule measured on the H100 (NOTES, Hopper v5): persistent forward for short kv lengths
   # when every tile walks the same blocks; never for causal / window / documents / long calls.

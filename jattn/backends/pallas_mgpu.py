@@ -53,7 +53,7 @@ FEATURES = frozenset({"causal", "offsets", "sliding_window", "segment_ids", "gqa
 # and checked on the H100 (tests/test_gpu_hopper.py::test_block_mask_*: prefix LM, chunked
 # causal, padding, or-combined windows, `%`, documents, and one mask per primitive for those
 # added in the sixth session; `not` of a boolean goes through the kernel's rewrite
-# `_without_bool_not`). Anything else is refused by capability until a GPU test covers it, and
+# `_without_not`). Anything else is refused by capability until a GPU test covers it, and
 # `pallas_flash` runs the call.
 MASK_BLOCK = (128, 128)
 MASK_OPS = frozenset({"and", "or", "eq", "ne", "lt", "le", "gt", "add", "sub", "div", "rem",
