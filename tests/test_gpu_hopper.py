@@ -415,8 +415,8 @@ def test_overlap_softmax_block_mask(cfg):
   check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 17)
 
 
-# The overlap with 240 registers per consumer and 24 for the producer (FA3's split): measured
-# faster in 5 of 6 A/B comparisons (NOTES.md v7) but not yet a default; this runs every producer
+# The overlap with 240 registers per consumer and 24 for the producer (FA3's split): faster in
+# 6 of 8 forward A/B comparisons (NOTES.md v7) but not yet a default; this runs every producer
 # path with 24 registers (static ranges, the segment-id range table, block lists; persistent
 # and not) and the backward kernels under the same split.
 _R240 = dict(overlap_softmax=True, consumer_registers=240, producer_registers=24)
