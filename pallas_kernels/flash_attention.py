@@ -99,20 +99,11 @@ class KernelConfig:
   dq: tuple[int, int] = (128, 64)
   dq_launch: tuple[int, int] = (8, 3)
   bwd: str = "split"
-  # forward launch order: "tiles" = the query tiles of one (batch, head) are
-  # consecutive programs (longest first); "heads" = every (batch, head)'s
-  # longest tile first, then every second-longest, ... (longest-job-first
-  # over the whole grid, which evens out causal tails; the K/V of one head
-  # are then shared by programs far apart).
-  fwd_order: str = "tiles"
 
   def __post_init__(self):
     if self.bwd not in BACKWARD_MODES:
       raise ValueError(f"KernelConfig.bwd must be one of {BACKWARD_MODES}, "
                        f"got {self.bwd!r}")
-    if self.fwd_order not in ("tiles", "heads"):
-      raise ValueError("KernelConfig.fwd_order must be 'tiles' or 'heads', "
-                       f"got {self.fwd_order!r}")
 
 
 # A call counts as "short" when the KV extent one query block walks (mean
@@ -206,7 +197,6 @@ class _Static:
   dkv_launch: tuple
   dq_launch: tuple
   bwd: str             # "split" | "fused"
-  fwd_heads_fastest: bool   # KernelConfig.fwd_order == "heads"
   scale: float
   softcap: float | None
   has_sinks: bool
@@ -380,21 +370,8 @@ def _kv_tile(st: _Static, j, tkv: int, k_ref, v_ref, ks_refs, q, q_pos, q_vals,
 
 
 # --------------------------------------------------------------------------
-# Forward kernel: grid (q tiles, B*N), or (B*N, q tiles) with fwd_order
-# "heads" (the first grid axis varies fastest in launch order).
+# Forward kernel: grid (q tiles, B*N).
 # --------------------------------------------------------------------------
-def _fwd_axes(st: _Static):
-  """(grid axis of the query tile, grid axis of batch * heads)."""
-  return (1, 0) if st.fwd_heads_fastest else (0, 1)
-
-
-def _fwd_grid_map(st: _Static, fn):
-  """An index map written as fn(i, bh) -> the forward grid's argument order."""
-  if st.fwd_heads_fastest:
-    return lambda bh, i: fn(i, bh)
-  return fn
-
-
 def _fwd_kernel(*refs, st: _Static):
   tq, tkv = st.fwd
   it = iter(refs)
@@ -407,9 +384,8 @@ def _fwd_kernel(*refs, st: _Static):
   o_ref, lse_ref = next(it), next(it)
 
   nqt = st.T_pad // tq
-  i_axis, bh_axis = _fwd_axes(st)
-  qi = nqt - 1 - pl.program_id(i_axis)  # heavy (late) query tiles first
-  bh = pl.program_id(bh_axis)
+  qi = nqt - 1 - pl.program_id(0)       # heavy (late) query tiles first
+  bh = pl.program_id(1)
   b = lax.div(bh, st.N)
   h = lax.rem(bh, st.N)
   q_off, kv_off = _offsets(st, offs_ref)
@@ -671,18 +647,21 @@ def _side_spec(st, has_b, tile, full, which, kind):
                       lambda j, bk: (lax.div(bk, st.K) if has_b else 0, 0))
 
 
-def _q_grid_tail(st: _Static, offs, arrays, q_side, kv_side, tq: int):
-  """The operands (and their specs, maps of (i, bh)) that end the inputs of
-  a query-tile grid (forward, dQ): traced offsets, the KV block lists, the
-  side arrays."""
+def _grid_tail(st: _Static, offs, arrays, q_side, kv_side, which: str,
+               tile: int):
+  """The operands (and their specs) that end every kernel's inputs: traced
+  offsets, the block lists, the side arrays. which: "fwd" for the query-tile
+  grids (forward, dQ: the KV lists, `tile` query rows) or "dkv" (the KV-tile
+  grid: the query lists, `tile` KV rows)."""
   ins, specs = [], []
   if st.static_offsets is None:
     ins.append(offs)
-    specs.append(pl.BlockSpec((2,), lambda i, bh: (0,)))
-  a, s = _blk_specs(st, arrays, "kv", 2)
+    specs.append(pl.BlockSpec((2,), lambda *_: (0,)))
+  a, s = _blk_specs(st, arrays, "kv" if which == "fwd" else "q", 2)
   ins += a
   specs += s
-  a, s = _side_inputs(st, q_side, kv_side, tq, None, "fwd")
+  q_block, kv_block = (tile, None) if which == "fwd" else (None, tile)
+  a, s = _side_inputs(st, q_side, kv_side, q_block, kv_block, which)
   return ins + a, specs + s
 
 
@@ -704,7 +683,7 @@ def _fwd_call(st: _Static, q, k, v, sinks, arrays, q_side, kv_side, offs):
   if st.has_sinks:
     ins.append(sinks)
     specs.append(pl.BlockSpec((N,), lambda i, bh: (0,)))
-  a, s = _q_grid_tail(st, offs, arrays, q_side, kv_side, tq)
+  a, s = _grid_tail(st, offs, arrays, q_side, kv_side, "fwd", tq)
   ins += a
   specs += s
   out_shape = [
@@ -718,12 +697,9 @@ def _fwd_call(st: _Static, q, k, v, sinks, arrays, q_side, kv_side, offs):
                    lambda i, bh: (b_of(bh), h_of(bh), nqt - 1 - i)),
   ]
   nw, ns = st.fwd_launch
-  # the maps above take (i, bh); fwd_order "heads" launches bh fastest
-  specs, out_specs = ([dataclasses.replace(sp, index_map=_fwd_grid_map(st, sp.index_map))
-                       for sp in group] for group in (specs, out_specs))
   out, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, st=st),
-      grid=(st.B * N, nqt) if st.fwd_heads_fastest else (nqt, st.B * N),
+      grid=(nqt, st.B * N),
       in_specs=specs,
       out_specs=out_specs,
       out_shape=out_shape,
@@ -757,7 +733,7 @@ def _dq_call(st, q, k, v, do, lse2, out, dlse, arrays, q_side, kv_side, offs):
   if dlse is not None:
     ins.append(dlse)
     specs.append(pl.BlockSpec((None, None, tq), vecmap))
-  a, s = _q_grid_tail(st, offs, arrays, q_side, kv_side, tq)
+  a, s = _grid_tail(st, offs, arrays, q_side, kv_side, "fwd", tq)
   ins += a
   specs += s
   nw, ns = st.dq_launch
@@ -794,13 +770,7 @@ def _dkv_call(st, q, k, v, do, lse2, dl, arrays, q_side, kv_side, offs):
       pl.BlockSpec((None, gdim, st.T_pad), vecmap),
       pl.BlockSpec((None, gdim, st.T_pad), vecmap),
   ]
-  if st.static_offsets is None:
-    ins.append(offs)
-    specs.append(pl.BlockSpec((2,), lambda j, bk: (0,)))
-  a, s = _blk_specs(st, arrays, "q", 2)
-  ins += a
-  specs += s
-  a, s = _side_inputs(st, q_side, kv_side, None, tkv, "dkv")
+  a, s = _grid_tail(st, offs, arrays, q_side, kv_side, "dkv", tkv)
   ins += a
   specs += s
   out_specs = [pl.BlockSpec((None, tkv, None, st.Dp), kmap),
@@ -1215,7 +1185,7 @@ def _prepare_call(q, k, v, *, block_sparsity: BlockSparsity | None = None,
       fwd=(tiles_q[0], tiles_kv[0]), dkv=(tiles_q[1], tiles_kv[1]),
       dq=(tiles_q[2], tiles_kv[2]),
       fwd_launch=launches[0], dkv_launch=launches[1], dq_launch=launches[2],
-      bwd=cfg.bwd, fwd_heads_fastest=cfg.fwd_order == "heads",
+      bwd=cfg.bwd,
       scale=scale, softcap=softcap, has_sinks=has_sinks,
       mask_fn=mask_fn, score_mod=score_mod,
       q_side_b=tuple(q_side_b), kv_side_b=tuple(kv_side_b),

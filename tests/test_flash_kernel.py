@@ -497,28 +497,6 @@ def test_config_selection_and_overrides():
     flash_attention(q, q, q, interpret=True, config={"fwd": (16, 16)})
 
 
-@pytest.mark.parametrize("name", ["docs_bf16_side_arrays", "causal_f32_d96_gqa_offsets"])
-def test_forward_heads_fastest_order_matches_tiles_order(name):
-  """fwd_order="heads" swaps the forward grid's axes (every index map and the
-  kernel's program ids): out and lse must equal the default order's bit for
-  bit, side arrays (batch-indexed), GQA and offsets included."""
-  c, (q, k, v), kw, kernel_kw, dense, dout, dlse = _build(name)
-  base = default_config(c["D"], q.dtype)
-  outs = {}
-  for order in ("tiles", "heads"):
-    cfg = dataclasses.replace(base, fwd_order=order)
-    outs[order] = flash_attention(q, k, v, interpret=True, config=cfg,
-                                  return_lse=True, **kernel_kw, **kw)
-  for a, b in zip(outs["tiles"], outs["heads"]):
-    np.testing.assert_array_equal(np.asarray(a, np.float32),
-                                  np.asarray(b, np.float32))
-  ref = flash_attention_reference(q, k, v, **kw)
-  assert rel_err(outs["heads"][0], np.asarray(ref, np.float64)) < (
-      1e-5 if c["dtype"] == "f32" else 1e-2)
-  with pytest.raises(ValueError, match="fwd_order"):
-    KernelConfig(fwd_order="rows")
-
-
 def test_unknown_option_is_a_type_error_naming_the_function():
   import importlib
 
