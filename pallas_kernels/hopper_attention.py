@@ -206,7 +206,7 @@ _OVERLAP_MIN_KV = 2048
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
-                   static_ranges: bool | None = None) -> HopperConfig:
+                   static_ranges: bool = False) -> HopperConfig:
   """Tiles for `head_dim`. With `kv_len`, the per-call choice:
   * the persistent forward when the kv length is short and `uniform_tiles` (no causal mask,
     window, segment ids or block mask: every query tile walks every KV block);
@@ -223,11 +223,10 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     return HopperConfig(block_kv=64, stages=2)
   if kv_len is None:
     return cfg
-  static_ranges = uniform_tiles if static_ranges is None else (static_ranges or uniform_tiles)
   if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
                               overlap_softmax=True)
-  elif static_ranges and kv_len >= _OVERLAP_MIN_KV:
+  elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True)
   return cfg
 
@@ -662,6 +661,15 @@ def _drain(n, stages: int, free_barriers):
   lax.fori_loop(jnp.maximum(n - stages, 0), n, body, None)
 
 
+def _schedule_round(barrier):
+  """One ping-pong round of the two consumer warpgroups on their 2-arrival schedule barrier;
+  nothing when the kernel runs without one (None)."""
+  if barrier is not None:
+    plgpu = _api()["plgpu"]
+    plgpu.barrier_arrive(barrier)
+    plgpu.barrier_wait(barrier)
+
+
 def _wait_if(cond, barrier):
   """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
   traced, or a Python bool when the step is known statically)."""
@@ -883,10 +891,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
     wg = lax.axis_index("wg")
 
-    def sched_sync():
-      if cfg.schedule_barrier:
-        plgpu.barrier_arrive(sched)
-        plgpu.barrier_wait(sched)
+    sched_sync = functools.partial(_schedule_round, sched if cfg.schedule_barrier else None)
 
     def softmax_update(s, m_i, l_i, masked: bool):
       """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
@@ -954,13 +959,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             s = apply_mask(s, j, kv_vecs)
           return softmax_update(s, m_i, l_i, masked)
 
-        if st.interpret:   # the same order, with jnp products
-          sched_sync()
-          s = lax.dot_general(qs[...], k_smem.at[slot][...], (((1,), (1,)), ((), ())),
-                              preferred_element_type=jnp.float32)
+        if st.interpret:   # the same order, with the helpers' jnp products
+          s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
           p16, m_new, l_new, alpha = softmax_of(s)
-          acc = acc + jnp.dot(p_prev, v_smem.at[prev][...],
-                              preferred_element_type=jnp.float32)
+          acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[prev])])
         else:
           def fn(refs):
             acc_ref, s_ref, p_ref, m_ref, l_ref, a_ref = refs
@@ -1343,9 +1345,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
         plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(q_base, bq)], qside_buf(s, wg),
                                 bar)
 
-    def sched_sync():
-      plgpu.barrier_arrive(sched)
-      plgpu.barrier_wait(sched)
+    sched_sync = functools.partial(_schedule_round, sched)
 
     def consume(b, h, q_base, n, sections, qs, dos, base, prefetch):
       """A consumer's part of one tile (its rows [q_base, q_base + bq)), after its inputs
@@ -1381,7 +1381,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           kv_vecs = [_load_vec(st, kvside_buf(s, slot), "COL") for s in range(nks)]
 
         s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])],
-                         between=sched_sync if ping_pong else None)
+                         between=sched_sync)
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
         if masked:
           rows = _iota(st, (bq, bkv), 0)
@@ -1393,8 +1393,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
             p = jnp.where(keep, p, 0.0)
         ds = p * (dp - lax.broadcast_in_dim(dlt, dp.shape, [0]))
         ds16 = ds.astype(dtype)
-        if ping_pong:
-          sched_sync()
+        sched_sync()
 
         dq, = _mma_acc(st, (dq,), [(ds16, k_smem.at[slot])])
         plgpu.barrier_arrive(kv_free.at[slot])
@@ -1605,9 +1604,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     wg = lax.axis_index("wg")
     c0 = ci * (2 * bkv)
 
-    def sched_sync():
-      plgpu.barrier_arrive(sched)
-      plgpu.barrier_wait(sched)
+    sched_sync = functools.partial(_schedule_round, sched)
     bm = b if st.Bm > 1 else 0
     if not sparse:
       if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
@@ -1655,7 +1652,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
 
           sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
-                             between=sched_sync if ping_pong else None)
+                             between=sched_sync)
           lse = _load_vec(st, lse_smem.at[slot], "COL")
           dlt = _load_vec(st, delta_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
@@ -1676,8 +1673,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             plgpu.barrier_arrive(pair)          # my dS^T tile is in SMEM
 
           p16 = pT.astype(dtype)
-          if ping_pong:
-            sched_sync()
+          sched_sync()
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
           if fused:

@@ -315,6 +315,17 @@ def test_paged_decode_kernel_lowers_for_cuda():
   assert len(calls) == 1, calls
 
 
+def _case_or_mask_fn(which):
+  """(shapes, kwargs) of a CASES entry, or of a prefix-LM mask function with a q offset
+  ("mask_fn": BlockMask lists + an in-register mask)."""
+  if which == "mask_fn":
+    from jattn import masks
+    shapes = _shapes(2, 640, 700, 8, 2, 128)
+    return shapes, _mask_kw(masks.prefix_lm(200), shapes, q_offset=60)
+  (B, T, S, N, K, D, dt), kw, _, _ = CASES[which]
+  return _shapes(B, T, S, N, K, D, dt), kw
+
+
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged",
                                    "window_two_sided_f16_d64", "documents", "mask_fn"])
@@ -323,13 +334,7 @@ def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
   plain refs, wgmma_accumulator_load(wait_n=1), the peeled first step and the last P V under
   lax.cond (register arrays yielded)."""
   cfg = ha.HopperConfig(overlap_softmax=True, persistent=persistent, persistent_ctas=132)
-  if which == "mask_fn":
-    from jattn import masks
-    shapes = _shapes(2, 640, 700, 8, 2, 128)
-    kw = _mask_kw(masks.prefix_lm(200), shapes, q_offset=60)
-  else:
-    (B, T, S, N, K, D, dt), kw, _, _ = CASES[which]
-    shapes = _shapes(B, T, S, N, K, D, dt)
+  shapes, kw = _case_or_mask_fn(which)
   assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
                                                         **kw), *shapes)) == 1
 
@@ -339,13 +344,7 @@ def test_bwd_schedule_barrier_lowers_for_cuda(which):
   """HopperConfig(bwd_schedule_barrier=True): the dK/dV kernel's ping-pong (its extra barrier
   allocation and rounds), forward + backward."""
   cfg = ha.HopperConfig(bwd_schedule_barrier=True)
-  if which == "mask_fn":
-    from jattn import masks
-    shapes = _shapes(2, 640, 700, 8, 2, 128)
-    kw = _mask_kw(masks.prefix_lm(200), shapes, q_offset=60)
-  else:
-    (B, T, S, N, K, D, dt), kw, _, _ = CASES[which]
-    shapes = _shapes(B, T, S, N, K, D, dt)
+  shapes, kw = _case_or_mask_fn(which)
 
   def fwdbwd(q, k, v):
     return jax.grad(lambda *a: jnp.sum(ha.hopper_attention(*a, interpret=False, config=cfg,
