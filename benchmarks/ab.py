@@ -16,7 +16,7 @@ variant's ratio to the peer.
   python3 benchmarks/ab.py --kernel flash --cells causal1k,docs [--rounds 3] [--out F] \\
       --variant "dq64:dq=(64, 64);dq_launch=(4, 2)" [--variant ...] [--variant-base short]
   python3 benchmarks/ab.py --kernel hopper --cells dense1k,dense4k \\
-      --variant "persistent:persistent=True"
+      --variant "persistent:persistent=True" --variant "fused:backward=fused"
 """
 
 from __future__ import annotations
@@ -63,9 +63,25 @@ def hopper_side(args):
   del args
   from bench_hopper import inputs, make
   from pallas_kernels.hopper_attention import default_config
-  ours = lambda kind, B, S, cfg: make("ours", kind, config=cfg, B=B, S=S)
+  def ours(kind, B, S, cfg):
+    cfg, backward = cfg if isinstance(cfg, tuple) else (cfg, None)
+    return make("ours", kind, config=cfg, backward=backward, B=B, S=S)
   peer = lambda kind, B, S: make("cudnn", kind) if kind != "docs" else None
   return default_config(D), ours, "cudnn", peer, inputs
+
+
+def _split_backward(spec):
+  """'NAME:backward=fused;f=v' -> ('NAME:f=v', 'fused'): `backward` is an argument of
+  hopper_attention, not a config field."""
+  name, _, body = spec.partition(":")
+  items, backward = [], None
+  for item in filter(None, (x.strip() for x in body.split(";"))):
+    field, _, value = item.partition("=")
+    if field.strip() == "backward":
+      backward = value.strip().strip("'\"")
+    else:
+      items.append(item)
+  return f"{name}:{';'.join(items)}", backward
 
 
 def main():
@@ -90,7 +106,12 @@ def main():
   base, ours, peer_name, peer, make_inputs = (flash_side if args.kernel == "flash"
                                               else hopper_side)(args)
   table = {"default": None}     # no config: what the call itself picks
-  table.update(parse_variant(v, base) for v in args.variant)
+  for spec in args.variant:
+    spec, backward = _split_backward(spec)
+    if backward is not None and args.kernel != "hopper":
+      raise SystemExit(f"--variant {spec!r}: backward= is a hopper_attention argument")
+    name, cfg = parse_variant(spec, base)
+    table[name] = cfg if backward is None else (cfg, backward)
   results = {}
   for cell in args.cells.split(","):
     kind, B, S = CELLS[cell]

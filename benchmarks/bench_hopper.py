@@ -42,7 +42,7 @@ if ROOT not in sys.path:
 from bench_common import (CHUNK, D, H, N_DOCS, PREFIX, WINDOW, doc_ids, log, run_flex, tflops,  # noqa: E402
                           time_call)
 
-BACKWARD = "mosaic"   # --backward
+BACKWARD = None   # --backward (None: the call's own choice, `default_backward`)
 
 
 def inputs(B, S, dtype=None, seed=0):
@@ -351,7 +351,8 @@ def main():
   ap.add_argument("--sections", default="ceiling,dense,sparse")
   ap.add_argument("--seq", default="1024,4096,16384")
   ap.add_argument("--reps", type=int, default=10)
-  ap.add_argument("--backward", default="mosaic", help="ours' backward: mosaic | fused | xla")
+  ap.add_argument("--backward", default=None,
+                  help="ours' backward: mosaic | fused | xla (default: the call's own choice)")
   ap.add_argument("--variant-seq", default="4096,16384")
   ap.add_argument("--check", action="store_true", help="compare ours vs cuDNN numerically")
   ap.add_argument("--no-flex", action="store_true")

@@ -171,6 +171,10 @@ class HopperConfig:
   # interleave with these rounds and deadlock). Off by default: written in the sixth session,
   # not yet timed on the GPU.
   bwd_schedule_barrier: bool = False
+  # backward="fused": issue each step's dQ product with the dV / dK products and await the
+  # three together (after the pair meeting) instead of awaiting dV / dK, meeting, then
+  # issuing and awaiting dQ alone. Seventh session, to be A/B-timed.
+  fused_dq_with_dkv: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -203,6 +207,11 @@ _PERSISTENT_MAX_KV = 1024
 # the peeled first step and the trailing P V do not pay off). Not yet timed with windows,
 # segment ids or block masks, which keep the plain loop.
 _OVERLAP_MIN_KV = 2048
+# ...with 240 / 24 registers (consumers / producer) in those calls: forward A/B on the H100 over
+# three runs (sixth and seventh sessions) faster in 8 of 11 comparisons (dense 4k +3 / +8%,
+# causal 16k +1 / +4 / +8%), fwd+bwd dense 4k +6% (NOTES.md Hopper v8). The other calls keep
+# 232 / 40: their producers walk range tables or block lists, not timed at 24 registers.
+_OVERLAP_REGISTERS = dict(consumer_registers=240, producer_registers=24)
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
@@ -212,7 +221,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     window, segment ids or block mask: every query tile walks every KV block);
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
-    mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV.
+    mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
+    240 / 24 register split.
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   d = _padded_head_dim(head_dim)
   if d <= 64:
@@ -227,8 +237,28 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
                               overlap_softmax=True)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
-    cfg = dataclasses.replace(cfg, overlap_softmax=True)
+    cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS)
   return cfg
+
+
+# The fused backward (dQ by TMA reduce-add inside the dK/dV kernel: 5 products per block pair
+# against 7) measured +5% fwd+bwd on dense S=16k (seventh session, with the 240 / 24 split;
+# +3% in the first session) and nothing or worse at S=4k and on causal calls, where the dQ
+# kernel's recomputation is cheaper than the f32 dQ reduction traffic (NOTES.md Hopper v8).
+_FUSED_MIN_KV = 8192
+
+
+def default_backward(head_dim: int, kv_len: int, *, uniform_tiles: bool,
+                     interpret: bool = False) -> str:
+  """The backward a call gets when it names none: "fused" for long calls whose tiles all
+  walk every KV block (no causal mask, window, segment ids or block mask), "mosaic" for the
+  rest, "xla" above head_dim 128 (no Mosaic backward). Interpret mode has no TMA reduce-add,
+  so it runs "mosaic" there."""
+  if not bwd_kernel_supports(head_dim):
+    return "xla"
+  if uniform_tiles and kv_len >= _FUSED_MIN_KV and not interpret:
+    return "fused"
+  return "mosaic"
 
 
 def _padded_head_dim(d: int) -> int:
@@ -1636,6 +1666,15 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
+      def store_dq(i, h, w, dq):
+        """Adds consumer w's dQ columns of query block i (head h) into the f32 GMEM sum."""
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
+        dq_smem.at[w][...] = dq
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(
+            dq_smem.at[w], dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(w * dq_cols, dq_cols)],
+            reduction_op="add")
+
       def head(g, carry):
         h = kvh * G + g
         n_g, sections = head_walk(g)
@@ -1674,6 +1713,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
           p16 = pT.astype(dtype)
           sched_sync()
+          if fused and cfg.fused_dq_with_dkv:
+            plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
+            dv, dk = _fused_products(st, wg, dv, dk, p16, ds16, do_smem.at[slot],
+                                     q_smem.at[slot], ds_smem.at[par], k_smem, dq_cols,
+                                     functools.partial(store_dq, i, h))
+            plgpu.barrier_arrive(in_free.at[slot])
+            return dk, dv
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
           if fused:
@@ -1690,13 +1736,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                   plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
                 return acc_ref[...]
               dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
-              plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
-              dq_smem.at[w][...] = dq
-              plgpu.commit_smem()
-              plgpu.copy_smem_to_gmem(
-                  dq_smem.at[w],
-                  dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)],
-                  reduction_op="add")
+              store_dq(i, h, w, dq)
             for w in range(D // dq_cols):   # static column offsets
               pl.when(wg == w)(functools.partial(dq_part, w))
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
@@ -1817,6 +1857,38 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   dk, dv = _kernel_with_ref(kernel, (q, k, v, do, lse2, delta, dq_acc), (kv_type, kv_type),
                             scratch, grid, names, st.cfg)
   return dk, dv, jax.freeze(dq_acc)
+
+
+def _fused_products(st: _Static, wg, dv, dk, p16, ds16, do_s, q_s, ds_pair, k_smem, dq_cols,
+                    store_dq):
+  """The fused backward's step products issued as one group (HopperConfig.fused_dq_with_dkv):
+  dV += P^T dO, dK += dS^T Q and consumer w's dQ columns [w*dq_cols, (w+1)*dq_cols) of
+  dS @ K (both consumers' dS^T tiles, `ds_pair`, transposed from SMEM), awaited once; then
+  `store_dq(w, dq)`. Consumer w's column offset is static inside its `lax.cond` branch.
+  Returns (dv, dk). Compiled only (the fused backward has no interpret mode)."""
+  a = _api()
+  pl, plgpu = a["pl"], a["plgpu"]
+  bq, D = do_s.shape[0], dv.shape[1]
+  zeros = _cast(st, jnp.full((bq, dq_cols), 0.0, jnp.float32), "WGMMA")
+
+  def products(w):
+    def fn(refs):
+      dv_r, dk_r, dq_r = refs
+      plgpu.wgmma(dv_r, p16, do_s)
+      plgpu.wgmma(dk_r, ds16, q_s)
+      if w < D // dq_cols:   # D = 64: consumer 1 has no dQ columns
+        for u in range(2):
+          kb = k_smem.at[u]
+          if dq_cols != D:
+            kb = kb.at[:, pl.ds(w * dq_cols, dq_cols)]
+          plgpu.wgmma(dq_r, plgpu.transpose_ref(ds_pair.at[u], (1, 0)), kb)
+    return tuple(pl.run_state(fn)((plgpu.ACC.init(dv), plgpu.ACC.init(dk),
+                                   plgpu.ACC.init(zeros))))
+
+  dv, dk, dq = lax.cond(wg == 0, lambda: products(0), lambda: products(1))
+  for w in range(D // dq_cols):
+    pl.when(wg == w)(lambda w=w: store_dq(w, dq))
+  return dv, dk
 
 
 def _kernel_with_ref(body, operands, out_type, scratch, grid, names, cfg=None):
@@ -2079,8 +2151,8 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
 
   `backward`: "mosaic" (the dQ and dK/dV kernels; head dims <= 128), "fused" (one dK/dV kernel
   that also accumulates dQ with TMA reduce-adds; head dims <= 128; GPU only) or "xla" (a dense jnp
-  recomputation from the kernel's residuals: correct, not fast). Default: "mosaic" where it
-  applies, else "xla". `interpret=True` runs the kernels in Mosaic GPU interpret mode (CPU).
+  recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
+  ("fused" for long dense calls, "mosaic" where it applies, else "xla"). `interpret=True` runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
   st, backward, (qp, kp, vp, seg, sp), pad = _prepare(
@@ -2157,7 +2229,7 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   if scale is None:
     scale = 1.0 / math.sqrt(D0)
   if backward is None:
-    backward = "mosaic" if bwd_kernel_supports(D0) else "xla"
+    backward = default_backward(D0, S, uniform_tiles=uniform, interpret=interpret)
   if backward in ("mosaic", "fused") and not bwd_kernel_supports(D0):
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):

@@ -176,11 +176,20 @@ def test_backward_fused(D, causal):
 
 
 @requires_hopper
-def test_backward_fused_features():
+@pytest.mark.parametrize("dq_with_dkv", [False, True], ids=["dq_apart", "dq_with_dkv"])
+def test_backward_fused_features(dq_with_dkv):
+  cfg = ha.HopperConfig(fused_dq_with_dkv=dq_with_dkv)
   check_backward(2, 333, 517, 8, 2, 128, jnp.float16, is_causal=True, q_offset=184,
-                 sliding_window=(150, None), backward="fused")
+                 sliding_window=(150, None), backward="fused", config=cfg)
   check_backward(1, 256, 256, 2, 2, 64, jnp.bfloat16, is_causal=True, kv_offset=100,
-                 backward="fused")
+                 backward="fused", config=cfg)
+
+
+@requires_hopper
+@pytest.mark.parametrize("D", [64, 128])
+def test_backward_fused_dq_with_dkv(D):
+  check_backward(2, 512, 512, 4, 4, D, jnp.bfloat16, backward="fused",
+                 config=ha.HopperConfig(fused_dq_with_dkv=True))
 
 
 BWD_FEATURES = {
@@ -442,6 +451,21 @@ def test_overlap_registers_240_block_mask_and_backward():
                  config=cfg)
   check_backward(2, 400, 400, 4, 2, 128, jnp.bfloat16, config=cfg,
                  segment_ids=_seg(400, 400, 3, seed=20, orphan=(100, 130)))
+
+
+@requires_hopper
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("case", ["dense_8k", "causal_2k_gqa_ragged"])
+def test_default_long_calls(case, D):
+  """What a long call gets with no config / backward named (seventh session): the overlap
+  with 240 / 24 registers, and on dense 8k the fused backward (`default_backward`)."""
+  assert ha.default_backward(D, 8192, uniform_tiles=True) == "fused"
+  if case == "dense_8k":
+    check_forward(1, 8192, 8192, 2, 1, D, jnp.bfloat16)
+    check_backward(1, 8192, 8192, 2, 1, D, jnp.bfloat16)
+  else:
+    check_forward(2, 2000, 2100, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=100)
+    check_backward(2, 2000, 2100, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=100)
 
 
 @requires_hopper

@@ -285,6 +285,41 @@ def test_default_config_persistent_and_overlap_rules(monkeypatch):
   assert seen and all(x == (False, True) for x in seen), seen
 
 
+def test_default_register_split_and_backward_rules():
+  # 240 / 24 registers only where the overlap runs on static ranges (seventh session)
+  long_ = ha.default_config(128, 4096, static_ranges=True)
+  assert (long_.consumer_registers, long_.producer_registers) == (240, 24)
+  for cfg in (ha.default_config(128, 1024, uniform_tiles=True), ha.default_config(128, 8192),
+              ha.default_config(128, 1024, static_ranges=True), ha.default_config(128),
+              ha.default_config(256, 8192, uniform_tiles=True)):
+    assert (cfg.consumer_registers, cfg.producer_registers) == (232, 40), cfg
+  # the fused backward for long calls that walk every block, on the GPU only
+  assert ha.default_backward(128, 8192, uniform_tiles=True) == "fused"
+  assert ha.default_backward(64, 16384, uniform_tiles=True) == "fused"
+  assert ha.default_backward(128, 8192, uniform_tiles=True, interpret=True) == "mosaic"
+  assert ha.default_backward(128, 4096, uniform_tiles=True) == "mosaic"
+  assert ha.default_backward(128, 8192, uniform_tiles=False) == "mosaic"
+  assert ha.default_backward(256, 8192, uniform_tiles=True) == "xla"
+  # ...resolved by the call from its own arguments
+  seen = []
+
+  def backward_of(S, interpret=False, **kw):
+    def f(q, k, v):
+      seen.append(ha._prepare(q, k, v, interpret=interpret, **kw)[1])
+      return q
+    q = jax.ShapeDtypeStruct((1, S, 2, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, S, 1, 128), jnp.bfloat16)
+    jax.eval_shape(f, q, kv, kv)
+    return seen.pop()
+  assert backward_of(8192) == "fused"
+  assert backward_of(8192, interpret=True) == "mosaic"
+  assert backward_of(8192, is_causal=True) == "mosaic"
+  assert backward_of(8192, sliding_window=(128, 128)) == "mosaic"
+  assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "mosaic"
+  assert backward_of(2048) == "mosaic"
+  assert backward_of(8192, backward="xla") == "xla"
+
+
 # --------------------------------------------------------------------------------------------
 # Interpret-mode runs of the kernels (subprocess, timeout).
 # --------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def mgpu_attention(query, key, value, *, scale, mask=None, is_causal=False, q_of
                    kv_offset=0, sliding_window=None, segment_ids=None, return_lse=False,
                    hopper_config=None, hopper_backward=None, **unused):
   """Backend function. Extra kwargs: `hopper_config` (a `HopperConfig`), `hopper_backward`
-  ("mosaic" | "xla")."""
+  ("mosaic" | "fused" | "xla"; default: `hopper_attention.default_backward`)."""
   del unused  # refused features never reach here with non-default values
   interpret = jax.default_backend() != "gpu"
   masking = _kernel_args(query, key, mask=mask, is_causal=is_causal, q_offset=q_offset,
