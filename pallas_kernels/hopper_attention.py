@@ -171,10 +171,6 @@ class HopperConfig:
   # interleave with these rounds and deadlock). Off by default: written in the sixth session,
   # not yet timed on the GPU.
   bwd_schedule_barrier: bool = False
-  # backward="fused": issue each step's dQ product with the dV / dK products and await the
-  # three together (after the pair meeting) instead of awaiting dV / dK, meeting, then
-  # issuing and awaiting dQ alone. Seventh session, to be A/B-timed.
-  fused_dq_with_dkv: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -1666,15 +1662,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
-      def store_dq(i, h, w, dq):
-        """Adds consumer w's dQ columns of query block i (head h) into the f32 GMEM sum."""
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
-        dq_smem.at[w][...] = dq
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(
-            dq_smem.at[w], dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(w * dq_cols, dq_cols)],
-            reduction_op="add")
-
       def head(g, carry):
         h = kvh * G + g
         n_g, sections = head_walk(g)
@@ -1713,13 +1700,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
           p16 = pT.astype(dtype)
           sched_sync()
-          if fused and cfg.fused_dq_with_dkv:
-            plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
-            dv, dk = _fused_products(st, wg, dv, dk, p16, ds16, do_smem.at[slot],
-                                     q_smem.at[slot], ds_smem.at[par], k_smem, dq_cols,
-                                     functools.partial(store_dq, i, h))
-            plgpu.barrier_arrive(in_free.at[slot])
-            return dk, dv
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
           if fused:
@@ -1736,7 +1716,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                   plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
                 return acc_ref[...]
               dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
-              store_dq(i, h, w, dq)
+              plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
+              dq_smem.at[w][...] = dq
+              plgpu.commit_smem()
+              plgpu.copy_smem_to_gmem(
+                  dq_smem.at[w],
+                  dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)],
+                  reduction_op="add")
             for w in range(D // dq_cols):   # static column offsets
               pl.when(wg == w)(functools.partial(dq_part, w))
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
@@ -1857,38 +1843,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   dk, dv = _kernel_with_ref(kernel, (q, k, v, do, lse2, delta, dq_acc), (kv_type, kv_type),
                             scratch, grid, names, st.cfg)
   return dk, dv, jax.freeze(dq_acc)
-
-
-def _fused_products(st: _Static, wg, dv, dk, p16, ds16, do_s, q_s, ds_pair, k_smem, dq_cols,
-                    store_dq):
-  """The fused backward's step products issued as one group (HopperConfig.fused_dq_with_dkv):
-  dV += P^T dO, dK += dS^T Q and consumer w's dQ columns [w*dq_cols, (w+1)*dq_cols) of
-  dS @ K (both consumers' dS^T tiles, `ds_pair`, transposed from SMEM), awaited once; then
-  `store_dq(w, dq)`. Consumer w's column offset is static inside its `lax.cond` branch.
-  Returns (dv, dk). Compiled only (the fused backward has no interpret mode)."""
-  a = _api()
-  pl, plgpu = a["pl"], a["plgpu"]
-  bq, D = do_s.shape[0], dv.shape[1]
-  zeros = _cast(st, jnp.full((bq, dq_cols), 0.0, jnp.float32), "WGMMA")
-
-  def products(w):
-    def fn(refs):
-      dv_r, dk_r, dq_r = refs
-      plgpu.wgmma(dv_r, p16, do_s)
-      plgpu.wgmma(dk_r, ds16, q_s)
-      if w < D // dq_cols:   # D = 64: consumer 1 has no dQ columns
-        for u in range(2):
-          kb = k_smem.at[u]
-          if dq_cols != D:
-            kb = kb.at[:, pl.ds(w * dq_cols, dq_cols)]
-          plgpu.wgmma(dq_r, plgpu.transpose_ref(ds_pair.at[u], (1, 0)), kb)
-    return tuple(pl.run_state(fn)((plgpu.ACC.init(dv), plgpu.ACC.init(dk),
-                                   plgpu.ACC.init(zeros))))
-
-  dv, dk, dq = lax.cond(wg == 0, lambda: products(0), lambda: products(1))
-  for w in range(D // dq_cols):
-    pl.when(wg == w)(lambda w=w: store_dq(w, dq))
-  return dv, dk
 
 
 def _kernel_with_ref(body, operands, out_type, scratch, grid, names, cfg=None):
@@ -2152,7 +2106,8 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   `backward`: "mosaic" (the dQ and dK/dV kernels; head dims <= 128), "fused" (one dK/dV kernel
   that also accumulates dQ with TMA reduce-adds; head dims <= 128; GPU only) or "xla" (a dense jnp
   recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
-  ("fused" for long dense calls, "mosaic" where it applies, else "xla"). `interpret=True` runs the kernels in Mosaic GPU interpret mode (CPU).
+  ("fused" for long dense calls, "mosaic" where it applies, else "xla"). `interpret=True`
+  runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
   st, backward, (qp, kp, vp, seg, sp), pad = _prepare(

@@ -176,20 +176,11 @@ def test_backward_fused(D, causal):
 
 
 @requires_hopper
-@pytest.mark.parametrize("dq_with_dkv", [False, True], ids=["dq_apart", "dq_with_dkv"])
-def test_backward_fused_features(dq_with_dkv):
-  cfg = ha.HopperConfig(fused_dq_with_dkv=dq_with_dkv)
+def test_backward_fused_features():
   check_backward(2, 333, 517, 8, 2, 128, jnp.float16, is_causal=True, q_offset=184,
-                 sliding_window=(150, None), backward="fused", config=cfg)
+                 sliding_window=(150, None), backward="fused")
   check_backward(1, 256, 256, 2, 2, 64, jnp.bfloat16, is_causal=True, kv_offset=100,
-                 backward="fused", config=cfg)
-
-
-@requires_hopper
-@pytest.mark.parametrize("D", [64, 128])
-def test_backward_fused_dq_with_dkv(D):
-  check_backward(2, 512, 512, 4, 4, D, jnp.bfloat16, backward="fused",
-                 config=ha.HopperConfig(fused_dq_with_dkv=True))
+                 backward="fused")
 
 
 BWD_FEATURES = {

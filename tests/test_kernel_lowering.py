@@ -76,16 +76,6 @@ CASES = {
                           dict(sliding_window=(64, None), kv_offset=7), 1, 1),
     "fused_backward": ((2, 1024, 1024, 8, 2, 128, jnp.bfloat16),
                        dict(is_causal=True, backward="fused"), 1, 2),
-    # dQ issued with dV / dK (HopperConfig.fused_dq_with_dkv): D = 128 (two column halves)
-    # and D = 64 (consumer 0 only)
-    "fused_dq_with_dkv": ((2, 1024, 1024, 8, 2, 128, jnp.bfloat16),
-                          dict(is_causal=True, backward="fused",
-                               config=ha.HopperConfig(fused_dq_with_dkv=True)), 1, 2),
-    "fused_dq_with_dkv_d64_gqa_ragged": ((2, 300, 517, 8, 2, 64, jnp.float16),
-                                         dict(q_offset=184, backward="fused",
-                                              config=ha.HopperConfig(
-                                                  fused_dq_with_dkv=True, block_kv=128,
-                                                  stages=3)), 1, 2),
     "persistent_dense": ((4, 1024, 1024, 16, 16, 128, jnp.bfloat16),
                          dict(config=PERSISTENT), 1, 3),
     "persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
