@@ -296,7 +296,6 @@ def test_default_register_split_and_backward_rules():
   # the fused backward for long calls that walk every block, on the GPU only
   assert ha.default_backward(128, 8192, uniform_tiles=True) == "fused"
   assert ha.default_backward(64, 16384, uniform_tiles=True) == "fused"
-  assert ha.default_backward(128, 8192, uniform_tiles=True, interpret=True) == "mosaic"
   assert ha.default_backward(128, 4096, uniform_tiles=True) == "mosaic"
   assert ha.default_backward(128, 8192, uniform_tiles=False) == "mosaic"
   assert ha.default_backward(256, 8192, uniform_tiles=True) == "xla"
@@ -312,12 +311,23 @@ def test_default_register_split_and_backward_rules():
     jax.eval_shape(f, q, kv, kv)
     return seen.pop()
   assert backward_of(8192) == "fused"
-  assert backward_of(8192, interpret=True) == "mosaic"
+  assert backward_of(8192, interpret=True) == "fused"
   assert backward_of(8192, is_causal=True) == "mosaic"
   assert backward_of(8192, sliding_window=(128, 128)) == "mosaic"
   assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "mosaic"
   assert backward_of(2048) == "mosaic"
   assert backward_of(8192, backward="xla") == "xla"
+
+
+def test_fused_backward_in_interpret_mode_refuses_masks_at_trace_time():
+  # (it would hang there: see _dkv_call); the compiled kernel takes them
+  q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
+  for kw in (dict(is_causal=True), dict(sliding_window=(30, 30))):
+    grad = jax.grad(lambda q, k, v: jnp.sum(ha.hopper_attention(
+        q, k, v, backward="fused", interpret=True, **kw).astype(jnp.float32)))
+    with pytest.raises(NotImplementedError, match="backward='mosaic'"):
+      jax.eval_shape(grad, q, kv, kv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +552,15 @@ INTERPRET_CASES = {
     "fwdbwd_mosaic_bwd_ping_pong": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
                                           causal=True, q_offset=40, stages=3, bwd_stages=3,
                                           grad="mosaic", bwd_sched=True, races=True), 3e-2),
+    # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
+    # transposed-A product and the TMA reduce-add, see _dkv_call), as the default picks it
+    # (no causal mask or window: interpret mode refuses those, see _dkv_call): GQA (the head
+    # loop), ragged lengths (padded rows and keys), D = 64 (consumer 0 computes all of dQ),
+    # 3-slot ring, race detector on; and D = 128 (each consumer half of dQ's columns)
+    "fwdbwd_fused_gqa_ragged": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
+                                      bwd_stages=3, grad="fused", races=True), 3e-2),
+    "fwdbwd_fused_d128": (_case(shape=(1, 128, 256, 2, 2, 128), dtype="bfloat16",
+                                block_kv=128, grad="fused"), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
