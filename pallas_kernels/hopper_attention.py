@@ -68,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -242,6 +243,10 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
 # +3% in the first session) and nothing or worse at S=4k and on causal calls, where the dQ
 # kernel's recomputation is cheaper than the f32 dQ reduction traffic (NOTES.md Hopper v8).
 _FUSED_MIN_KV = 8192
+
+# What the fused backward needs in XLA_FLAGS to run masked calls in interpret mode (see
+# `_dkv_call`); tests/conftest.py sets it on CPU machines.
+INTERPRET_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def default_backward(head_dim: int, kv_len: int, *, uniform_tiles: bool) -> str:
@@ -1844,12 +1849,15 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
       plgpu.Barrier(num_arrivals=2),
   )
-  if st.interpret and st.masked_anything:
-    # Seen on jax 0.10.2: with masked steps (causal / window) the interpreted kernel hangs
-    # before consumer 1's first barrier operation, for a reason not yet found; compiled, the
-    # same calls pass the GPU tests (tests/test_gpu_hopper.py -k fused).
-    raise NotImplementedError("backward='fused' runs in interpret mode only without a causal "
-                              "mask or window; use backward='mosaic'")
+  if (st.interpret and st.masked_anything
+      and INTERPRET_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").replace(" ", "")):
+    # Seen on jax 0.10.2: with masked steps (causal / window) XLA:CPU's concurrency-optimized
+    # scheduler orders the interpreter's callbacks so that consumer 1 never starts while the
+    # others wait for it; without that scheduler the same calls pass (with the race detector).
+    raise NotImplementedError(
+        "backward='fused' with a causal mask or window hangs in interpret mode under XLA:CPU's "
+        f"default scheduler: set XLA_FLAGS={INTERPRET_XLA_FLAG} before jax starts, or use "
+        "backward='mosaic'")
   if st.interpret:
     # The interpreter takes no Ref operand (pl.kernel's operands have no GMEM memory space
     # there): dQ's f32 sum is a third output, zero-initialised by the interpreter, that the
@@ -2128,9 +2136,9 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   mask_fn); needs HopperConfig.block_kv in (64, 128) and backward="mosaic".
 
   `backward`: "mosaic" (the dQ and dK/dV kernels; head dims <= 128), "fused" (one dK/dV kernel
-  that also accumulates dQ with TMA reduce-adds; head dims <= 128; in interpret mode only
-  without a causal mask or window) or "xla" (a dense jnp recomputation from the kernel's
-  residuals: correct, not fast). Default: `default_backward`
+  that also accumulates dQ with TMA reduce-adds; head dims <= 128; in interpret mode with a
+  causal mask or window it needs `INTERPRET_XLA_FLAG` in XLA_FLAGS) or "xla" (a dense jnp
+  recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
   ("fused" for long dense calls, "mosaic" where it applies, else "xla"). `interpret=True`
   runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.

@@ -6,10 +6,18 @@ import sys
 # all) and run each a few times, so XLA:CPU's optimization passes cost more than they save:
 # level 0 measured ~25% faster on the interpret-mode kernel tests. Never on a GPU machine,
 # where the same flag would also change how the GPU programs are compiled.
+#
+# And the Mosaic GPU interpreter's warpgroups block in host callbacks (barrier waits) that
+# XLA:CPU's concurrency-optimized scheduler can order so that a kernel hangs (seen with the
+# Hopper kernel's fused backward on masked calls; pallas_kernels.hopper_attention
+# INTERPRET_XLA_FLAG): that scheduler is switched off too.
 if not glob.glob("/dev/nvidia[0-9]*"):
   _flags = os.environ.get("XLA_FLAGS", "")
   if "xla_backend_optimization_level" not in _flags:
-    os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0").strip()
+    _flags += " --xla_backend_optimization_level=0"
+  if "xla_cpu_enable_concurrency_optimized_scheduler" not in _flags:
+    _flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+  os.environ["XLA_FLAGS"] = _flags.strip()
 
 # tests import the independent oracles as a plain module
 sys.path.insert(0, os.path.dirname(__file__))

@@ -319,15 +319,19 @@ def test_default_register_split_and_backward_rules():
   assert backward_of(8192, backward="xla") == "xla"
 
 
-def test_fused_backward_in_interpret_mode_refuses_masks_at_trace_time():
-  # (it would hang there: see _dkv_call); the compiled kernel takes them
+def test_fused_backward_in_interpret_mode_needs_the_scheduler_flag_for_masks(monkeypatch):
+  # without it the interpreted kernel would hang on masked calls (see _dkv_call): refused at
+  # trace time, naming the flag; with it (conftest.py sets it on CPU machines) traced
   q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
   for kw in (dict(is_causal=True), dict(sliding_window=(30, 30))):
     grad = jax.grad(lambda q, k, v: jnp.sum(ha.hopper_attention(
         q, k, v, backward="fused", interpret=True, **kw).astype(jnp.float32)))
-    with pytest.raises(NotImplementedError, match="backward='mosaic'"):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    with pytest.raises(NotImplementedError, match=ha.INTERPRET_XLA_FLAG):
       jax.eval_shape(grad, q, kv, kv)
+    monkeypatch.setenv("XLA_FLAGS", ha.INTERPRET_XLA_FLAG)
+    jax.eval_shape(grad, q, kv, kv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,12 +557,15 @@ INTERPRET_CASES = {
                                           causal=True, q_offset=40, stages=3, bwd_stages=3,
                                           grad="mosaic", bwd_sched=True, races=True), 3e-2),
     # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
-    # transposed-A product and the TMA reduce-add, see _dkv_call), as the default picks it
-    # (no causal mask or window: interpret mode refuses those, see _dkv_call): GQA (the head
-    # loop), ragged lengths (padded rows and keys), D = 64 (consumer 0 computes all of dQ),
-    # 3-slot ring, race detector on; and D = 128 (each consumer half of dQ's columns)
-    "fwdbwd_fused_gqa_ragged": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
-                                      bwd_stages=3, grad="fused", races=True), 3e-2),
+    # transposed-A product and the TMA reduce-add, see _dkv_call): GQA (the head loop),
+    # causal + query offset, ragged lengths (padded rows and keys), D = 64 (consumer 0
+    # computes all of dQ), 3-slot ring, race detector on; a two-sided window at D = 128
+    # (each consumer half of dQ's columns); and unmasked, as the default picks it
+    "fwdbwd_fused_gqa_causal_ragged": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
+                                             causal=True, q_offset=40, bwd_stages=3,
+                                             grad="fused", races=True), 3e-2),
+    "fwdbwd_fused_window_d128": (_case(shape=(1, 128, 128, 2, 2, 128), dtype="bfloat16",
+                                       block_kv=128, window=(30, 30), grad="fused"), 3e-2),
     "fwdbwd_fused_d128": (_case(shape=(1, 128, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused"), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
