@@ -70,20 +70,6 @@ def hopper_side(args):
   return default_config(D), ours, "cudnn", peer, inputs
 
 
-def _split_backward(spec):
-  """'NAME:backward=fused;f=v' -> ('NAME:f=v', 'fused'): `backward` is an argument of
-  hopper_attention, not a config field."""
-  name, _, body = spec.partition(":")
-  items, backward = [], None
-  for item in filter(None, (x.strip() for x in body.split(";"))):
-    field, _, value = item.partition("=")
-    if field.strip() == "backward":
-      backward = value.strip().strip("'\"")
-    else:
-      items.append(item)
-  return f"{name}:{';'.join(items)}", backward
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--kernel", choices=("flash", "hopper"), required=True)
@@ -106,12 +92,10 @@ def main():
   base, ours, peer_name, peer, make_inputs = (flash_side if args.kernel == "flash"
                                               else hopper_side)(args)
   table = {"default": None}     # no config: what the call itself picks
+  call_args = ("backward",) if args.kernel == "hopper" else ()
   for spec in args.variant:
-    spec, backward = _split_backward(spec)
-    if backward is not None and args.kernel != "hopper":
-      raise SystemExit(f"--variant {spec!r}: backward= is a hopper_attention argument")
-    name, cfg = parse_variant(spec, base)
-    table[name] = cfg if backward is None else (cfg, backward)
+    name, cfg, extra = parse_variant(spec, base, call_args)
+    table[name] = (cfg, extra["backward"]) if extra else cfg
   results = {}
   for cell in args.cells.split(","):
     kind, B, S = CELLS[cell]

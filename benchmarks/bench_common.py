@@ -56,17 +56,27 @@ def time_call(fn, args, reps, min_rep_s=0.005, warm_s=0.1):
   return statistics.median(times)
 
 
-def parse_variant(spec: str, base):
+def parse_variant(spec: str, base, call_args=()):
   """'NAME:field=value;field=value' -> (NAME, the dataclass `base` with those fields
-  replaced); values are Python literals, e.g. 'dq64:dq=(64, 64);dq_launch=(4, 2)'."""
+  replaced, {name: value} of the fields named in `call_args`: arguments of the call, not config
+  fields, e.g. hopper_attention's `backward`); values are Python literals, e.g.
+  'dq64:dq=(64, 64);dq_launch=(4, 2)', call arguments may also be bare words
+  ('f:backward=fused')."""
   import ast
   import dataclasses
   name, _, body = spec.partition(":")
-  changes = {}
+  changes, args = {}, {}
   for item in filter(None, (x.strip() for x in body.split(";"))):
-    field, _, value = item.partition("=")
-    changes[field.strip()] = ast.literal_eval(value.strip())
-  return name, dataclasses.replace(base, **changes)
+    field, _, value = (x.strip() for x in item.partition("="))
+    if field in call_args:
+      args[field] = value.strip("'\"")
+    else:
+      try:
+        changes[field] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        raise ValueError(f"variant {spec!r}: {field}={value} is not a Python literal (call "
+                         f"arguments taken here: {list(call_args)})") from None
+  return name, dataclasses.replace(base, **changes), args
 
 
 def ab_rounds(fns, fwd_args, fb_args, rounds, reps, kind, B, S, log_prefix=""):

@@ -169,8 +169,9 @@ class HopperConfig:
   # barrier, as the forward does (one consumer's exponentials and dS while the other's
   # products run): two rounds per step, one after S / dP are issued, one before the dQ (dV /
   # dK) products are. The fused backward's dK/dV kernel ignores it (its pair barrier would
-  # interleave with these rounds and deadlock). Off by default: written in the sixth session,
-  # not yet timed on the GPU.
+  # interleave with these rounds and deadlock). Off: correct on the H100 but 3-7% slower
+  # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
+  # consumers do better running free.
   bwd_schedule_barrier: bool = False
   # backward="fused": FA3's order for the dQ product. Step t issues the dQ columns of step
   # t - 1's block together with its own S^T and dP^T (one wgmma group) after a pair meeting
@@ -208,13 +209,13 @@ _PERSISTENT_MAX_KV = 1024
 # The intra-warpgroup overlap (`HopperConfig.overlap_softmax`), A/B on the H100 in two runs
 # (sixth session, NOTES.md): forward +1 to +4% on dense and causal calls from S=4k, +2% on the
 # persistent dense S=1k call, -1 to -2.5% on causal S=1k (non-persistent, ~4.5 steps per tile:
-# the peeled first step and the trailing P V do not pay off). Not yet timed with windows,
-# segment ids or block masks, which keep the plain loop.
+# the peeled first step and the trailing P V do not pay off). Windows, segment ids and block
+# masks keep the plain loop (seventh session: window +0.3%, documents -7% forward).
 _OVERLAP_MIN_KV = 2048
-# ...with 240 / 24 registers (consumers / producer) in those calls: forward A/B on the H100 over
-# three runs (sixth and seventh sessions) faster in 8 of 11 comparisons (dense 4k +3 / +8%,
-# causal 16k +1 / +4 / +8%), fwd+bwd dense 4k +6% (NOTES.md Hopper v8). The other calls keep
-# 232 / 40: their producers walk range tables or block lists, not timed at 24 registers.
+# ...with 240 / 24 registers (consumers / producer) in those calls: forward A/B over the sixth
+# and seventh sessions faster in most comparisons (H100 dense 4k up to +7.7%, causal 16k up to
+# +7.6%), never more than 1.3% slower (NOTES.md Hopper v8). The other calls keep 232 / 40:
+# windows and documents measured within the noise there.
 _OVERLAP_REGISTERS = dict(consumer_registers=240, producer_registers=24)
 
 
@@ -246,9 +247,9 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
 
 
 # The fused backward (dQ by TMA reduce-add inside the dK/dV kernel: 5 products per block pair
-# against 7) measured +5% fwd+bwd on dense S=16k (seventh session, with the 240 / 24 split;
-# +3% in the first session) and nothing or worse at S=4k and on causal calls, where the dQ
-# kernel's recomputation is cheaper than the f32 dQ reduction traffic (NOTES.md Hopper v8).
+# against 7) measured +4.2% (H100) / +5.3% (H200) fwd+bwd on dense S=16k (seventh session,
+# with the 240 / 24 split; +3% in the first session) and nothing or worse at S=4k (-2%), on
+# causal calls (-0.4 to -8%) and windows (-19%) (NOTES.md Hopper v8).
 _FUSED_MIN_KV = 8192
 
 # What the fused backward needs in XLA_FLAGS to run masked calls in interpret mode (see

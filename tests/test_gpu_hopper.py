@@ -475,8 +475,9 @@ def test_default_long_calls(case, D):
 @requires_hopper
 def test_bwd_schedule_barrier():
   """The backward kernels' ping-pong (HopperConfig(bwd_schedule_barrier=True): dQ and dK/dV;
-  sixth session, not yet timed): GQA head loop + causal + offset + ragged, documents with empty
-  rows, a two-sided window at D=64 f16, the persistent dQ kernel with zero-step tiles."""
+  off by default: slower on the H100): GQA head loop + causal + offset + ragged, documents
+  with empty rows, a two-sided window at D=64 f16, the persistent dQ kernel with zero-step
+  tiles."""
   cfg = ha.HopperConfig(bwd_schedule_barrier=True)
   check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
                  config=cfg)
