@@ -173,13 +173,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # backward="fused": FA3's order for the dQ product. Step t issues the dQ columns of step
-  # t - 1's block together with its own S^T and dP^T (one wgmma group) after a pair meeting
-  # that is a step old, instead of meeting after its dV / dK products and then issuing and
-  # awaiting dQ alone; the last block's dQ is issued after the walk. Costs a live dQ
-  # accumulator next to S^T and dP^T. Seventh session: interpret- and lowering-tested, NOT
-  # yet compiled or timed on the GPU.
-  fused_dq_deferred: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -1619,8 +1612,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
   # consumer 0's.
   ping_pong = cfg.bwd_schedule_barrier and not fused
-  deferred = fused and cfg.fused_dq_deferred
-  n_dq = D // dq_cols   # consumers computing dQ columns
 
   def kernel(*refs):
     it = iter(refs)
@@ -1675,102 +1666,30 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
-      def dq_product(w, par):
-        """Consumer w's dQ columns [w*dq_cols, (w+1)*dq_cols) of dS @ K for the query block
-        whose two dS^T tiles (both consumers') sit at parity `par` (wgmma, transposed A)."""
-        col0 = w * dq_cols
-        if st.interpret:   # no transposed wgmma operand there: a jnp product of the tiles
-          return sum(lax.dot_general(ds_smem.at[par, u][...],
-                                     k_smem.at[u][...][:, col0:col0 + dq_cols],
-                                     (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32) for u in range(2))
-
-        def dq_fn(acc_ref):
-          for u in range(2):
-            kb = k_smem.at[u]
-            if dq_cols != D:
-              kb = kb.at[:, pl.ds(col0, dq_cols)]
-            plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
-          return acc_ref[...]
-        return pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
-
-      def dq_store(w, i, h, dq):
-        """Adds consumer w's dQ columns of query block i (head h) into the f32 GMEM sum."""
-        def dst():
-          return dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(w * dq_cols, dq_cols)]
-        if st.interpret:
-          # No TMA reduce-add there: a read-modify-write (the interpreter runs the grid's
-          # CTAs one after another, and the two consumers own disjoint columns).
-          dst()[...] = dst()[...] + dq
-          return
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
-        dq_smem.at[w][...] = dq
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(dq_smem.at[w], dst(), reduction_op="add")
-
-      def dots_with_dq(slot, ppar, has_prev):
-        """(S^T, dP^T) of this step and this consumer's dQ columns of the previous step's
-        block (dS^T tiles at parity `ppar`), issued as one group (`fused_dq_deferred`).
-        Without a previous step (`has_prev` false: the CTA's first) S^T and dP^T alone, and
-        zeros: the K tiles and dS^T tiles may not even be loaded yet."""
-        def group(w, with_dq):
-          if st.interpret:
-            sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])])
-            dq = dq_product(w, ppar) if with_dq else jnp.zeros((bq, dq_cols), jnp.float32)
-            return sT, dpT, dq
-          col0 = w * dq_cols
-
-          def fn(s_ref, dp_ref, dq_ref):
-            plgpu.wgmma(s_ref, ks, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
-            plgpu.wgmma(dp_ref, vs, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
-            if with_dq:
-              for u in range(2):
-                kb = k_smem.at[u]
-                if dq_cols != D:
-                  kb = kb.at[:, pl.ds(col0, dq_cols)]
-                plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_smem.at[ppar, u], (1, 0)), kb)
-            return s_ref[...], dp_ref[...], dq_ref[...]
-          return pl.run_scoped(fn, plgpu.ACC((bkv, bq), jnp.float32),
-                               plgpu.ACC((bkv, bq), jnp.float32),
-                               plgpu.ACC((bq, dq_cols), jnp.float32))
-        return lax.cond(has_prev,
-                        lambda: lax.cond(wg == 0, lambda: group(0, n_dq > 0),
-                                         lambda: group(1, n_dq > 1)),
-                        lambda: group(0, False))
-
       def head(g, carry):
         h = kvh * G + g
         n_g, sections = head_walk(g)
-        # base: steps of the previous heads (ring position); deferred: the previous step's
-        # query block and head, whose dQ product is still to issue (-1: none)
-        dk, dv, base, *prev = carry
+        dk, dv, base = carry   # base: steps of the previous heads (ring position)
 
         def step(u, carry, masked, blk):
-          dk, dv, *prev = carry
+          dk, dv = carry
           t = base + u
           slot = lax.rem(t, stages)
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
-          if masked:   # columns: the query block's side values (read before in_free)
-            q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
 
-          if deferred:
-            # the previous step's dS^T tiles are both in SMEM (its pair meeting, a step old);
-            # its dQ product runs with this step's S^T / dP^T, then goes to GMEM
-            i_prev, h_prev = prev
-            _wait_if(i_prev >= 0, pair)
-            sT, dpT, dq = dots_with_dq(slot, 1 - lax.rem(t, 2), i_prev >= 0)
-            for w in range(n_dq):
-              pl.when((wg == w) & (i_prev >= 0))(
-                  lambda w=w: dq_store(w, i_prev, h_prev, dq))
-          else:
-            sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
-                               between=sched_sync)
+          sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
+                             between=sched_sync)
           lse = _load_vec(st, lse_smem.at[slot], "COL")
-          dlt = _load_vec(st, delta_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
           if masked:
+            # The query block's side values (read before in_free), and delta below, are
+            # loaded where they are used rather than at the top of the step: each is 16
+            # registers (COL layout of the transposed tile) next to dK, dV, P^T and dP^T.
+            # Eighth session: the documents / window dK/dV kernels' spills (312 / 124 bytes at
+            # 232 registers) went to 0 and fwd+bwd gained +0.2 to +4.3% in the 5 cells timed.
+            q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
             rows = _iota(st, (bkv, bq), 0)
             cols = _iota(st, (bkv, bq), 1)
             # Padded keys need no mask here: their dK / dV rows are sliced off.
@@ -1778,6 +1697,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                               rows + (st.kv_off + kv_base), None, q_vecs, kv_vecs)
             if keep is not None:
               pT = jnp.where(keep, pT, 0.0)
+          dlt = _load_vec(st, delta_smem.at[slot], "COL")
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
           ds16 = dsT.astype(dtype)
           if fused:
@@ -1790,37 +1710,53 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           sched_sync()
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
-          if deferred:
-            return dk, dv, i, jnp.asarray(h, jnp.int32)
           if fused:
             plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
 
-            for w in range(n_dq):   # static column offsets
-              pl.when(wg == w)(lambda w=w: dq_store(w, i, h, dq_product(w, par)))
+            def dq_part(w):   # consumer w computes dQ columns [w*dq_cols, (w+1)*dq_cols)
+              col0 = w * dq_cols
+
+              def dq_fn(acc_ref):
+                for u in range(2):
+                  kb = k_smem.at[u]
+                  if dq_cols != D:
+                    kb = kb.at[:, pl.ds(col0, dq_cols)]
+                  plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
+                return acc_ref[...]
+              def dst():
+                return dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)]
+              if st.interpret:
+                # No transposed wgmma operand and no TMA reduce-add there: a jnp product of
+                # the SMEM tiles and a read-modify-write of the f32 sum (the interpreter runs
+                # the grid's CTAs one after another, and the two consumers own disjoint
+                # columns, so nothing else writes these elements meanwhile).
+                dq = sum(lax.dot_general(ds_smem.at[par, u][...],
+                                         k_smem.at[u][...][:, col0:col0 + dq_cols],
+                                         (((0,), (0,)), ((), ())),
+                                         preferred_element_type=jnp.float32) for u in range(2))
+                dst()[...] = dst()[...] + dq
+                return
+              dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
+              plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
+              dq_smem.at[w][...] = dq
+              plgpu.commit_smem()
+              plgpu.copy_smem_to_gmem(dq_smem.at[w], dst(), reduction_op="add")
+            for w in range(D // dq_cols):   # static column offsets
+              pl.when(wg == w)(functools.partial(dq_part, w))
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
             # both consumers have passed step t + 1's meeting, i.e. finished this dq product.
           return dk, dv
-        dk, dv, *prev = _walk(sections, step, (dk, dv, *prev))
-        return dk, dv, base + n_g, *prev
+        dk, dv = _walk(sections, step, (dk, dv))
+        return dk, dv, base + n_g
 
       if ping_pong:
         pl.when(wg == 1)(sched_sync)
-      init = (zeros, zeros, jnp.int32(0)) + ((jnp.int32(-1), jnp.int32(0)) if deferred else ())
       if G == 1:
-        dk, dv, total, *prev = head(0, init)
+        dk, dv, _ = head(0, (zeros, zeros, jnp.int32(0)))
       else:
-        dk, dv, total, *prev = lax.fori_loop(0, G, head, init)
+        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, jnp.int32(0)))
       if ping_pong:
         pl.when(wg == 0)(sched_sync)
-      if deferred:   # the last step's dQ product
-        i_prev, h_prev = prev
-
-        @pl.when(i_prev >= 0)
-        def _():
-          plgpu.barrier_wait(pair)
-          for w in range(n_dq):
-            pl.when(wg == w)(lambda w=w: dq_store(
-                w, i_prev, h_prev, dq_product(w, lax.rem(total - 1, 2))))
       if fused:
         # The other consumer's last dQ product reads my K tile: meet before it becomes dK.
         plgpu.barrier_arrive(pair)

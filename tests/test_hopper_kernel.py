@@ -441,8 +441,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False),
-                             fused_dq_deferred=c.get("dq_deferred", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -569,15 +568,6 @@ INTERPRET_CASES = {
                                        block_kv=128, window=(30, 30), grad="fused"), 3e-2),
     "fwdbwd_fused_d128": (_case(shape=(1, 128, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused"), 3e-2),
-    # ...with the dQ product deferred to the next step (HopperConfig.fused_dq_deferred): the
-    # same GQA causal ragged case with the race detector (the dS^T tiles' double buffer), and
-    # a two-sided window at D = 128 with 3 KV tiles
-    "fwdbwd_fused_deferred_gqa_causal_ragged": (_case(
-        shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        bwd_stages=3, grad="fused", races=True, dq_deferred=True), 3e-2),
-    "fwdbwd_fused_deferred_window_d128": (_case(
-        shape=(1, 200, 300, 2, 1, 128), dtype="bfloat16", block_kv=128, window=(60, 30),
-        grad="fused", dq_deferred=True), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
