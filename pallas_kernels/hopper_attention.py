@@ -173,11 +173,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # backward="fused": FA3's issue order after the dS^T tile is in SMEM: dV is issued before the
-  # pair meeting (so it runs while the consumer waits for the other's tile), then dQ and dK;
-  # dQ is awaited and reduce-added while dK still runs. Off: dV and dK are issued and awaited
-  # together, then the meeting, then dQ alone. Eighth session: to be A/B-timed.
-  fused_fa3_order: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -1671,60 +1666,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
-      n_dq = D // dq_cols   # consumers computing dQ columns
-
-      def dq_cols_of(w, par):
-        """Consumer w's dQ columns of the block whose dS^T tiles sit at parity `par`, as jnp
-        (interpret mode: no transposed wgmma operand there)."""
-        col0 = w * dq_cols
-        return sum(lax.dot_general(ds_smem.at[par, u][...],
-                                   k_smem.at[u][...][:, col0:col0 + dq_cols],
-                                   (((0,), (0,)), ((), ())),
-                                   preferred_element_type=jnp.float32) for u in range(2))
-
-      def dq_dst(w, i, h):
-        return dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(w * dq_cols, dq_cols)]
-
-      def fa3_tail(dv, dk, p16, ds16, slot, par, i, h):
-        """dV issued, the pair meeting, dQ and dK issued, dQ awaited and reduce-added while dK
-        runs (`fused_fa3_order`); returns (dV, dK)."""
-        if st.interpret:
-          dv, = _mma_acc(st, (dv,), [(p16, do_smem.at[slot])])
-          plgpu.barrier_wait(pair)
-          for w in range(n_dq):
-            def rmw(w=w):
-              dq_dst(w, i, h)[...] = dq_dst(w, i, h)[...] + dq_cols_of(w, par)
-            pl.when(wg == w)(rmw)
-          dk, = _mma_acc(st, (dk,), [(ds16, q_smem.at[slot])])
-          return dv, dk
-
-        def tail(w):
-          with_dq = w < n_dq
-
-          def fn(refs):
-            dv_ref, dk_ref, *dq_ref = refs
-            plgpu.wgmma(dv_ref, p16, do_smem.at[slot])
-            plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
-            if with_dq:
-              for u in range(2):
-                kb = k_smem.at[u]
-                if dq_cols != D:
-                  kb = kb.at[:, pl.ds(w * dq_cols, dq_cols)]
-                plgpu.wgmma(dq_ref[0], plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
-            plgpu.wgmma(dk_ref, ds16, q_smem.at[slot])
-            if with_dq:
-              dq = plgpu.wgmma_accumulator_load(dq_ref[0], wait_n=1)   # dK may still run
-              plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
-              dq_smem.at[w][...] = dq
-              plgpu.commit_smem()
-              plgpu.copy_smem_to_gmem(dq_smem.at[w], dq_dst(w, i, h), reduction_op="add")
-          init = (plgpu.ACC.init(dv), plgpu.ACC.init(dk))
-          if with_dq:
-            init += (plgpu.ACC.init(_cast(st, jnp.zeros((bq, dq_cols), jnp.float32), "WGMMA")),)
-          out = pl.run_state(fn)(init)
-          return out[0], out[1]
-        return lax.cond(wg == 0, lambda: tail(0), lambda: tail(1))
-
       def head(g, carry):
         h = kvh * G + g
         n_g, sections = head_walk(g)
@@ -1767,10 +1708,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
           p16 = pT.astype(dtype)
           sched_sync()
-          if fused and cfg.fused_fa3_order:
-            dv, dk = fa3_tail(dv, dk, p16, ds16, slot, par, i, h)
-            plgpu.barrier_arrive(in_free.at[slot])
-            return dk, dv
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
           if fused:
@@ -1786,19 +1723,25 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                     kb = kb.at[:, pl.ds(col0, dq_cols)]
                   plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
                 return acc_ref[...]
+              def dst():
+                return dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)]
               if st.interpret:
                 # No transposed wgmma operand and no TMA reduce-add there: a jnp product of
                 # the SMEM tiles and a read-modify-write of the f32 sum (the interpreter runs
                 # the grid's CTAs one after another, and the two consumers own disjoint
                 # columns, so nothing else writes these elements meanwhile).
-                dq_dst(w, i, h)[...] = dq_dst(w, i, h)[...] + dq_cols_of(w, par)
+                dq = sum(lax.dot_general(ds_smem.at[par, u][...],
+                                         k_smem.at[u][...][:, col0:col0 + dq_cols],
+                                         (((0,), (0,)), ((), ())),
+                                         preferred_element_type=jnp.float32) for u in range(2))
+                dst()[...] = dst()[...] + dq
                 return
               dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
               plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
               dq_smem.at[w][...] = dq
               plgpu.commit_smem()
-              plgpu.copy_smem_to_gmem(dq_smem.at[w], dq_dst(w, i, h), reduction_op="add")
-            for w in range(n_dq):   # static column offsets
+              plgpu.copy_smem_to_gmem(dq_smem.at[w], dst(), reduction_op="add")
+            for w in range(D // dq_cols):   # static column offsets
               pl.when(wg == w)(functools.partial(dq_part, w))
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
             # both consumers have passed step t + 1's meeting, i.e. finished this dq product.

@@ -176,19 +176,6 @@ def test_backward_fused(D, causal):
 
 
 @requires_hopper
-@pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("causal", [False, True])
-def test_backward_fused_fa3_order(D, causal):
-  """HopperConfig(fused_fa3_order=True) (eighth session)."""
-  cfg = ha.HopperConfig(fused_fa3_order=True)
-  check_backward(2, 512, 512, 4, 4, D, jnp.bfloat16, is_causal=causal, backward="fused",
-                 config=cfg)
-  if causal and D == 128:
-    check_backward(2, 333, 517, 8, 2, 128, jnp.float16, is_causal=True, q_offset=184,
-                   sliding_window=(150, None), backward="fused", config=cfg)
-
-
-@requires_hopper
 def test_backward_fused_features():
   check_backward(2, 333, 517, 8, 2, 128, jnp.float16, is_causal=True, q_offset=184,
                  sliding_window=(150, None), backward="fused")

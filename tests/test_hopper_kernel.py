@@ -441,8 +441,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False),
-                             fused_fa3_order=c.get("fa3_order", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -567,15 +566,6 @@ INTERPRET_CASES = {
                                              grad="fused", races=True), 3e-2),
     "fwdbwd_fused_window_d128": (_case(shape=(1, 128, 128, 2, 2, 128), dtype="bfloat16",
                                        block_kv=128, window=(30, 30), grad="fused"), 3e-2),
-    # ...in FA3's issue order (HopperConfig.fused_fa3_order: dV before the pair meeting, dQ
-    # and dK after it): GQA causal ragged with the race detector, and D = 128 (both consumers'
-    # dQ columns)
-    "fwdbwd_fused_fa3_order_gqa_causal_ragged": (_case(
-        shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        bwd_stages=3, grad="fused", races=True, fa3_order=True), 3e-2),
-    "fwdbwd_fused_fa3_order_window_d128": (_case(
-        shape=(1, 200, 300, 2, 1, 128), dtype="bfloat16", block_kv=128, window=(60, 30),
-        grad="fused", fa3_order=True), 3e-2),
     "fwdbwd_fused_d128": (_case(shape=(1, 128, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused"), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
