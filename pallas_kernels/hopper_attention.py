@@ -1687,8 +1687,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             # The query block's side values (read before in_free), and delta below, are
             # loaded where they are used rather than at the top of the step: each is 16
             # registers (COL layout of the transposed tile) next to dK, dV, P^T and dP^T.
-            # Eighth session: the documents / window dK/dV kernels' spills (312 / 124 bytes at
-            # 232 registers) went to 0 and fwd+bwd gained +0.2 to +4.3% in the 5 cells timed.
+            # Eighth session (ptxas): the documents dK/dV kernel's spills went from 312 bytes to
+            # 0 (NOTES.md Hopper v10); fwd+bwd -0.2 to +4.3% in the 5 cells timed.
             q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
             rows = _iota(st, (bkv, bq), 0)
             cols = _iota(st, (bkv, bq), 1)
