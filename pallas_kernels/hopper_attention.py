@@ -173,14 +173,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # overlap_softmax: an optimization barrier on the softmax results of step t before the end
-  # of the step's products. Without it LLVM / ptxas sink the softmax arithmetic below the
-  # side effects that follow (the P V wait, the "V free" and ping-pong arrivals): ncu's SASS
-  # view (eighth session) shows the wait for P_{t-1} V_{t-1} right after the row max, so
-  # the exponentials did not overlap the product. "p16": the bf16 P through the barrier;
-  # "p32": the f32 P (cast after the wait, so that writing P_t cannot wait for the registers
-  # of P_{t-1}, still read by the product); "": none. To be A/B-timed.
-  overlap_fence: str = ""
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -193,8 +185,6 @@ class HopperConfig:
     if 2 * self.consumer_registers + self.producer_registers > 512:
       raise ValueError("2 * consumer_registers + producer_registers must be <= 512 (64K "
                        "registers per SM over 3 warpgroups of 128 threads)")
-    if self.overlap_fence not in ("", "p16", "p32"):
-      raise ValueError(f"overlap_fence must be '', 'p16' or 'p32', got {self.overlap_fence!r}")
     if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
                                              not isinstance(self.persistent_ctas, int) or
                                              self.persistent_ctas < 1):
@@ -933,15 +923,14 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
     sched_sync = functools.partial(_schedule_round, sched if cfg.schedule_barrier else None)
 
-    def softmax_update(s, m_i, l_i, masked: bool, p_dtype=None):
-      """Online softmax of one block's (masked) raw scores -> (P in `p_dtype` (default: the
-      input dtype), new row max, new row sum, alpha = the factor rescaling the accumulator
-      from the old max)."""
+    def softmax_update(s, m_i, l_i, masked: bool):
+      """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
+      max, new row sum, alpha = the factor rescaling the accumulator from the old max)."""
       m_new = jnp.maximum(m_i, s.max(axis=1) * c)
       m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new) if masked else m_new
       alpha = jnp.exp2(m_i - m_use)
       p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, s.shape, [0]))
-      return p.astype(p_dtype or dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
+      return p.astype(dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
 
     def overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask):
       """The KV loop with `cfg.overlap_softmax` (see HopperConfig): step 0 peeled (its S, then
@@ -994,14 +983,11 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           j = blk(t)
           kv_vecs = kv_vecs_of(slot)
 
-        fence = cfg.overlap_fence
-
         def softmax_of(s):
           plgpu.barrier_arrive(k_free.at[slot])
           if masked:
             s = apply_mask(s, j, kv_vecs)
-          return softmax_update(s, m_i, l_i, masked,
-                                jnp.float32 if fence == "p32" and not st.interpret else None)
+          return softmax_update(s, m_i, l_i, masked)
 
         if st.interpret:   # the same order, with the helpers' jnp products
           s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
@@ -1015,15 +1001,11 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             sched_sync()
             # S_t has landed (P_{t-1} V_{t-1} may still run): its softmax overlaps the product
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
-            if fence:
-              outs = lax.optimization_barrier(outs)
             for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
               r[...] = x
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
-          p_init = zero_s if fence == "p32" else p_prev
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
-              (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_init, m_i, l_i, m_i))
-          p16 = p16.astype(dtype)
+              (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         plgpu.barrier_arrive(v_free.at[prev])
         end_softmax(t)
