@@ -173,6 +173,11 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
+  # overlap_softmax: step t gives V_{t-2}'s "free" arrival at its start instead of V_{t-1}'s
+  # after its softmax. ncu's SASS (eighth session) shows ptxas issuing that arrival, and the
+  # wait for P_{t-1} V_{t-1} it needs, right after the row max, before the exponentials,
+  # although the PTX has them after: the softmax did not overlap the product. To be A/B-timed.
+  overlap_late_vfree: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -976,9 +981,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         end_softmax(0)
         return acc, m_new, l_new, p16
 
+      late_vfree = cfg.overlap_late_vfree
+
       def step(t, carry, masked, blk):
         acc, m_i, l_i, p_prev = carry
         slot, prev = slot_of(t), slot_of(t - 1)
+        if late_vfree:   # P_{t-2} V_{t-2} was awaited in step t - 1
+          pl.when(t >= 2)(lambda: plgpu.barrier_arrive(v_free.at[slot_of(t - 2)]))
         if masked:
           j = blk(t)
           kv_vecs = kv_vecs_of(slot)
@@ -1007,13 +1016,16 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        plgpu.barrier_arrive(v_free.at[prev])
+        if not late_vfree:
+          plgpu.barrier_arrive(v_free.at[prev])
         end_softmax(t)
         return acc, m_new, l_new, p16
 
       def last(carry):   # P_{n-1} V_{n-1}
         acc, m_i, l_i, p_prev = carry
         slot = slot_of(n - 1)
+        if late_vfree:   # the arrival step n would have given
+          pl.when(n >= 2)(lambda: plgpu.barrier_arrive(v_free.at[slot_of(n - 2)]))
         acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])])
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_i, l_i, p_prev
