@@ -178,6 +178,11 @@ class HopperConfig:
   # wait for P_{t-1} V_{t-1} it needs, right after the row max, before the exponentials,
   # although the PTX has them after: the softmax did not overlap the product. To be A/B-timed.
   overlap_late_vfree: bool = False
+  # overlap_softmax: the second ping-pong arrival inside the step's product scope, after the
+  # softmax and before the P V wait (program order). ptxas keeps synchronisation operations in
+  # order but issues them before independent arithmetic, so an arrival after the P V wait drags
+  # that wait up to the start of the softmax (eighth session's SASS). To be A/B-timed.
+  overlap_sched_in_step: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -952,8 +957,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         # the block's KV side values share the K slot: read before K's "free" arrival
         return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
-      def end_softmax(t):   # the second ping-pong round; V_t and K_{t+1} land inside it
-        if cfg.schedule_barrier:
+      def end_softmax(t, arrived=False):
+        """The second ping-pong round (its arrival already given if `arrived`); V_t and
+        K_{t+1} land inside it."""
+        if cfg.schedule_barrier and not arrived:
           plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(v_bar.at[slot_of(t)])
 
@@ -982,6 +989,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         return acc, m_new, l_new, p16
 
       late_vfree = cfg.overlap_late_vfree
+      # compiled only: interpret mode runs the jnp branch, which keeps the plain order
+      sched_in_step = cfg.overlap_sched_in_step and cfg.schedule_barrier and not st.interpret
 
       def step(t, carry, masked, blk):
         acc, m_i, l_i, p_prev = carry
@@ -1012,13 +1021,15 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
             for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
               r[...] = x
+            if sched_in_step:
+              plgpu.barrier_arrive(sched)
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         if not late_vfree:
           plgpu.barrier_arrive(v_free.at[prev])
-        end_softmax(t)
+        end_softmax(t, arrived=sched_in_step)
         return acc, m_new, l_new, p16
 
       def last(carry):   # P_{n-1} V_{n-1}

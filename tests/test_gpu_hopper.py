@@ -158,9 +158,10 @@ def test_configs(cfg):
 
 
 @requires_hopper
-def test_overlap_late_vfree():
-  """HopperConfig.overlap_late_vfree (eighth session)."""
-  kw = dict(overlap_softmax=True, overlap_late_vfree=True)
+@pytest.mark.parametrize("sched_in_step", [False, True])
+def test_overlap_late_vfree(sched_in_step):
+  """HopperConfig.overlap_late_vfree / overlap_sched_in_step (eighth session)."""
+  kw = dict(overlap_softmax=True, overlap_late_vfree=True, overlap_sched_in_step=sched_in_step)
   cfg = ha.HopperConfig(consumer_registers=240, producer_registers=24, **kw)
   check_forward(2, 1000, 1300, 4, 4, 128, jnp.bfloat16, config=cfg)
   check_forward(1, 700, 900, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=200, config=cfg)
