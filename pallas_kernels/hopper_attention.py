@@ -173,16 +173,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # overlap_softmax: step t gives V_{t-2}'s "free" arrival at its start instead of V_{t-1}'s
-  # after its softmax. ncu's SASS (eighth session) shows ptxas issuing that arrival, and the
-  # wait for P_{t-1} V_{t-1} it needs, right after the row max, before the exponentials,
-  # although the PTX has them after: the softmax did not overlap the product. To be A/B-timed.
-  overlap_late_vfree: bool = False
-  # overlap_softmax: the second ping-pong arrival inside the step's product scope, after the
-  # softmax and before the P V wait (program order). ptxas keeps synchronisation operations in
-  # order but issues them before independent arithmetic, so an arrival after the P V wait drags
-  # that wait up to the start of the softmax (eighth session's SASS). To be A/B-timed.
-  overlap_sched_in_step: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -957,10 +947,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         # the block's KV side values share the K slot: read before K's "free" arrival
         return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
-      def end_softmax(t, arrived=False):
-        """The second ping-pong round (its arrival already given if `arrived`); V_t and
-        K_{t+1} land inside it."""
-        if cfg.schedule_barrier and not arrived:
+      def end_softmax(t):   # the second ping-pong round; V_t and K_{t+1} land inside it
+        if cfg.schedule_barrier:
           plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(v_bar.at[slot_of(t)])
 
@@ -988,15 +976,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         end_softmax(0)
         return acc, m_new, l_new, p16
 
-      late_vfree = cfg.overlap_late_vfree
-      # compiled only: interpret mode runs the jnp branch, which keeps the plain order
-      sched_in_step = cfg.overlap_sched_in_step and cfg.schedule_barrier and not st.interpret
-
       def step(t, carry, masked, blk):
         acc, m_i, l_i, p_prev = carry
         slot, prev = slot_of(t), slot_of(t - 1)
-        if late_vfree:   # P_{t-2} V_{t-2} was awaited in step t - 1
-          pl.when(t >= 2)(lambda: plgpu.barrier_arrive(v_free.at[slot_of(t - 2)]))
         if masked:
           j = blk(t)
           kv_vecs = kv_vecs_of(slot)
@@ -1021,22 +1003,17 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
             for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
               r[...] = x
-            if sched_in_step:
-              plgpu.barrier_arrive(sched)
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        if not late_vfree:
-          plgpu.barrier_arrive(v_free.at[prev])
-        end_softmax(t, arrived=sched_in_step)
+        plgpu.barrier_arrive(v_free.at[prev])
+        end_softmax(t)
         return acc, m_new, l_new, p16
 
       def last(carry):   # P_{n-1} V_{n-1}
         acc, m_i, l_i, p_prev = carry
         slot = slot_of(n - 1)
-        if late_vfree:   # the arrival step n would have given
-          pl.when(n >= 2)(lambda: plgpu.barrier_arrive(v_free.at[slot_of(n - 2)]))
         acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])])
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_i, l_i, p_prev

@@ -157,19 +157,6 @@ def test_configs(cfg):
   check_backward(1, 384, 384, 2, 2, 128, jnp.bfloat16, is_causal=True, config=cfg)
 
 
-@requires_hopper
-@pytest.mark.parametrize("sched_in_step", [False, True])
-def test_overlap_late_vfree(sched_in_step):
-  """HopperConfig.overlap_late_vfree / overlap_sched_in_step (eighth session)."""
-  kw = dict(overlap_softmax=True, overlap_late_vfree=True, overlap_sched_in_step=sched_in_step)
-  cfg = ha.HopperConfig(consumer_registers=240, producer_registers=24, **kw)
-  check_forward(2, 1000, 1300, 4, 4, 128, jnp.bfloat16, config=cfg)
-  check_forward(1, 700, 900, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=200, config=cfg)
-  check_forward(2, 500, 700, 4, 2, 64, jnp.float16, sliding_window=(100, 30), config=cfg)
-  cfg_p = ha.HopperConfig(persistent=True, persistent_sync_per_tile=False, **kw)
-  check_forward(4, 1024, 1024, 4, 4, 128, jnp.bfloat16, config=cfg_p)
-
-
 # --------------------------------------------------------------------------------------------
 # Backward.
 # --------------------------------------------------------------------------------------------

@@ -441,8 +441,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False),
-                             overlap_late_vfree=c.get("late_vfree", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -997,14 +996,6 @@ OVERLAP_CASES = {
     # between 2-step tiles, the ring carried across tiles, 2 CTAs
     "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
                                            kv_offset=150, stages=3, overlap=True), 2e-2),
-    # HopperConfig.overlap_late_vfree (V_{t-2}'s "free" arrival at the start of step t): the
-    # causal / window / GQA ragged case, and the persistent ring across zero-step tiles
-    "late_vfree_causal_gqa_window_ragged": (_case(
-        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        window=(90, None), stages=2, overlap=True, races=True, late_vfree=True), 3e-2),
-    "late_vfree_persistent_zero_block_tiles": (_pcase(
-        2, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150, stages=3, overlap=True,
-        late_vfree=True), 2e-2),
     # BlockMask lists + mask_fn with `~` (the rewrite of not): step 0 from the partial list or,
     # where a row lists no partial block, from the full list; a zero-step tile; forward only
     "sparse_lists_mask_fn": (_sparse_case(

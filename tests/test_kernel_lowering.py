@@ -339,15 +339,6 @@ def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
                                                         **kw), *shapes)) == 1
 
 
-@pytest.mark.parametrize("persistent", [False, True])
-def test_overlap_late_vfree_lowers_for_cuda(persistent):
-  cfg = ha.HopperConfig(overlap_softmax=True, overlap_late_vfree=True, persistent=persistent,
-                        persistent_ctas=132)
-  shapes, kw = _case_or_mask_fn("causal_gqa_offset_ragged")
-  assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
-                                                        **kw), *shapes)) == 1
-
-
 @pytest.mark.parametrize("which", ["causal_gqa_offset_ragged", "documents", "mask_fn"])
 def test_bwd_schedule_barrier_lowers_for_cuda(which):
   """HopperConfig(bwd_schedule_barrier=True): the dK/dV kernel's ping-pong (its extra barrier
