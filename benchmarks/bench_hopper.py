@@ -75,6 +75,20 @@ def make(impl, kind, config=None, backward=None, B=None, S=None):
   raise ValueError(impl)
 
 
+def make_variant(kind, B, S, spec=None):
+  """(name, ours) for an ab.py-style variant 'NAME:field=value;...' (`HopperConfig` fields
+  over the plain default config, plus the call's `backward`); None or a spec named 'default'
+  gives the call's own choice of config and backward."""
+  from bench_common import D, parse_variant
+  from pallas_kernels.hopper_attention import default_config
+  if spec is None:
+    return "default", make("ours", kind, B=B, S=S)
+  name, cfg, extra = parse_variant(spec, default_config(D), ("backward",))
+  if name == "default":
+    cfg = None
+  return name, make("ours", kind, config=cfg, backward=extra.get("backward"), B=B, S=S)
+
+
 def time_fn(fn, B, S, reps, what=("fwd", "fwdbwd")):
   import jax
   q, k, v, do = inputs(B, S)

@@ -34,15 +34,9 @@ def main():
   args = ap.parse_args()
   import jax
   from ab import CELLS
-  from bench_common import D, parse_variant
-  from bench_hopper import inputs, make
-  from pallas_kernels.hopper_attention import default_config
+  from bench_hopper import inputs, make, make_variant
   kind, B, S = CELLS[args.cell]
-  cfg, backward = None, None
-  if args.variant:
-    _, cfg, extra = parse_variant(args.variant, default_config(D), ("backward",))
-    backward = extra.get("backward")
-  fn = (make("ours", kind, config=cfg, backward=backward, B=B, S=S) if args.impl == "ours"
+  fn = (make_variant(kind, B, S, args.variant)[1] if args.impl == "ours"
         else make("cudnn", kind))
   q, k, v, do = inputs(B, S)
   if args.what == "fwd":

@@ -37,14 +37,9 @@ def _child(args):
       sys.path.insert(0, p)
   import jax
   from ab import CELLS
-  from bench_common import D, parse_variant
-  from bench_hopper import inputs, make
-  from pallas_kernels.hopper_attention import default_config
+  from bench_hopper import inputs, make_variant
   kind, B, S = CELLS[args.cell]
-  name, cfg, extra = parse_variant(args.child, default_config(D), ("backward",))
-  if name == "default":
-    cfg = None
-  fn = make("ours", kind, config=cfg, backward=extra.get("backward"), B=B, S=S)
+  name, fn = make_variant(kind, B, S, args.child)
   q, k, v, do = inputs(B, S)
   print(f"=== {args.cell} {name}: forward", flush=True)
   jax.jit(fn).lower(q, k, v).compile()

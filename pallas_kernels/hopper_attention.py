@@ -1870,6 +1870,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     params = dataclasses.replace(_interpret_arg(st)["interpret"], uninitialized_memory="zero")
 
     def interpret_kernel(*refs):
+      # plgpu.kernel passes (6 inputs, dK, dV, dQ sum, scratch...); `kernel` takes the dQ
+      # sum right after the inputs (where the compiled launch's Ref operand sits; the fused
+      # backward has no side arrays or block lists in between)
       return kernel(*refs[:6], refs[8], *refs[6:8], *refs[9:])
     return plgpu.kernel(
         interpret_kernel, out_type=(kv_type, kv_type,

@@ -293,7 +293,7 @@ def test_default_register_split_and_backward_rules():
               ha.default_config(128, 1024, static_ranges=True), ha.default_config(128),
               ha.default_config(256, 8192, uniform_tiles=True)):
     assert (cfg.consumer_registers, cfg.producer_registers) == (232, 40), cfg
-  # the fused backward for long calls that walk every block, on the GPU only
+  # the fused backward for long calls that walk every block (interpret mode included)
   assert ha.default_backward(128, 8192, uniform_tiles=True) == "fused"
   assert ha.default_backward(64, 16384, uniform_tiles=True) == "fused"
   assert ha.default_backward(128, 4096, uniform_tiles=True) == "mosaic"
