@@ -108,7 +108,12 @@ def _api():
     except ImportError:
       pass
   interp = getattr(plgpu, "InterpretParams", None) or interp
-  return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp)
+  # for `_zero_after` (inline PTX through `plgpu.inline_mgpu`)
+  import jax.experimental.mosaic.gpu as mgpu  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir.dialects import llvm  # pylint: disable=g-import-not-at-top
+  return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp,
+              mgpu=mgpu, ir=ir, llvm=llvm)
 
 
 def mgpu_available() -> bool:
@@ -173,6 +178,12 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
+  # forward: the consumers' "softmax done" ping-pong arrival indexed by a zero computed from
+  # the step's row sums (`_zero_after`), and in the overlapped step given before the wait for
+  # P_{t-1} V_{t-1}. ptxas issues barrier operations and `wgmma.wait_group` ahead of
+  # independent arithmetic, so without a data dependence the arrival - and in the overlapped
+  # step the P V wait with it - run before the exponentials (NOTES.md Hopper v10f, v11).
+  sched_dep: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -700,6 +711,33 @@ def _schedule_round(barrier):
     plgpu.barrier_wait(barrier)
 
 
+def _zero_after(st: _Static, x):
+  """An int32 scalar 0 that each thread computes from its registers of `x` (a ROW vector).
+
+  Indexing a barrier with it makes the arrival data dependent on `x`: ptxas keeps barrier
+  operations and `wgmma.wait_group` in program order among themselves but issues them ahead
+  of independent arithmetic (the SASS of NOTES.md Hopper v10f), and Mosaic's optimization
+  barrier emits no PTX. The zero is cvt.rzi.u32(x * 0.0) in inline PTX: 0 for every x (NaN
+  converts to 0) and opaque to LLVM's folding."""
+  if st.interpret:
+    return jnp.int32(0)
+  a = _api()
+  plgpu, mgpu, ir, llvm = a["plgpu"], a["mgpu"], a["ir"], a["llvm"]
+
+  @plgpu.inline_mgpu(arg_types=(a["ROW"],),
+                     return_type=plgpu.ShapeDtypeStruct((), jnp.int32,
+                                                        layout=plgpu.Layout.WG_SPLAT(())))
+  def zero(_, v):
+    r = v.registers.flat[0]
+    i32 = ir.IntegerType.get_signless(32)
+    if isinstance(r.type, ir.VectorType):
+      r = llvm.extractelement(r, mgpu.utils.c(0, i32))
+    z = llvm.inline_asm(i32, [r], "{ .reg .f32 t; mul.f32 t, $1, 0f00000000; "
+                        "cvt.rzi.u32.f32 $0, t; }", "=r,f", has_side_effects=True)
+    return mgpu.FragmentedArray.splat(z, (), is_signed=True)
+  return zero(x)
+
+
 def _wait_if(cond, barrier):
   """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
   traced, or a Python bool when the step is known statically)."""
@@ -947,9 +985,17 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         # the block's KV side values share the K slot: read before K's "free" arrival
         return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
-      def end_softmax(t):   # the second ping-pong round; V_t and K_{t+1} land inside it
-        if cfg.schedule_barrier:
-          plgpu.barrier_arrive(sched)
+      late_arrive = cfg.schedule_barrier and cfg.sched_dep
+
+      def sched_arrive(l_new):   # `cfg.sched_dep`: given after the row sums, before P V's wait
+        plgpu.barrier_arrive(sched.at[_zero_after(st, l_new)])
+
+      def end_softmax(t, l_new, arrived=False):   # the 2nd ping-pong round; V_t, K_{t+1} land in it
+        if cfg.schedule_barrier and not arrived:
+          if cfg.sched_dep:
+            sched_arrive(l_new)
+          else:
+            plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(v_bar.at[slot_of(t)])
 
         @pl.when(t + 1 < n)
@@ -973,7 +1019,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
         plgpu.barrier_arrive(k_free.at[slot])
         p16, m_new, l_new, _ = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True)
-        end_softmax(0)
+        end_softmax(0, l_new)
         return acc, m_new, l_new, p16
 
       def step(t, carry, masked, blk):
@@ -992,6 +1038,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         if st.interpret:   # the same order, with the helpers' jnp products
           s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
           p16, m_new, l_new, alpha = softmax_of(s)
+          if late_arrive:
+            sched_arrive(l_new)
           acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[prev])])
         else:
           def fn(refs):
@@ -1003,12 +1051,14 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
             for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
               r[...] = x
+            if late_arrive:
+              sched_arrive(outs[2])
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
         acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         plgpu.barrier_arrive(v_free.at[prev])
-        end_softmax(t)
+        end_softmax(t, l_new, arrived=late_arrive)
         return acc, m_new, l_new, p16
 
       def last(carry):   # P_{n-1} V_{n-1}
@@ -1081,7 +1131,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
         def end_softmax():
           if cfg.schedule_barrier:
-            plgpu.barrier_arrive(sched)
+            plgpu.barrier_arrive(sched.at[_zero_after(st, l_i)] if cfg.sched_dep else sched)
           plgpu.barrier_wait(v_bar.at[slot])
           if cfg.schedule_barrier:
             plgpu.barrier_wait(sched)

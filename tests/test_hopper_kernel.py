@@ -441,7 +441,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False),
+                             sched_dep=c.get("sched_dep", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -996,6 +997,13 @@ OVERLAP_CASES = {
     # between 2-step tiles, the ring carried across tiles, 2 CTAs
     "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
                                            kv_offset=150, stages=3, overlap=True), 2e-2),
+    # HopperConfig(sched_dep=True): the ping-pong arrival indexed by `_zero_after` and, in the
+    # overlapped step, given before P V is awaited; overlapped and plain loop
+    "sched_dep_causal_gqa_window_ragged": (_case(
+        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        window=(90, None), stages=3, overlap=True, sched_dep=True, races=True), 3e-2),
+    "sched_dep_plain_loop": (_case(shape=(1, 200, 260, 2, 1, 64), dtype="float16", causal=True,
+                                   stages=2, sched_dep=True, races=True), 3e-2),
     # BlockMask lists + mask_fn with `~` (the rewrite of not): step 0 from the partial list or,
     # where a row lists no partial block, from the full list; a zero-step tile; forward only
     "sparse_lists_mask_fn": (_sparse_case(

@@ -12,6 +12,7 @@ fast (about a second per call); no kernel runs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -337,6 +338,23 @@ def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
   shapes, kw = _case_or_mask_fn(which)
   assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
                                                         **kw), *shapes)) == 1
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "documents"])
+def test_sched_dep_forward_lowers_for_cuda(which, overlap):
+  """HopperConfig(sched_dep=True): the ping-pong arrival indexed by `_zero_after` (inline PTX
+  through plgpu.inline_mgpu) in the plain and the overlapped loop, and its inline asm is in
+  the kernel."""
+  cfg = ha.HopperConfig(overlap_softmax=overlap, sched_dep=True)
+  shapes, kw = _case_or_mask_fn(which)
+  text = _lowered(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
+                                                      **kw), *shapes)
+  assert len(_TARGET.findall(text)) == 1
+  assert "cvt.rzi.u32.f32" in text
+  plain = dataclasses.replace(cfg, sched_dep=False)
+  assert "cvt.rzi.u32.f32" not in _lowered(
+      lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=plain, **kw), *shapes)
 
 
 @pytest.mark.parametrize("which", ["causal_gqa_offset_ragged", "documents", "mask_fn"])
