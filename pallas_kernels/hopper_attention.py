@@ -941,6 +941,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
     kvside_smem = [next(it) for _ in range(nks)]
+    # `cfg.sched_dep` indexes the schedule barrier dynamically, which needs an array of them
+    # (a single Barrier is a 0-d ref on newer jax): barrier 0 of two, the other unused
+    sched_arr, sched = (sched, sched.at[0]) if cfg.sched_dep else (None, sched)
 
     def plan(b, h, ci):
       """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
@@ -988,7 +991,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       late_arrive = cfg.schedule_barrier and cfg.sched_dep
 
       def sched_arrive(l_new):   # `cfg.sched_dep`: given after the row sums, before P V's wait
-        plgpu.barrier_arrive(sched.at[_zero_after(st, l_new)])
+        plgpu.barrier_arrive(sched_arr.at[_zero_after(st, l_new)])
 
       def end_softmax(t, l_new, arrived=False):   # the 2nd ping-pong round; V_t, K_{t+1} land in it
         if cfg.schedule_barrier and not arrived:
@@ -1131,7 +1134,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
         def end_softmax():
           if cfg.schedule_barrier:
-            plgpu.barrier_arrive(sched.at[_zero_after(st, l_i)] if cfg.sched_dep else sched)
+            plgpu.barrier_arrive(sched_arr.at[_zero_after(st, l_i)] if cfg.sched_dep else sched)
           plgpu.barrier_wait(v_bar.at[slot])
           if cfg.schedule_barrier:
             plgpu.barrier_wait(sched)
@@ -1280,7 +1283,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=2),
+      plgpu.Barrier(num_arrivals=2, num_barriers=2 if cfg.sched_dep else 1),
   )
   scratch = scratch + tuple(plgpu.SMEM((2 * qbufs, bq), jnp.int32) for _ in range(nqs)) + tuple(
       plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
