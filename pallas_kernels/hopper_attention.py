@@ -941,9 +941,11 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
     kvside_smem = [next(it) for _ in range(nks)]
+    wg = lax.axis_index("wg")
     # `cfg.sched_dep` indexes the schedule barrier dynamically, which needs an array of them
-    # (a single Barrier is a 0-d ref on newer jax): barrier 0 of two, the other unused
-    sched_arr, sched = (sched, sched.at[0]) if cfg.sched_dep else (None, sched)
+    # (a single Barrier is a 0-d ref on jax 0.11): barrier 0 of two, the other unused. The 0
+    # is traced: a literal index closed over by `pl.run_state` fails jax 0.11's lowering.
+    sched_arr, sched = (sched, sched.at[wg - wg]) if cfg.sched_dep else (None, sched)
 
     def plan(b, h, ci):
       """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
@@ -959,8 +961,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
       n, sections = _range_walk(lo, flo, fhi, hi)
       return r0, n, sections, lo
-
-    wg = lax.axis_index("wg")
 
     sched_sync = functools.partial(_schedule_round, sched if cfg.schedule_barrier else None)
 
