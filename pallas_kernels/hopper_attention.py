@@ -184,6 +184,12 @@ class HopperConfig:
   # independent arithmetic, so without a data dependence the arrival - and in the overlapped
   # step the P V wait with it - run before the exponentials (NOTES.md Hopper v10f, v11).
   sched_dep: bool = False
+  # forward, overlapped loop only (ignored by the plain one): the ping-pong as FA3 has it - a
+  # turn passed between the consumers, each waiting for its turn before issuing a step's
+  # products and passing it on right after, so that their products alternate on the tensor
+  # cores while their softmaxes may overlap in time. (The default 2-arrival rounds, one after
+  # the products are issued and one after the softmax, alternate the softmaxes.)
+  sched_token: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -927,6 +933,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   nqs, nks = len(q_sides), len(kv_sides)
   persistent = _fwd_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks)
   overlap = cfg.overlap_softmax and D <= 128
+  token = overlap and cfg.schedule_barrier and cfg.sched_token
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
 
@@ -945,7 +952,29 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     # `cfg.sched_dep` indexes the schedule barrier dynamically, which needs an array of them
     # (a single Barrier is a 0-d ref on jax 0.11): barrier 0 of two, the other unused. The 0
     # is traced: a literal index closed over by `pl.run_state` fails jax 0.11's lowering.
-    sched_arr, sched = (sched, sched.at[wg - wg]) if cfg.sched_dep else (None, sched)
+    sched_arr, sched = (sched, sched.at[wg - wg]) if cfg.sched_dep and not token else (None, sched)
+    if token:   # turn[w]: consumer w's turn to issue; the rounds below are then no-ops
+      turn, sched = sched, None
+
+    def take_turn():
+      if token:
+        plgpu.barrier_wait(turn.at[wg])
+
+    def pass_turn():
+      if token:
+        plgpu.barrier_arrive(turn.at[1 - wg])
+
+    def first_turn():   # once per CTA: consumer 0 issues first
+      if token:
+        @pl.when(wg == 1)
+        def _():
+          plgpu.barrier_arrive(turn.at[0])
+
+    def last_turn():
+      # consumer 1's last pass (or the first one, if the CTA issued nothing) completes turn[0]
+      # once more than consumer 0 waits on it; observe it, as the interpret mode requires
+      if token:
+        pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
 
     def plan(b, h, ci):
       """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
@@ -962,7 +991,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       n, sections = _range_walk(lo, flo, fhi, hi)
       return r0, n, sections, lo
 
-    sched_sync = functools.partial(_schedule_round, sched if cfg.schedule_barrier else None)
+    sched_sync = functools.partial(_schedule_round,
+                                   sched if cfg.schedule_barrier and not token else None)
+    rounds = cfg.schedule_barrier and not token
 
     def softmax_update(s, m_i, l_i, masked: bool):
       """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
@@ -988,13 +1019,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         # the block's KV side values share the K slot: read before K's "free" arrival
         return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
-      late_arrive = cfg.schedule_barrier and cfg.sched_dep
+      late_arrive = rounds and cfg.sched_dep
 
       def sched_arrive(l_new):   # `cfg.sched_dep`: given after the row sums, before P V's wait
         plgpu.barrier_arrive(sched_arr.at[_zero_after(st, l_new)])
 
       def end_softmax(t, l_new, arrived=False):   # the 2nd ping-pong round; V_t, K_{t+1} land in it
-        if cfg.schedule_barrier and not arrived:
+        if rounds and not arrived:
           if cfg.sched_dep:
             sched_arrive(l_new)
           else:
@@ -1004,7 +1035,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         @pl.when(t + 1 < n)
         def _():
           plgpu.barrier_wait(k_bar.at[slot_of(t + 1)])
-        if cfg.schedule_barrier:
+        if rounds:
           plgpu.barrier_wait(sched)
 
       p0 = _cast(st, jnp.zeros((bq, bkv), dtype), "WGMMA")
@@ -1019,7 +1050,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           j = jnp.where(u1 > u0, blk(u0), j)
         slot = slot_of(0)
         kv_vecs = kv_vecs_of(slot)
-        s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
+        take_turn()
+        s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=lambda: (pass_turn(), sched_sync()))
         plgpu.barrier_arrive(k_free.at[slot])
         p16, m_new, l_new, _ = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True)
         end_softmax(0, l_new)
@@ -1038,8 +1070,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             s = apply_mask(s, j, kv_vecs)
           return softmax_update(s, m_i, l_i, masked)
 
+        take_turn()
         if st.interpret:   # the same order, with the helpers' jnp products
-          s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
+          s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=lambda: (pass_turn(), sched_sync()))
           p16, m_new, l_new, alpha = softmax_of(s)
           if late_arrive:
             sched_arrive(l_new)
@@ -1049,6 +1082,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             acc_ref, s_ref, p_ref, m_ref, l_ref, a_ref = refs
             plgpu.wgmma(s_ref, qs, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
             plgpu.wgmma(acc_ref, p_prev, v_smem.at[prev])
+            pass_turn()
             sched_sync()
             # S_t has landed (P_{t-1} V_{t-1} may still run): its softmax overlaps the product
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
@@ -1067,7 +1101,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       def last(carry):   # P_{n-1} V_{n-1}
         acc, m_i, l_i, p_prev = carry
         slot = slot_of(n - 1)
-        acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])])
+        take_turn()
+        acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])], after_issue=pass_turn)
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_i, l_i, p_prev
 
@@ -1215,6 +1250,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         prefetch_q(0, 0)
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 1)(sched_sync)
+        first_turn()
 
         def tile(k, base):
           buf = lax.rem(k, 2)
@@ -1236,6 +1272,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         lax.fori_loop(0, n_local, tile, jnp.int32(0))
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 0)(sched_sync)
+        last_turn()
         plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
@@ -1256,9 +1293,11 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     def _consumer():
       plgpu.set_max_registers(cfg.consumer_registers, action="increase")
       load_q(b, h, r0 + wg * bq, wg)
+      first_turn()
       plgpu.barrier_wait(q_bar.at[wg])
       consume(b, h, r0, n, sections, q_smem.at[wg], [sm.at[wg] for sm in qside_smem], None,
               sync_per_tile=True)
+      last_turn()
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
@@ -1283,7 +1322,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=2, num_barriers=2 if cfg.sched_dep else 1),
+      (plgpu.Barrier(num_arrivals=1, num_barriers=2) if token else
+       plgpu.Barrier(num_arrivals=2, num_barriers=2 if cfg.sched_dep else 1)),
   )
   scratch = scratch + tuple(plgpu.SMEM((2 * qbufs, bq), jnp.int32) for _ in range(nqs)) + tuple(
       plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))

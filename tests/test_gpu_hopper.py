@@ -469,6 +469,28 @@ def test_sched_dep_plain_loop_and_block_mask():
 
 
 @requires_hopper
+@pytest.mark.parametrize("name", ["dense_bf16", "causal_f16_d64", "not_multiples",
+                                  "documents_empty_rows", "persistent_dense",
+                                  "persistent_empty_tiles_kv_offset",
+                                  "persistent_causal_gqa_ragged_offset"])
+def test_sched_token_forward(name):
+  """HopperConfig(sched_token=True): FA3's turn-passing ping-pong in the overlapped loop."""
+  c = OVERLAP_FWD[name]
+  cfg = dataclasses.replace(c.get("config", _OVERLAP), sched_token=True, **_R240)
+  check_forward_case(dict(c, config=cfg), None)
+
+
+@requires_hopper
+def test_sched_token_block_mask_and_backward():
+  cfg = ha.HopperConfig(sched_token=True, **_R240)
+  check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 22)
+  check_block_mask_lists(dataclasses.replace(cfg, persistent=True),
+                         lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200), 23)
+  check_backward(2, 333, 517, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
+                 config=cfg)
+
+
+@requires_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("case", ["dense_8k", "causal_2k_gqa_ragged"])
 def test_default_long_calls(case, D):

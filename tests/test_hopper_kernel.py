@@ -442,7 +442,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
                              bwd_schedule_barrier=c.get("bwd_sched", False),
-                             sched_dep=c.get("sched_dep", False))
+                             sched_dep=c.get("sched_dep", False),
+                             sched_token=c.get("sched_token", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -1002,6 +1003,14 @@ OVERLAP_CASES = {
     "sched_dep_causal_gqa_window_ragged": (_case(
         shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
         window=(90, None), stages=3, overlap=True, sched_dep=True, races=True), 3e-2),
+    # HopperConfig(sched_token=True): the turn passed between the consumers around each
+    # issue (peeled step, steps, last P V); non-persistent and persistent (a zero-step tile)
+    "sched_token_causal_gqa_window_ragged": (_case(
+        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        window=(90, None), stages=3, overlap=True, sched_token=True, races=True), 3e-2),
+    "sched_token_persistent_zero_block_tiles": (_pcase(
+        2, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150, stages=3, overlap=True,
+        sched_token=True), 2e-2),
     "sched_dep_plain_loop": (_case(shape=(1, 200, 260, 2, 1, 64), dtype="float16", causal=True,
                                    stages=2, sched_dep=True, races=True), 3e-2),
     # BlockMask lists + mask_fn with `~` (the rewrite of not): step 0 from the partial list or,
@@ -1018,7 +1027,8 @@ OVERLAP_CASES = {
 def test_interpret_overlap_softmax(name):
   case, tol = OVERLAP_CASES[name]
   res = _run_raced_case(name, case, tol)
-  if name in ("documents_empty_rows", "persistent_zero_block_tiles"):
+  if name in ("documents_empty_rows", "persistent_zero_block_tiles",
+              "sched_token_persistent_zero_block_tiles"):
     assert res["n_empty_rows"] > 0, res
 
 

@@ -357,6 +357,18 @@ def test_sched_dep_forward_lowers_for_cuda(which, overlap):
       lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=plain, **kw), *shapes)
 
 
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "mask_fn"])
+def test_sched_token_forward_lowers_for_cuda(which, persistent):
+  """HopperConfig(sched_token=True): the turn barriers (two, one arrival each) around every
+  issue of the overlapped loop, non-persistent and persistent."""
+  cfg = ha.HopperConfig(overlap_softmax=True, sched_token=True, persistent=persistent,
+                        persistent_ctas=132)
+  shapes, kw = _case_or_mask_fn(which)
+  assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
+                                                        **kw), *shapes)) == 1
+
+
 @pytest.mark.parametrize("which", ["causal_gqa_offset_ragged", "documents", "mask_fn"])
 def test_bwd_schedule_barrier_lowers_for_cuda(which):
   """HopperConfig(bwd_schedule_barrier=True): the dK/dV kernel's ping-pong (its extra barrier
