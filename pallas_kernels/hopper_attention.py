@@ -190,6 +190,11 @@ class HopperConfig:
   # cores while their softmaxes may overlap in time. (The default 2-arrival rounds, one after
   # the products are issued and one after the softmax, alternate the softmaxes.)
   sched_token: bool = False
+  # forward, overlapped loop: the accumulator's rescale by the previous step's alpha and the
+  # cast of the previous P are done after S_t is issued and before P_{t-1} V_{t-1} is (as in
+  # FA3), so the tensor cores start on S_t ~100 instructions earlier; P and alpha are carried
+  # from step to step in float32 instead.
+  overlap_late_rescale: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -995,14 +1000,15 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
                                    sched if cfg.schedule_barrier and not token else None)
     rounds = cfg.schedule_barrier and not token
 
-    def softmax_update(s, m_i, l_i, masked: bool):
-      """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
-      max, new row sum, alpha = the factor rescaling the accumulator from the old max)."""
+    def softmax_update(s, m_i, l_i, masked: bool, cast: bool = True):
+      """Online softmax of one block's (masked) raw scores -> (P in the input dtype - float32
+      if not `cast` -, new row max, new row sum, alpha = the factor rescaling the accumulator
+      from the old max)."""
       m_new = jnp.maximum(m_i, s.max(axis=1) * c)
       m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new) if masked else m_new
       alpha = jnp.exp2(m_i - m_use)
       p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, s.shape, [0]))
-      return p.astype(dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
+      return p.astype(dtype) if cast else p, m_new, l_i * alpha + p.sum(axis=1), alpha
 
     def overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask):
       """The KV loop with `cfg.overlap_softmax` (see HopperConfig): step 0 peeled (its S, then
@@ -1020,6 +1026,12 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
       late_arrive = rounds and cfg.sched_dep
+      # `cfg.overlap_late_rescale`: the carry's P is float32 and alpha (the rescale still owed
+      # to the accumulator) rides along; both are applied just before the P V product
+      late = cfg.overlap_late_rescale
+
+      def owed(acc, alpha):
+        return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
 
       def sched_arrive(l_new):   # `cfg.sched_dep`: given after the row sums, before P V's wait
         plgpu.barrier_arrive(sched_arr.at[_zero_after(st, l_new)])
@@ -1038,12 +1050,12 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         if rounds:
           plgpu.barrier_wait(sched)
 
-      p0 = _cast(st, jnp.zeros((bq, bkv), dtype), "WGMMA")
+      p0 = _cast(st, jnp.zeros((bq, bkv), jnp.float32 if late else dtype), "WGMMA")
 
       def first(carry):
         # Step 0, always masked: its block (the first of the first non-empty section) may be
         # full, and a full block's mask keeps every pair, so this is exact either way.
-        acc, m_i, l_i, _ = carry
+        acc, m_i, l_i, _, _ = carry
         u0, _, _, blk = sections[-1]
         j = blk(u0)
         for u0, u1, _, blk in reversed(sections[:-1]):
@@ -1053,12 +1065,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         take_turn()
         s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=lambda: (pass_turn(), sched_sync()))
         plgpu.barrier_arrive(k_free.at[slot])
-        p16, m_new, l_new, _ = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True)
+        p16, m_new, l_new, alpha = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True,
+                                                  cast=not late)
         end_softmax(0, l_new)
-        return acc, m_new, l_new, p16
+        return acc, m_new, l_new, p16, alpha
 
       def step(t, carry, masked, blk):
-        acc, m_i, l_i, p_prev = carry
+        acc, m_i, l_i, p_prev, alpha_prev = carry
         slot, prev = slot_of(t), slot_of(t - 1)
         if masked:
           j = blk(t)
@@ -1068,7 +1081,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           plgpu.barrier_arrive(k_free.at[slot])
           if masked:
             s = apply_mask(s, j, kv_vecs)
-          return softmax_update(s, m_i, l_i, masked)
+          return softmax_update(s, m_i, l_i, masked, cast=not late)
 
         take_turn()
         if st.interpret:   # the same order, with the helpers' jnp products
@@ -1076,12 +1089,18 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           p16, m_new, l_new, alpha = softmax_of(s)
           if late_arrive:
             sched_arrive(l_new)
+          if late:
+            acc, p_prev = owed(acc, alpha_prev), p_prev.astype(dtype)
           acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[prev])])
         else:
           def fn(refs):
             acc_ref, s_ref, p_ref, m_ref, l_ref, a_ref = refs
             plgpu.wgmma(s_ref, qs, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
-            plgpu.wgmma(acc_ref, p_prev, v_smem.at[prev])
+            p_in = p_prev
+            if late:   # acc's last product was awaited at the end of the previous step
+              acc_ref[...] = owed(plgpu.wgmma_accumulator_load(acc_ref, wait_n=None), alpha_prev)
+              p_in = p_prev.astype(dtype)
+            plgpu.wgmma(acc_ref, p_in, v_smem.at[prev])
             pass_turn()
             sched_sync()
             # S_t has landed (P_{t-1} V_{t-1} may still run): its softmax overlaps the product
@@ -1093,20 +1112,23 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        if not late:
+          acc = owed(acc, alpha)
         plgpu.barrier_arrive(v_free.at[prev])
         end_softmax(t, l_new, arrived=late_arrive)
-        return acc, m_new, l_new, p16
+        return acc, m_new, l_new, p16, alpha
 
       def last(carry):   # P_{n-1} V_{n-1}
-        acc, m_i, l_i, p_prev = carry
+        acc, m_i, l_i, p_prev, alpha_prev = carry
         slot = slot_of(n - 1)
+        if late:
+          acc, p_prev = owed(acc, alpha_prev), p_prev.astype(dtype)
         take_turn()
         acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])], after_issue=pass_turn)
         plgpu.barrier_arrive(v_free.at[slot])
-        return acc, m_i, l_i, p_prev
+        return acc, m_i, l_i, carry[3], alpha_prev
 
-      carry = (acc, m_i, l_i, p0)
+      carry = (acc, m_i, l_i, p0, m_i)
       carry = lax.cond(n > 0, first, lambda c: c, carry)
       carry = _walk([(jnp.maximum(u0, 1), u1, masked, blk)
                      for u0, u1, masked, blk in sections], step, carry)

@@ -481,6 +481,17 @@ def test_sched_token_forward(name):
 
 
 @requires_hopper
+@pytest.mark.parametrize("name", ["dense_bf16", "causal_f16_d64", "not_multiples",
+                                  "documents_empty_rows", "persistent_dense",
+                                  "persistent_empty_tiles_kv_offset"])
+def test_overlap_late_rescale_forward(name):
+  """HopperConfig(overlap_late_rescale=True): the rescale and the cast between the issues."""
+  c = OVERLAP_FWD[name]
+  cfg = dataclasses.replace(c.get("config", _OVERLAP), overlap_late_rescale=True, **_R240)
+  check_forward_case(dict(c, config=cfg), None)
+
+
+@requires_hopper
 def test_sched_token_block_mask_and_backward():
   cfg = ha.HopperConfig(sched_token=True, **_R240)
   check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 22)

@@ -443,7 +443,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              overlap_softmax=c.get("overlap", False),
                              bwd_schedule_barrier=c.get("bwd_sched", False),
                              sched_dep=c.get("sched_dep", False),
-                             sched_token=c.get("sched_token", False))
+                             sched_token=c.get("sched_token", False),
+                             overlap_late_rescale=c.get("late_rescale", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -1011,6 +1012,13 @@ OVERLAP_CASES = {
     "sched_token_persistent_zero_block_tiles": (_pcase(
         2, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150, stages=3, overlap=True,
         sched_token=True), 2e-2),
+    # HopperConfig(overlap_late_rescale=True): alpha and the float32 P carried, the rescale
+    # and the cast done between the two issues (peeled step, steps, last P V, empty rows)
+    "late_rescale_documents_empty_rows": (_case(
+        shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3, overlap=True,
+        late_rescale=True, races=True,
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
     "sched_dep_plain_loop": (_case(shape=(1, 200, 260, 2, 1, 64), dtype="float16", causal=True,
                                    stages=2, sched_dep=True, races=True), 3e-2),
     # BlockMask lists + mask_fn with `~` (the rewrite of not): step 0 from the partial list or,
@@ -1028,7 +1036,7 @@ def test_interpret_overlap_softmax(name):
   case, tol = OVERLAP_CASES[name]
   res = _run_raced_case(name, case, tol)
   if name in ("documents_empty_rows", "persistent_zero_block_tiles",
-              "sched_token_persistent_zero_block_tiles"):
+              "sched_token_persistent_zero_block_tiles", "late_rescale_documents_empty_rows"):
     assert res["n_empty_rows"] > 0, res
 
 

@@ -369,6 +369,18 @@ def test_sched_token_forward_lowers_for_cuda(which, persistent):
                                                         **kw), *shapes)) == 1
 
 
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "mask_fn"])
+def test_overlap_late_rescale_lowers_for_cuda(which, persistent):
+  """HopperConfig(overlap_late_rescale=True): the accumulator read without a wait and
+  stored back (rescaled) between the two issues of a step."""
+  cfg = ha.HopperConfig(overlap_softmax=True, overlap_late_rescale=True,
+                        persistent=persistent, persistent_ctas=132)
+  shapes, kw = _case_or_mask_fn(which)
+  assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
+                                                        **kw), *shapes)) == 1
+
+
 @pytest.mark.parametrize("which", ["causal_gqa_offset_ragged", "documents", "mask_fn"])
 def test_bwd_schedule_barrier_lowers_for_cuda(which):
   """HopperConfig(bwd_schedule_barrier=True): the dK/dV kernel's ping-pong (its extra barrier
