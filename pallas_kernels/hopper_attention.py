@@ -108,12 +108,7 @@ def _api():
     except ImportError:
       pass
   interp = getattr(plgpu, "InterpretParams", None) or interp
-  # for `_zero_after` (inline PTX through `plgpu.inline_mgpu`)
-  import jax.experimental.mosaic.gpu as mgpu  # pylint: disable=g-import-not-at-top
-  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
-  from jax._src.lib.mlir.dialects import llvm  # pylint: disable=g-import-not-at-top
-  return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp,
-              mgpu=mgpu, ir=ir, llvm=llvm)
+  return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp)
 
 
 def mgpu_available() -> bool:
@@ -178,23 +173,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # forward: the consumers' "softmax done" ping-pong arrival indexed by a zero computed from
-  # the step's row sums (`_zero_after`), and in the overlapped step given before the wait for
-  # P_{t-1} V_{t-1}. ptxas issues barrier operations and `wgmma.wait_group` ahead of
-  # independent arithmetic, so without a data dependence the arrival - and in the overlapped
-  # step the P V wait with it - run before the exponentials (NOTES.md Hopper v10f, v11).
-  sched_dep: bool = False
-  # forward, overlapped loop only (ignored by the plain one): the ping-pong as FA3 has it - a
-  # turn passed between the consumers, each waiting for its turn before issuing a step's
-  # products and passing it on right after, so that their products alternate on the tensor
-  # cores while their softmaxes may overlap in time. (The default 2-arrival rounds, one after
-  # the products are issued and one after the softmax, alternate the softmaxes.)
-  sched_token: bool = False
-  # forward, overlapped loop: the accumulator's rescale by the previous step's alpha and the
-  # cast of the previous P are done after S_t is issued and before P_{t-1} V_{t-1} is (as in
-  # FA3), so the tensor cores start on S_t ~100 instructions earlier; P and alpha are carried
-  # from step to step in float32 instead.
-  overlap_late_rescale: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -722,33 +700,6 @@ def _schedule_round(barrier):
     plgpu.barrier_wait(barrier)
 
 
-def _zero_after(st: _Static, x):
-  """An int32 scalar 0 that each thread computes from its registers of `x` (a ROW vector).
-
-  Indexing a barrier with it makes the arrival data dependent on `x`: ptxas keeps barrier
-  operations and `wgmma.wait_group` in program order among themselves but issues them ahead
-  of independent arithmetic (the SASS of NOTES.md Hopper v10f), and Mosaic's optimization
-  barrier emits no PTX. The zero is cvt.rzi.u32(x * 0.0) in inline PTX: 0 for every x (NaN
-  converts to 0) and opaque to LLVM's folding."""
-  if st.interpret:
-    return jnp.int32(0)
-  a = _api()
-  plgpu, mgpu, ir, llvm = a["plgpu"], a["mgpu"], a["ir"], a["llvm"]
-
-  @plgpu.inline_mgpu(arg_types=(a["ROW"],),
-                     return_type=plgpu.ShapeDtypeStruct((), jnp.int32,
-                                                        layout=plgpu.Layout.WG_SPLAT(())))
-  def zero(_, v):
-    r = v.registers.flat[0]
-    i32 = ir.IntegerType.get_signless(32)
-    if isinstance(r.type, ir.VectorType):
-      r = llvm.extractelement(r, mgpu.utils.c(0, i32))
-    z = llvm.inline_asm(i32, [r], "{ .reg .f32 t; mul.f32 t, $1, 0f00000000; "
-                        "cvt.rzi.u32.f32 $0, t; }", "=r,f", has_side_effects=True)
-    return mgpu.FragmentedArray.splat(z, (), is_signed=True)
-  return zero(x)
-
-
 def _wait_if(cond, barrier):
   """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
   traced, or a Python bool when the step is known statically)."""
@@ -938,7 +889,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   nqs, nks = len(q_sides), len(kv_sides)
   persistent = _fwd_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks)
   overlap = cfg.overlap_softmax and D <= 128
-  token = overlap and cfg.schedule_barrier and cfg.sched_token
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
 
@@ -953,33 +903,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
     kvside_smem = [next(it) for _ in range(nks)]
-    wg = lax.axis_index("wg")
-    # `cfg.sched_dep` indexes the schedule barrier dynamically, which needs an array of them
-    # (a single Barrier is a 0-d ref on jax 0.11): barrier 0 of two, the other unused. The 0
-    # is traced: a literal index closed over by `pl.run_state` fails jax 0.11's lowering.
-    sched_arr, sched = (sched, sched.at[wg - wg]) if cfg.sched_dep and not token else (None, sched)
-    if token:   # turn[w]: consumer w's turn to issue; the rounds below are then no-ops
-      turn, sched = sched, None
-
-    def take_turn():
-      if token:
-        plgpu.barrier_wait(turn.at[wg])
-
-    def pass_turn():
-      if token:
-        plgpu.barrier_arrive(turn.at[1 - wg])
-
-    def first_turn():   # once per CTA: consumer 0 issues first
-      if token:
-        @pl.when(wg == 1)
-        def _():
-          plgpu.barrier_arrive(turn.at[0])
-
-    def last_turn():
-      # consumer 1's last pass (or the first one, if the CTA issued nothing) completes turn[0]
-      # once more than consumer 0 waits on it; observe it, as the interpret mode requires
-      if token:
-        pl.when(wg == 0)(lambda: plgpu.barrier_wait(turn.at[0]))
 
     def plan(b, h, ci):
       """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
@@ -996,19 +919,18 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       n, sections = _range_walk(lo, flo, fhi, hi)
       return r0, n, sections, lo
 
-    sched_sync = functools.partial(_schedule_round,
-                                   sched if cfg.schedule_barrier and not token else None)
-    rounds = cfg.schedule_barrier and not token
+    wg = lax.axis_index("wg")
 
-    def softmax_update(s, m_i, l_i, masked: bool, cast: bool = True):
-      """Online softmax of one block's (masked) raw scores -> (P in the input dtype - float32
-      if not `cast` -, new row max, new row sum, alpha = the factor rescaling the accumulator
-      from the old max)."""
+    sched_sync = functools.partial(_schedule_round, sched if cfg.schedule_barrier else None)
+
+    def softmax_update(s, m_i, l_i, masked: bool):
+      """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
+      max, new row sum, alpha = the factor rescaling the accumulator from the old max)."""
       m_new = jnp.maximum(m_i, s.max(axis=1) * c)
       m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new) if masked else m_new
       alpha = jnp.exp2(m_i - m_use)
       p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, s.shape, [0]))
-      return p.astype(dtype) if cast else p, m_new, l_i * alpha + p.sum(axis=1), alpha
+      return p.astype(dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
 
     def overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask):
       """The KV loop with `cfg.overlap_softmax` (see HopperConfig): step 0 peeled (its S, then
@@ -1025,53 +947,37 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         # the block's KV side values share the K slot: read before K's "free" arrival
         return [_load_vec(st, sm.at[slot], "COL") for sm in kvside_smem]
 
-      late_arrive = rounds and cfg.sched_dep
-      # `cfg.overlap_late_rescale`: the carry's P is float32 and alpha (the rescale still owed
-      # to the accumulator) rides along; both are applied just before the P V product
-      late = cfg.overlap_late_rescale
-
-      def owed(acc, alpha):
-        return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-
-      def sched_arrive(l_new):   # `cfg.sched_dep`: given after the row sums, before P V's wait
-        plgpu.barrier_arrive(sched_arr.at[_zero_after(st, l_new)])
-
-      def end_softmax(t, l_new, arrived=False):   # the 2nd ping-pong round; V_t, K_{t+1} land in it
-        if rounds and not arrived:
-          if cfg.sched_dep:
-            sched_arrive(l_new)
-          else:
-            plgpu.barrier_arrive(sched)
+      def end_softmax(t):   # the second ping-pong round; V_t and K_{t+1} land inside it
+        if cfg.schedule_barrier:
+          plgpu.barrier_arrive(sched)
         plgpu.barrier_wait(v_bar.at[slot_of(t)])
 
         @pl.when(t + 1 < n)
         def _():
           plgpu.barrier_wait(k_bar.at[slot_of(t + 1)])
-        if rounds:
+        if cfg.schedule_barrier:
           plgpu.barrier_wait(sched)
 
-      p0 = _cast(st, jnp.zeros((bq, bkv), jnp.float32 if late else dtype), "WGMMA")
+      p0 = _cast(st, jnp.zeros((bq, bkv), dtype), "WGMMA")
 
       def first(carry):
         # Step 0, always masked: its block (the first of the first non-empty section) may be
         # full, and a full block's mask keeps every pair, so this is exact either way.
-        acc, m_i, l_i, _, _ = carry
+        acc, m_i, l_i, _ = carry
         u0, _, _, blk = sections[-1]
         j = blk(u0)
         for u0, u1, _, blk in reversed(sections[:-1]):
           j = jnp.where(u1 > u0, blk(u0), j)
         slot = slot_of(0)
         kv_vecs = kv_vecs_of(slot)
-        take_turn()
-        s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=lambda: (pass_turn(), sched_sync()))
+        s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
         plgpu.barrier_arrive(k_free.at[slot])
-        p16, m_new, l_new, alpha = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True,
-                                                  cast=not late)
-        end_softmax(0, l_new)
-        return acc, m_new, l_new, p16, alpha
+        p16, m_new, l_new, _ = softmax_update(apply_mask(s, j, kv_vecs), m_i, l_i, True)
+        end_softmax(0)
+        return acc, m_new, l_new, p16
 
       def step(t, carry, masked, blk):
-        acc, m_i, l_i, p_prev, alpha_prev = carry
+        acc, m_i, l_i, p_prev = carry
         slot, prev = slot_of(t), slot_of(t - 1)
         if masked:
           j = blk(t)
@@ -1081,54 +987,38 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           plgpu.barrier_arrive(k_free.at[slot])
           if masked:
             s = apply_mask(s, j, kv_vecs)
-          return softmax_update(s, m_i, l_i, masked, cast=not late)
+          return softmax_update(s, m_i, l_i, masked)
 
-        take_turn()
         if st.interpret:   # the same order, with the helpers' jnp products
-          s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=lambda: (pass_turn(), sched_sync()))
+          s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
           p16, m_new, l_new, alpha = softmax_of(s)
-          if late_arrive:
-            sched_arrive(l_new)
-          if late:
-            acc, p_prev = owed(acc, alpha_prev), p_prev.astype(dtype)
           acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[prev])])
         else:
           def fn(refs):
             acc_ref, s_ref, p_ref, m_ref, l_ref, a_ref = refs
             plgpu.wgmma(s_ref, qs, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
-            p_in = p_prev
-            if late:   # acc's last product was awaited at the end of the previous step
-              acc_ref[...] = owed(plgpu.wgmma_accumulator_load(acc_ref, wait_n=None), alpha_prev)
-              p_in = p_prev.astype(dtype)
-            plgpu.wgmma(acc_ref, p_in, v_smem.at[prev])
-            pass_turn()
+            plgpu.wgmma(acc_ref, p_prev, v_smem.at[prev])
             sched_sync()
             # S_t has landed (P_{t-1} V_{t-1} may still run): its softmax overlaps the product
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
             for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
               r[...] = x
-            if late_arrive:
-              sched_arrive(outs[2])
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
-        if not late:
-          acc = owed(acc, alpha)
+        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         plgpu.barrier_arrive(v_free.at[prev])
-        end_softmax(t, l_new, arrived=late_arrive)
-        return acc, m_new, l_new, p16, alpha
+        end_softmax(t)
+        return acc, m_new, l_new, p16
 
       def last(carry):   # P_{n-1} V_{n-1}
-        acc, m_i, l_i, p_prev, alpha_prev = carry
+        acc, m_i, l_i, p_prev = carry
         slot = slot_of(n - 1)
-        if late:
-          acc, p_prev = owed(acc, alpha_prev), p_prev.astype(dtype)
-        take_turn()
-        acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])], after_issue=pass_turn)
+        acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])])
         plgpu.barrier_arrive(v_free.at[slot])
-        return acc, m_i, l_i, carry[3], alpha_prev
+        return acc, m_i, l_i, p_prev
 
-      carry = (acc, m_i, l_i, p0, m_i)
+      carry = (acc, m_i, l_i, p0)
       carry = lax.cond(n > 0, first, lambda c: c, carry)
       carry = _walk([(jnp.maximum(u0, 1), u1, masked, blk)
                      for u0, u1, masked, blk in sections], step, carry)
@@ -1191,7 +1081,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
         def end_softmax():
           if cfg.schedule_barrier:
-            plgpu.barrier_arrive(sched_arr.at[_zero_after(st, l_i)] if cfg.sched_dep else sched)
+            plgpu.barrier_arrive(sched)
           plgpu.barrier_wait(v_bar.at[slot])
           if cfg.schedule_barrier:
             plgpu.barrier_wait(sched)
@@ -1272,7 +1162,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         prefetch_q(0, 0)
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 1)(sched_sync)
-        first_turn()
 
         def tile(k, base):
           buf = lax.rem(k, 2)
@@ -1294,7 +1183,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         lax.fori_loop(0, n_local, tile, jnp.int32(0))
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 0)(sched_sync)
-        last_turn()
         plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
@@ -1315,11 +1203,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     def _consumer():
       plgpu.set_max_registers(cfg.consumer_registers, action="increase")
       load_q(b, h, r0 + wg * bq, wg)
-      first_turn()
       plgpu.barrier_wait(q_bar.at[wg])
       consume(b, h, r0, n, sections, q_smem.at[wg], [sm.at[wg] for sm in qside_smem], None,
               sync_per_tile=True)
-      last_turn()
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
@@ -1344,8 +1230,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
-      (plgpu.Barrier(num_arrivals=1, num_barriers=2) if token else
-       plgpu.Barrier(num_arrivals=2, num_barriers=2 if cfg.sched_dep else 1)),
+      plgpu.Barrier(num_arrivals=2),
   )
   scratch = scratch + tuple(plgpu.SMEM((2 * qbufs, bq), jnp.int32) for _ in range(nqs)) + tuple(
       plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))

@@ -444,63 +444,6 @@ def test_overlap_registers_240_block_mask_and_backward():
                  segment_ids=_seg(400, 400, 3, seed=20, orphan=(100, 130)))
 
 
-# HopperConfig(sched_dep=True): the ping-pong arrival made data dependent on the row sums
-# (and, overlapped, given before P V is awaited), in the overlapped loop (non-persistent and
-# persistent, 240 / 24 registers) and the plain loop.
-_SCHED_DEP = ha.HopperConfig(sched_dep=True, **_R240)
-
-
-@requires_hopper
-@pytest.mark.parametrize("name", ["dense_bf16", "causal_f16_d64", "not_multiples",
-                                  "documents_empty_rows", "persistent_dense",
-                                  "persistent_empty_tiles_kv_offset"])
-def test_sched_dep_forward(name):
-  c = OVERLAP_FWD[name]
-  cfg = dataclasses.replace(c.get("config", _OVERLAP), sched_dep=True, **_R240)
-  check_forward_case(dict(c, config=cfg), None)
-
-
-@requires_hopper
-def test_sched_dep_plain_loop_and_block_mask():
-  plain = ha.HopperConfig(sched_dep=True)
-  check_forward_case(dict(OVERLAP_FWD["causal_f16_d64"], config=plain), None)
-  check_forward_case(dict(FWD_FEATURES["window_two_sided"], config=plain), None)
-  check_block_mask_lists(_SCHED_DEP, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 21)
-
-
-@requires_hopper
-@pytest.mark.parametrize("name", ["dense_bf16", "causal_f16_d64", "not_multiples",
-                                  "documents_empty_rows", "persistent_dense",
-                                  "persistent_empty_tiles_kv_offset",
-                                  "persistent_causal_gqa_ragged_offset"])
-def test_sched_token_forward(name):
-  """HopperConfig(sched_token=True): FA3's turn-passing ping-pong in the overlapped loop."""
-  c = OVERLAP_FWD[name]
-  cfg = dataclasses.replace(c.get("config", _OVERLAP), sched_token=True, **_R240)
-  check_forward_case(dict(c, config=cfg), None)
-
-
-@requires_hopper
-@pytest.mark.parametrize("name", ["dense_bf16", "causal_f16_d64", "not_multiples",
-                                  "documents_empty_rows", "persistent_dense",
-                                  "persistent_empty_tiles_kv_offset"])
-def test_overlap_late_rescale_forward(name):
-  """HopperConfig(overlap_late_rescale=True): the rescale and the cast between the issues."""
-  c = OVERLAP_FWD[name]
-  cfg = dataclasses.replace(c.get("config", _OVERLAP), overlap_late_rescale=True, **_R240)
-  check_forward_case(dict(c, config=cfg), None)
-
-
-@requires_hopper
-def test_sched_token_block_mask_and_backward():
-  cfg = ha.HopperConfig(sched_token=True, **_R240)
-  check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 22)
-  check_block_mask_lists(dataclasses.replace(cfg, persistent=True),
-                         lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200), 23)
-  check_backward(2, 333, 517, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
-                 config=cfg)
-
-
 @requires_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("case", ["dense_8k", "causal_2k_gqa_ragged"])

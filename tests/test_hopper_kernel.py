@@ -441,10 +441,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False),
-                             sched_dep=c.get("sched_dep", False),
-                             sched_token=c.get("sched_token", False),
-                             overlap_late_rescale=c.get("late_rescale", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -999,28 +996,6 @@ OVERLAP_CASES = {
     # between 2-step tiles, the ring carried across tiles, 2 CTAs
     "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
                                            kv_offset=150, stages=3, overlap=True), 2e-2),
-    # HopperConfig(sched_dep=True): the ping-pong arrival indexed by `_zero_after` and, in the
-    # overlapped step, given before P V is awaited; overlapped and plain loop
-    "sched_dep_causal_gqa_window_ragged": (_case(
-        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        window=(90, None), stages=3, overlap=True, sched_dep=True, races=True), 3e-2),
-    # HopperConfig(sched_token=True): the turn passed between the consumers around each
-    # issue (peeled step, steps, last P V); non-persistent and persistent (a zero-step tile)
-    "sched_token_causal_gqa_window_ragged": (_case(
-        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        window=(90, None), stages=3, overlap=True, sched_token=True, races=True), 3e-2),
-    "sched_token_persistent_zero_block_tiles": (_pcase(
-        2, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150, stages=3, overlap=True,
-        sched_token=True), 2e-2),
-    # HopperConfig(overlap_late_rescale=True): alpha and the float32 P carried, the rescale
-    # and the cast done between the two issues (peeled step, steps, last P V, empty rows)
-    "late_rescale_documents_empty_rows": (_case(
-        shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3, overlap=True,
-        late_rescale=True, races=True,
-        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                 kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
-    "sched_dep_plain_loop": (_case(shape=(1, 200, 260, 2, 1, 64), dtype="float16", causal=True,
-                                   stages=2, sched_dep=True, races=True), 3e-2),
     # BlockMask lists + mask_fn with `~` (the rewrite of not): step 0 from the partial list or,
     # where a row lists no partial block, from the full list; a zero-step tile; forward only
     "sparse_lists_mask_fn": (_sparse_case(
@@ -1035,8 +1010,7 @@ OVERLAP_CASES = {
 def test_interpret_overlap_softmax(name):
   case, tol = OVERLAP_CASES[name]
   res = _run_raced_case(name, case, tol)
-  if name in ("documents_empty_rows", "persistent_zero_block_tiles",
-              "sched_token_persistent_zero_block_tiles", "late_rescale_documents_empty_rows"):
+  if name in ("documents_empty_rows", "persistent_zero_block_tiles"):
     assert res["n_empty_rows"] > 0, res
 
 

@@ -12,7 +12,6 @@ fast (about a second per call); no kernel runs.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import jax
@@ -335,47 +334,6 @@ def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
   plain refs, wgmma_accumulator_load(wait_n=1), the peeled first step and the last P V under
   lax.cond (register arrays yielded)."""
   cfg = ha.HopperConfig(overlap_softmax=True, persistent=persistent, persistent_ctas=132)
-  shapes, kw = _case_or_mask_fn(which)
-  assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
-                                                        **kw), *shapes)) == 1
-
-
-@pytest.mark.parametrize("overlap", [False, True])
-@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "documents"])
-def test_sched_dep_forward_lowers_for_cuda(which, overlap):
-  """HopperConfig(sched_dep=True): the ping-pong arrival indexed by `_zero_after` (inline PTX
-  through plgpu.inline_mgpu) in the plain and the overlapped loop, and its inline asm is in
-  the kernel."""
-  cfg = ha.HopperConfig(overlap_softmax=overlap, sched_dep=True)
-  shapes, kw = _case_or_mask_fn(which)
-  text = _lowered(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
-                                                      **kw), *shapes)
-  assert len(_TARGET.findall(text)) == 1
-  assert "cvt.rzi.u32.f32" in text
-  plain = dataclasses.replace(cfg, sched_dep=False)
-  assert "cvt.rzi.u32.f32" not in _lowered(
-      lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=plain, **kw), *shapes)
-
-
-@pytest.mark.parametrize("persistent", [False, True])
-@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "mask_fn"])
-def test_sched_token_forward_lowers_for_cuda(which, persistent):
-  """HopperConfig(sched_token=True): the turn barriers (two, one arrival each) around every
-  issue of the overlapped loop, non-persistent and persistent."""
-  cfg = ha.HopperConfig(overlap_softmax=True, sched_token=True, persistent=persistent,
-                        persistent_ctas=132)
-  shapes, kw = _case_or_mask_fn(which)
-  assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
-                                                        **kw), *shapes)) == 1
-
-
-@pytest.mark.parametrize("persistent", [False, True])
-@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "mask_fn"])
-def test_overlap_late_rescale_lowers_for_cuda(which, persistent):
-  """HopperConfig(overlap_late_rescale=True): the accumulator read without a wait and
-  stored back (rescaled) between the two issues of a step."""
-  cfg = ha.HopperConfig(overlap_softmax=True, overlap_late_rescale=True,
-                        persistent=persistent, persistent_ctas=132)
   shapes, kw = _case_or_mask_fn(which)
   assert len(_lower(lambda q, k, v: ha.hopper_attention(q, k, v, interpret=False, config=cfg,
                                                         **kw), *shapes)) == 1
