@@ -1,3 +1,5 @@
+# Ninth session: prints the jaxpr equation whose Mosaic GPU lowering failed (found the literal
+# barrier index that jax 0.11 run_state returned; NOTES.md Hopper v11). Needs the sched_dep commit.
 import sys, traceback, dataclasses
 sys.path.insert(0, "benchmarks"); sys.path.insert(0, ".")
 import jax, jax.numpy as jnp
