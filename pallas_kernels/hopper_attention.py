@@ -1776,10 +1776,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
       if ping_pong:
         pl.when(wg == 1)(sched_sync)
+      # a traced 0: `bwd_deferred_wait`'s run_state closes over the ring position, and jax 0.11
+      # cannot lower a run_state that returns a literal
+      base0 = wg - wg
       if G == 1:
-        dk, dv, _ = head(0, (zeros, zeros, jnp.int32(0)))
+        dk, dv, _ = head(0, (zeros, zeros, base0))
       else:
-        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, jnp.int32(0)))
+        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, base0))
       if ping_pong:
         pl.when(wg == 0)(sched_sync)
       if fused:
