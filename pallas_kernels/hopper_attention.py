@@ -173,12 +173,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # backward, dK/dV kernel (not fused): dK and dV accumulate through one `pl.run_state` over a
-  # head's walk, so a step issues its dV / dK products and goes on without awaiting them: the
-  # next step's S^T / dP^T issue right behind them, and the wait for those covers both. The
-  # step's "inputs free" arrival moves to the next step (after that wait); the last one
-  # follows the walk.
-  bwd_deferred_wait: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -1618,7 +1612,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
   # consumer 0's.
   ping_pong = cfg.bwd_schedule_barrier and not fused
-  deferred = cfg.bwd_deferred_wait and not fused
 
   def kernel(*refs):
     it = iter(refs)
@@ -1678,7 +1671,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         n_g, sections = head_walk(g)
         dk, dv, base = carry   # base: steps of the previous heads (ring position)
 
-        def step(u, carry, masked, blk, acc_refs=None):
+        def step(u, carry, masked, blk):
           dk, dv = carry
           t = base + u
           slot = lax.rem(t, stages)
@@ -1688,10 +1681,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
           sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
                              between=sched_sync)
-          if deferred:   # S^T / dP^T have landed, so have the previous step's dV / dK
-            @pl.when(u > 0)
-            def _():
-              plgpu.barrier_arrive(in_free.at[lax.rem(t - 1, stages)])
           lse = _load_vec(st, lse_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
           if masked:
@@ -1719,13 +1708,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
           p16 = pT.astype(dtype)
           sched_sync()
-          if acc_refs is not None:   # issued, not awaited (`cfg.bwd_deferred_wait`)
-            plgpu.wgmma(acc_refs[1], p16, do_smem.at[slot])
-            plgpu.wgmma(acc_refs[0], ds16, q_smem.at[slot])
-            return dk, dv
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
-          if not deferred:
-            plgpu.barrier_arrive(in_free.at[slot])
+          plgpu.barrier_arrive(in_free.at[slot])
           if fused:
             plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
 
@@ -1762,27 +1746,15 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
             # both consumers have passed step t + 1's meeting, i.e. finished this dq product.
           return dk, dv
-        if deferred and not st.interpret:
-          def walk_fn(refs):
-            _walk(sections, functools.partial(step, acc_refs=refs), (None, None))
-          dk, dv = pl.run_state(walk_fn)((plgpu.ACC.init(dk), plgpu.ACC.init(dv)))
-        else:   # (interpret mode: the same barrier order, the products done on the spot)
-          dk, dv = _walk(sections, step, (dk, dv))
-        if deferred:   # the walk's last products were awaited as it ended
-          @pl.when(n_g > 0)
-          def _():
-            plgpu.barrier_arrive(in_free.at[lax.rem(base + n_g - 1, stages)])
+        dk, dv = _walk(sections, step, (dk, dv))
         return dk, dv, base + n_g
 
       if ping_pong:
         pl.when(wg == 1)(sched_sync)
-      # a traced 0: `bwd_deferred_wait`'s run_state closes over the ring position, and jax 0.11
-      # cannot lower a run_state that returns a literal
-      base0 = wg - wg
       if G == 1:
-        dk, dv, _ = head(0, (zeros, zeros, base0))
+        dk, dv, _ = head(0, (zeros, zeros, jnp.int32(0)))
       else:
-        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, base0))
+        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, jnp.int32(0)))
       if ping_pong:
         pl.when(wg == 0)(sched_sync)
       if fused:

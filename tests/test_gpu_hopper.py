@@ -476,26 +476,6 @@ def test_bwd_schedule_barrier():
                  config=dataclasses.replace(cfg, bwd_persistent=True))
 
 
-@requires_hopper
-@pytest.mark.parametrize("case", ["gqa_causal_offset_ragged", "documents_empty_rows",
-                                  "window_d64_f16", "dense_gqa_ping_pong"])
-def test_bwd_deferred_wait(case):
-  """HopperConfig(bwd_deferred_wait=True): the dK/dV kernel's products awaited a step late."""
-  cfg = ha.HopperConfig(bwd_deferred_wait=True)
-  if case == "gqa_causal_offset_ragged":
-    check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
-                   config=cfg)
-  elif case == "documents_empty_rows":
-    check_backward(2, 400, 400, 4, 2, 128, jnp.bfloat16, config=cfg,
-                   segment_ids=_seg(400, 400, 3, seed=24, orphan=(100, 130)))
-  elif case == "window_d64_f16":
-    check_backward(1, 512, 512, 4, 1, 64, jnp.float16, sliding_window=(100, 30),
-                   config=dataclasses.replace(cfg, block_kv=128, stages=3, bwd_stages=3))
-  else:
-    check_backward(2, 1024, 1024, 4, 4, 128, jnp.bfloat16,
-                   config=dataclasses.replace(cfg, bwd_schedule_barrier=True))
-
-
 # --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across

@@ -441,8 +441,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False),
-                             bwd_deferred_wait=c.get("bwd_deferred", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -557,17 +556,6 @@ INTERPRET_CASES = {
     "fwdbwd_mosaic_bwd_ping_pong": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
                                           causal=True, q_offset=40, stages=3, bwd_stages=3,
                                           grad="mosaic", bwd_sched=True, races=True), 3e-2),
-    # HopperConfig(bwd_deferred_wait=True): the dK/dV kernel's "inputs free" arrival one step
-    # late (and after the walk): GQA (two head walks), causal + offset, ragged, a 2-slot ring
-    # with more steps than slots, race detector on; and documents (empty rows, skipped blocks)
-    "fwdbwd_mosaic_bwd_deferred_wait": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
-                                              causal=True, q_offset=40, stages=3,
-                                              grad="mosaic", bwd_deferred=True, races=True),
-                                        3e-2),
-    "fwdbwd_mosaic_bwd_deferred_wait_documents": (_case(
-        shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, grad="mosaic",
-        bwd_deferred=True, seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                                    kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
     # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
     # transposed-A product and the TMA reduce-add, see _dkv_call): GQA (the head loop),
     # causal + query offset, ragged lengths (padded rows and keys), D = 64 (consumer 0

@@ -339,21 +339,6 @@ def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
                                                         **kw), *shapes)) == 1
 
 
-@pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged", "documents",
-                                   "mask_fn"])
-def test_bwd_deferred_wait_lowers_for_cuda(which):
-  """HopperConfig(bwd_deferred_wait=True): dK / dV accumulators held in a run_state over the
-  head walk (the GQA head loop around it), forward + backward."""
-  cfg = ha.HopperConfig(bwd_deferred_wait=True)
-  shapes, kw = _case_or_mask_fn(which)
-
-  def fwdbwd(q, k, v):
-    return jax.grad(lambda *a: jnp.sum(ha.hopper_attention(*a, interpret=False, config=cfg,
-                                                           **kw).astype(jnp.float32)),
-                    argnums=(0, 1, 2))(q, k, v)
-  assert len(_lower(fwdbwd, *shapes)) == 3
-
-
 @pytest.mark.parametrize("which", ["causal_gqa_offset_ragged", "documents", "mask_fn"])
 def test_bwd_schedule_barrier_lowers_for_cuda(which):
   """HopperConfig(bwd_schedule_barrier=True): the dK/dV kernel's ping-pong (its extra barrier
