@@ -210,6 +210,12 @@ _OVERLAP_MIN_KV = 2048
 # +7.6%), never more than 1.3% slower (NOTES.md Hopper v8). The other calls keep 232 / 40:
 # windows and documents measured within the noise there.
 _OVERLAP_REGISTERS = dict(consumer_registers=240, producer_registers=24)
+# ...and without the consumers' ping-pong (`schedule_barrier=False`): with the overlap the two
+# consumers do as well or better running free (ninth session, NOTES.md Hopper v11: two A/B
+# calls, forward dense 4k 0.98 / 1.03, dense 16k 1.02 / 1.03, causal 4k 1.02 / 1.01, causal
+# 16k 1.02 / 0.97, persistent dense 1k 1.02; FA3's turn-passing ping-pong and a ping-pong
+# pinned after the softmax measured no better). The plain loop keeps it.
+_OVERLAP_SCHEDULE = dict(schedule_barrier=False)
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
@@ -220,7 +226,7 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
-    240 / 24 register split.
+    240 / 24 register split; both without the consumers' ping-pong.
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   d = _padded_head_dim(head_dim)
   if d <= 64:
@@ -233,9 +239,10 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     return cfg
   if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
-                              overlap_softmax=True)
+                              overlap_softmax=True, **_OVERLAP_SCHEDULE)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
-    cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS)
+    cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
+                              **_OVERLAP_SCHEDULE)
   return cfg
 
 

@@ -257,6 +257,13 @@ def test_default_config_persistent_and_overlap_rules(monkeypatch):
   assert not ha.default_config(128, 8192).overlap_softmax        # window / segments / masks
   assert not ha.default_config(128).overlap_softmax               # the A/B base
   assert not ha.default_config(256, 8192, uniform_tiles=True).overlap_softmax
+  # the overlapped calls run without the consumers' ping-pong (ninth session), the rest with it
+  assert not ha.default_config(128, 1024, uniform_tiles=True).schedule_barrier
+  assert not ha.default_config(128, 4096, static_ranges=True).schedule_barrier
+  assert ha.default_config(128, 1024, static_ranges=True).schedule_barrier      # causal 1k
+  assert ha.default_config(128, 8192).schedule_barrier
+  assert ha.default_config(128).schedule_barrier
+  assert ha.default_config(256, 8192, uniform_tiles=True).schedule_barrier
   # ...and the call resolves both from its own arguments (seen at the forward's decision point)
   seen = []
   real = ha._fwd_persistent
