@@ -14,8 +14,9 @@ GPU) kernel", for the tuning log):
 * overlapped softmax (`HopperConfig(overlap_softmax=True)`, default for dense / causal calls
   from kv length 2048 and for persistent calls, head_dim <= 128): within a consumer, step t
   issues S_t = Q K_t^T and P_{t-1} V_{t-1} together and runs the softmax of S_t while the P V
-  product is in flight (FA3's intra-warpgroup overlap, on top of the ping-pong). See
-  `overlapped_walk` in `_fwd_call`.
+  product is in flight (FA3's intra-warpgroup overlap). Its defaults run without the
+  consumers' ping-pong (`schedule_barrier=False`: the two consumers do as well or better
+  running free there, NOTES.md Hopper v11). See `overlapped_walk` in `_fwd_call`.
 * persistent forward (`HopperConfig(persistent=True)`, default for short dense calls only:
   see `default_config`): a 1-D grid of one CTA per SM, each looping over (head, q tile, batch) work items; the K/V
   ring, the producer and the ping-pong carry on across tiles, Q is double-buffered and
