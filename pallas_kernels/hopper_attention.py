@@ -163,8 +163,9 @@ class HopperConfig:
   bwd_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
-  # the previous block's P V (the ping-pong between the consumers stays). Costs a second P tile
-  # in registers. head_dim <= 128 only (ignored above: the accumulators would not fit).
+  # the previous block's P V (the defaults turn the consumers' ping-pong off with it). Costs a
+  # second P tile in registers. head_dim <= 128 only (ignored above: the accumulators would not
+  # fit).
   overlap_softmax: bool = False
   # backward: ping-pong the two consumers of the dQ and dK/dV kernels through a schedule
   # barrier, as the forward does (one consumer's exponentials and dS while the other's
