@@ -999,6 +999,11 @@ OVERLAP_CASES = {
         shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3, overlap=True,
         races=True, seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
                              kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
+    # without the consumers' ping-pong, as the overlapped defaults run since the ninth session
+    # (HopperConfig(schedule_barrier=False)): the same masked / unmasked sections
+    "no_schedule_barrier_causal_gqa_window_ragged": (_case(
+        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        window=(90, None), stages=3, overlap=True, sched=False, races=True), 3e-2),
     # persistent: tiles with zero KV steps (n = 0: neither the peeled step nor the last P V)
     # between 2-step tiles, the ring carried across tiles, 2 CTAs
     "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
