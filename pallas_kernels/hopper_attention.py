@@ -175,6 +175,18 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
+  # backward, experimental (tenth session, A/B pending): operands of the S / dP products held
+  # in registers (wgmma with A from registers) instead of read from shared memory at every
+  # step. The products with 64-wide tiles (M = N = 64, K = D) read A and B from SMEM, at ~2x
+  # the bytes per flop of the forward's 64x128 ones, and both consumers issue them at once.
+  # dq_operands_in_registers: the dQ kernel's Q and dO (fixed per consumer; +2 x 32
+  # registers at D = 128). dkv_operands_in_registers: the dK/dV kernel's "k" (A of S^T),
+  # "v" (A of dP^T) or "kv" (+32 registers each).
+  dq_operands_in_registers: bool = False
+  dkv_operands_in_registers: str = ""
+  # backward, experimental: the dK/dV kernel's unmasked steps read lse (16 registers) before
+  # issuing S^T / dP^T instead of after awaiting them (it heads the exponentials' chain).
+  dkv_early_lse: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -187,6 +199,9 @@ class HopperConfig:
     if 2 * self.consumer_registers + self.producer_registers > 512:
       raise ValueError("2 * consumer_registers + producer_registers must be <= 512 (64K "
                        "registers per SM over 3 warpgroups of 128 threads)")
+    if self.dkv_operands_in_registers not in ("", "k", "v", "kv"):
+      raise ValueError(f"dkv_operands_in_registers must be '', 'k', 'v' or 'kv', got "
+                       f"{self.dkv_operands_in_registers!r}")
     if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
                                              not isinstance(self.persistent_ctas, int) or
                                              self.persistent_ctas < 1):
@@ -613,8 +628,9 @@ def _tile_keep(st: _Static, b, h, shape, q_axis: int, q_pos, kv_pos, kv_idx, q_v
   return keep
 
 
-def _dots_nt(st: _Static, pairs, between=None):
-  """[a @ b.T for (a_ref, b_ref) in pairs] as f32 (a, b in SMEM), issued together.
+def _dots_nt(st: _Static, pairs, between=None, a_regs=False):
+  """[a @ b.T for (a_ref, b_ref) in pairs] as f32 (a, b in SMEM), issued together; `a_regs`
+  (a bool, or one per pair): that a is a register array (WGMMA layout) instead of a ref.
 
   Compiled: wgmma into scoped accumulators, B transposed through `transpose_ref`; `between()`
   runs after the products are issued and before they are awaited (the schedule barrier).
@@ -624,11 +640,13 @@ def _dots_nt(st: _Static, pairs, between=None):
   """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
+  regs = a_regs if isinstance(a_regs, tuple) else (a_regs,) * len(pairs)
   if st.interpret:
     if between is not None:
       between()
-    return tuple(lax.dot_general(x[...], y[...], (((1,), (1,)), ((), ())),
-                                 preferred_element_type=jnp.float32) for x, y in pairs)
+    return tuple(lax.dot_general(x if r else x[...], y[...], (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32)
+                 for (x, y), r in zip(pairs, regs))
   shapes = [(x.shape[0], y.shape[0]) for x, y in pairs]
 
   def fn(*refs):
@@ -1399,7 +1417,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       vec_sl = (b, h, pl.ds(q_base, bq))
       lse = _load_vec(st, lse_buf(wg), "ROW")
       # delta before the loop, while the dQ accumulator is not live yet (register headroom).
-      do_f = _load_vec(st, dos, "WGMMA").astype(jnp.float32)
+      do16 = _load_vec(st, dos, "WGMMA")
+      do_f = do16.astype(jnp.float32)
       o_f = _load_vec(st, o_smem.at[wg], "WGMMA").astype(jnp.float32)
       dlt = jnp.sum(do_f * o_f, axis=1)
       if has_dlse:   # d lse / d s = p folds into delta (ds = p * (dp - delta + dlse))
@@ -1409,6 +1428,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(delta_buf(wg), delta_ref.at[vec_sl])
       q_vecs = [_load_vec(st, qside_buf(s, wg), "ROW") for s in range(nqs)]
+      if cfg.dq_operands_in_registers:
+        a_ops = (_load_vec(st, qs, "WGMMA"), do16)
+      else:
+        a_ops = (qs, dos)
       dq = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
       def step(t, dq, masked, blk):
@@ -1419,8 +1442,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
         if masked:
           kv_vecs = [_load_vec(st, kvside_buf(s, slot), "COL") for s in range(nks)]
 
-        s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])],
-                         between=sched_sync)
+        s, dp = _dots_nt(st, [(a_ops[0], k_smem.at[slot]), (a_ops[1], v_smem.at[slot])],
+                         between=sched_sync, a_regs=cfg.dq_operands_in_registers)
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
         if masked:
           rows = _iota(st, (bq, bkv), 0)
@@ -1673,6 +1696,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.barrier_wait(kv_bar.at[wg])
       # Rows of the transposed tiles (S^T, dP^T: [bkv, bq]) are this consumer's keys.
       kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
+      in_regs = cfg.dkv_operands_in_registers
+      k_op = _load_vec(st, ks, "WGMMA") if "k" in in_regs else ks
+      v_op = _load_vec(st, vs, "WGMMA") if "v" in in_regs else vs
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
       def head(g, carry):
@@ -1687,10 +1713,14 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
+          early_lse = cfg.dkv_early_lse and not masked
+          if early_lse:
+            lse = _load_vec(st, lse_smem.at[slot], "COL")
 
-          sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
-                             between=sched_sync)
-          lse = _load_vec(st, lse_smem.at[slot], "COL")
+          sT, dpT = _dots_nt(st, [(k_op, q_smem.at[slot]), (v_op, do_smem.at[slot])],
+                             between=sched_sync, a_regs=("k" in in_regs, "v" in in_regs))
+          if not early_lse:
+            lse = _load_vec(st, lse_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
           if masked:
             # The query block's side values (read before in_free), and delta below, are

@@ -210,6 +210,8 @@ def test_config_validation():
     ha.HopperConfig(block_kv=96)
   with pytest.raises(ValueError):
     ha.HopperConfig(consumer_registers=240, producer_registers=40)
+  with pytest.raises(ValueError, match="dkv_operands_in_registers"):
+    ha.HopperConfig(dkv_operands_in_registers="q")
   assert ha.default_config(256).block_kv == 64
   # measured on the H100: (128, 3 stages) at D=128 overflows shared memory by 120 bytes
   big = ha.HopperConfig(block_kv=128, stages=3)
@@ -448,7 +450,10 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False),
+                             dq_operands_in_registers=c.get("dq_regs", False),
+                             dkv_operands_in_registers=c.get("dkv_regs", ""),
+                             dkv_early_lse=c.get("early_lse", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -563,6 +568,13 @@ INTERPRET_CASES = {
     "fwdbwd_mosaic_bwd_ping_pong": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
                                           causal=True, q_offset=40, stages=3, bwd_stages=3,
                                           grad="mosaic", bwd_sched=True, races=True), 3e-2),
+    # the backward's S / dP operands from registers (dQ kernel: Q and dO; dK/dV kernel: K, so
+    # one product from registers and one from SMEM) and the dK/dV kernel's early lse read:
+    # GQA, causal + offset, ragged lengths, 3-slot ring, race detector on
+    "fwdbwd_mosaic_operands_in_registers": (_case(
+        shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        bwd_stages=3, grad="mosaic", dq_regs=True, dkv_regs="k", early_lse=True, races=True),
+        3e-2),
     # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
     # transposed-A product and the TMA reduce-add, see _dkv_call): GQA (the head loop),
     # causal + query offset, ragged lengths (padded rows and keys), D = 64 (consumer 0
