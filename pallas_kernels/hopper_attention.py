@@ -134,6 +134,10 @@ class HopperConfig:
   bwd_block_kv: int = 64     # dK/dV: KV rows per consumer; dQ: KV rows per step
   bwd_stages: int = 2
   tiles_fastest: bool = False   # grid order: sequence tiles vary fastest (else heads)
+  # the backward kernels' grid order (None: as `tiles_fastest`); experimental, tenth session:
+  # tiles fastest keeps fewer heads' Q / dO (dK/dV kernel), K / V (dQ kernel) and f32 dQ sums
+  # (fused) in flight at once, i.e. in L2.
+  bwd_tiles_fastest: bool | None = None
   reduction_scratch_bytes: int | None = None   # Mosaic's SMEM scratch (default 2048)
   consumer_registers: int = 232   # 2*128*232 + 128*40 <= 64K registers per SM
   producer_registers: int = 40
@@ -1603,7 +1607,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # no reduction scratch: delta's row sum is within a warp (see the docstring)
     params = _compiler_params(st.cfg, reduction_scratch_bytes=0)
   else:
-    grid, names = _grid(st, st.N, n_tiles, "q_seq")
+    grid, names = _grid(st, st.N, n_tiles, "q_seq", backward=True)
     params = _compiler_params(st.cfg)
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
@@ -1872,7 +1876,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
-  grid, names = _grid(st, st.K, n_cta, "kv_seq")
+  grid, names = _grid(st, st.K, n_cta, "kv_seq", backward=True)
   if not fused:
     if ping_pong:
       scratch = scratch + (plgpu.Barrier(num_arrivals=2),)
@@ -1940,9 +1944,13 @@ def _kernel_with_ref(body, operands, out_type, scratch, grid, names, cfg=None):
                    compiler_params=_compiler_params(cfg))(*operands)
 
 
-def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
-  """(grid, names): heads fastest (default) or tiles fastest (`cfg.tiles_fastest`)."""
-  if st.cfg.tiles_fastest:
+def _grid(st: _Static, heads: int, tiles: int, tile_name: str, backward: bool = False):
+  """(grid, names): heads fastest (default) or tiles fastest (`cfg.tiles_fastest`; the
+  backward kernels: `cfg.bwd_tiles_fastest` where set)."""
+  fastest = st.cfg.tiles_fastest
+  if backward and st.cfg.bwd_tiles_fastest is not None:
+    fastest = st.cfg.bwd_tiles_fastest
+  if fastest:
     return (tiles, heads, st.B), (tile_name, "heads", "batch")
   return (heads, tiles, st.B), ("heads", tile_name, "batch")
 

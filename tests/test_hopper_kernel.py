@@ -453,7 +453,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_schedule_barrier=c.get("bwd_sched", False),
                              dq_operands_in_registers=c.get("dq_regs", False),
                              dkv_operands_in_registers=c.get("dkv_regs", ""),
-                             dkv_early_lse=c.get("early_lse", False))
+                             dkv_early_lse=c.get("early_lse", False),
+                             bwd_tiles_fastest=c.get("bwd_tiles_fastest"))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -569,12 +570,13 @@ INTERPRET_CASES = {
                                           causal=True, q_offset=40, stages=3, bwd_stages=3,
                                           grad="mosaic", bwd_sched=True, races=True), 3e-2),
     # the backward's S / dP operands from registers (dQ kernel: Q and dO; dK/dV kernel: K, so
-    # one product from registers and one from SMEM) and the dK/dV kernel's early lse read:
-    # GQA, causal + offset, ragged lengths, 3-slot ring, race detector on
+    # one product from registers and one from SMEM), the dK/dV kernel's early lse read and the
+    # backward's tiles-fastest grid: GQA, causal + offset, ragged lengths, 3-slot ring, race
+    # detector on
     "fwdbwd_mosaic_operands_in_registers": (_case(
         shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        bwd_stages=3, grad="mosaic", dq_regs=True, dkv_regs="k", early_lse=True, races=True),
-        3e-2),
+        bwd_stages=3, grad="mosaic", dq_regs=True, dkv_regs="k", early_lse=True,
+        bwd_tiles_fastest=True, races=True), 3e-2),
     # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
     # transposed-A product and the TMA reduce-add, see _dkv_call): GQA (the head loop),
     # causal + query offset, ragged lengths (padded rows and keys), D = 64 (consumer 0
