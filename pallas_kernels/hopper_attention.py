@@ -138,6 +138,11 @@ class HopperConfig:
   # tiles fastest keeps fewer heads' Q / dO (dK/dV kernel), K / V (dQ kernel) and f32 dQ sums
   # (fused) in flight at once, i.e. in L2.
   bwd_tiles_fastest: bool | None = None
+  # the dK/dV kernel (and the fused backward) walks its unmasked query blocks rotated, KV tile
+  # ci starting ci / n_tiles of the way along, so that the CTAs of one head that run at the
+  # same time (heads-fastest grid: ~8 of them on 132 SMs) read Q / dO and, fused, reduce-add
+  # dQ rows of different blocks; experimental, tenth session.
+  bwd_rotate_walk: bool = False
   reduction_scratch_bytes: int | None = None   # Mosaic's SMEM scratch (default 2048)
   consumer_registers: int = 232   # 2*128*232 + 128*40 <= 64K registers per SM
   producer_registers: int = 40
@@ -536,11 +541,24 @@ def _keep(st: _Static, q_pos, kv_pos, kv_idx=None):
 _SPARSE_BLOCK = 128   # block size (q and kv) of the block_sparsity lists: one CTA's rows
 
 
-def _range_walk(lo, flo, fhi, hi):
-  """Step sequence of a contiguous range: (n, [(u0, u1, masked, block_of_step)])."""
+def _range_walk(lo, flo, fhi, hi, rot=None):
+  """Step sequence of a contiguous range: (n, [(u0, u1, masked, block_of_step)]).
+
+  rot: None, or a rotation of the unmasked middle section (`_range_block`)."""
   blk = lambda u: lo + u
-  return hi - lo, [(0, flo - lo, True, blk), (flo - lo, fhi - lo, False, blk),
+  mid = blk if rot is None else functools.partial(_range_block, lo, flo, fhi, hi, rot)
+  return hi - lo, [(0, flo - lo, True, blk), (flo - lo, fhi - lo, False, mid),
                    (fhi - lo, hi - lo, True, blk)]
+
+
+def _range_block(lo, flo, fhi, hi, rot, u):
+  """Block of step u of `_range_walk(lo, flo, fhi, hi, rot)`: the unmasked blocks
+  [flo, fhi) are visited from flo + rot (mod their count) on, the masked ones in order."""
+  del hi
+  m = jnp.maximum(fhi - flo, 1)
+  v = u - (flo - lo)
+  in_mid = (v >= 0) & (v < fhi - flo)
+  return jnp.where(in_mid, flo + lax.rem(v + lax.rem(rot, m), m), lo + u)
 
 
 def _list_walk(lists, bm, hm, row, r: int):
@@ -1678,11 +1696,12 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       else:
         lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
       n = hi - lo
+      rot = lax.div(ci * (fhi - flo), n_cta) if cfg.bwd_rotate_walk else None
 
     def head_walk(g):
       """(steps, sections) of query head g of the group: per-head lists when Hm == N."""
       if not sparse:
-        return n, _range_walk(lo, flo, fhi, hi)[1]
+        return n, _range_walk(lo, flo, fhi, hi, rot)[1]
       hm = kvh * G + g if st.Hm > 1 else 0
       return _list_walk(lists, bm, hm, ci, r)
 
@@ -1848,7 +1867,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
       def load(t, slot):
         g = lax.div(t, n1)
-        load_block(kvh * G + g, lo + lax.rem(t, n1), slot)
+        u = lax.rem(t, n1)
+        i = lo + u if rot is None else _range_block(lo, flo, fhi, hi, rot, u)
+        load_block(kvh * G + g, i, slot)
 
       total = n * G
       for i in range(stages):

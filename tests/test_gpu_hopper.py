@@ -494,6 +494,19 @@ def test_bwd_operands_in_registers(regs):
   check_backward(1, 1024, 1024, 4, 2, 128, jnp.bfloat16, config=cfg, backward="fused")
 
 
+@requires_hopper
+@pytest.mark.parametrize("backward", ["mosaic", "fused"])
+def test_bwd_rotated_walk(backward):
+  """HopperConfig(bwd_rotate_walk=True): the dK/dV kernel's unmasked query blocks visited
+  from a per-tile offset (fused: its dQ reduce-adds go to the rotated blocks). Dense with
+  GQA, causal + query offset with ragged lengths, D = 64 f16."""
+  cfg = ha.HopperConfig(bwd_rotate_walk=True)
+  check_backward(1, 1024, 1024, 4, 2, 128, jnp.bfloat16, config=cfg, backward=backward)
+  check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
+                 config=cfg, backward=backward)
+  check_backward(1, 640, 768, 4, 4, 64, jnp.float16, config=cfg, backward=backward)
+
+
 # --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across

@@ -454,7 +454,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              dq_operands_in_registers=c.get("dq_regs", False),
                              dkv_operands_in_registers=c.get("dkv_regs", ""),
                              dkv_early_lse=c.get("early_lse", False),
-                             bwd_tiles_fastest=c.get("bwd_tiles_fastest"))
+                             bwd_tiles_fastest=c.get("bwd_tiles_fastest"),
+                             bwd_rotate_walk=c.get("rotate", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -577,6 +578,15 @@ INTERPRET_CASES = {
         shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
         bwd_stages=3, grad="mosaic", dq_regs=True, dkv_regs="k", early_lse=True,
         bwd_tiles_fastest=True, races=True), 3e-2),
+    # the dK/dV kernel's rotated walk (HopperConfig.bwd_rotate_walk), Mosaic and fused: causal
+    # with a query offset so that KV tiles have masked blocks before unmasked ones (rotations
+    # 0, 1, 1 of 5, 4, 3 unmasked blocks) and one has none; padded query rows; GQA
+    "fwdbwd_mosaic_rotated_walk": (_case(shape=(1, 300, 512, 2, 1, 64), dtype="bfloat16",
+                                         causal=True, q_offset=212, grad="mosaic",
+                                         rotate=True, races=True), 3e-2),
+    "fwdbwd_fused_rotated_walk": (_case(shape=(1, 300, 512, 2, 1, 64), dtype="bfloat16",
+                                        causal=True, q_offset=212, grad="fused",
+                                        rotate=True), 3e-2),
     # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
     # transposed-A product and the TMA reduce-add, see _dkv_call): GQA (the head loop),
     # causal + query offset, ragged lengths (padded rows and keys), D = 64 (consumer 0
