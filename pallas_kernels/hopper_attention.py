@@ -75,6 +75,7 @@ from typing import Any
 import jax
 import jax.extend as jax_extend
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = ["hopper_attention", "HopperConfig", "default_config", "supported", "mgpu_available"]
@@ -160,6 +161,14 @@ class HopperConfig:
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
+  # persistent / bwd_persistent: hand the work items out longest first in a snake order
+  # (round r gives the r-th 132 longest items to CTAs 0..131, or 131..0 on odd rounds; the
+  # order is an argsort of the items' KV step counts, computed at trace time for static
+  # ranges and by XLA for segment ids / block lists). Without it CTA c runs items c, c + 132,
+  # ..., which on causal or document masks keeps giving one CTA tiles of the same length
+  # (the item numbering cycles through the tiles with a period near 132): experimental,
+  # tenth session.
+  persistent_balance: bool = False
   # backward: the dQ kernel persistent (off by default: no gain on the H100, NOTES.md v6):
   # a 1-D grid of `persistent_ctas` CTAs (shared with the forward; default one per SM) looping
   # over the dQ work items (the forward's order), the K/V ring and the producer carried across
@@ -880,16 +889,54 @@ def _fwd_work_item(st: _Static, w, n_tiles: int):
   return b, h, ci
 
 
-def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int):
+def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int, order_ref=None):
   """This CTA's share of a persistent kernel's `items` work items (forward, dQ): work items
   w = cta + k * n_ctas < items for local tiles k < n_local (cta < n_ctas <= items, so every CTA
-  has at least one). -> (n_local, item: k -> (b, h, ci))."""
+  has at least one). -> (n_local, item: k -> (b, h, ci)).
+
+  order_ref: None, or `_item_order`'s [items] int32 (items longest first): local tile k is
+  then item order[k * n_ctas + pos_k], pos_k = cta on even k, n_ctas - 1 - cta on odd k."""
   cta = lax.axis_index("cta")
-  n_local = lax.div(items - 1 - cta, n_ctas) + 1
+  if order_ref is None:
+    n_local = lax.div(items - 1 - cta, n_ctas) + 1
+
+    def item(k):
+      return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+    return n_local, item
+  full, rem = divmod(items, n_ctas)
+  mirror = (n_ctas - 1) - 2 * cta   # pos = cta + parity * mirror (no selects in kernels)
+  pos_last = cta + (full % 2) * mirror
+  # one more item where the last, partial round reaches this CTA (pos_last < rem)
+  n_local = full + lax.div(jnp.maximum(rem - pos_last, 0) + (n_ctas - 1), n_ctas)
 
   def item(k):
-    return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
+    pos = cta + lax.rem(k, 2) * mirror
+    return _fwd_work_item(st, order_ref[k * n_ctas + pos], n_tiles)
   return n_local, item
+
+
+def _item_order(st: _Static, n_tiles: int, rows: int, bkv: int, table=None, lists=None):
+  """The persistent work items (`_fwd_work_item` numbering) sorted by decreasing KV step
+  count, ties in launch order: [items] int32. Static ranges: a constant (computed while
+  tracing); segment ids (`table`, `_q_tile_kv_table`'s) or block lists: computed by XLA."""
+  def order():
+    w = jnp.arange(st.B * st.N * n_tiles, dtype=jnp.int32)
+    b, h, ci = _fwd_work_item(st, w, n_tiles)
+    if lists is not None:
+      num_p, _, num_f, _ = lists
+      bm = b if st.Bm > 1 else 0
+      hm = h if st.Hm > 1 else 0
+      n = num_p[bm, hm, ci] + num_f[bm, hm, ci]
+    elif table is not None:
+      n = table[b, ci, 3] - table[b, ci, 0]
+    else:
+      lo, _, _, hi = _kv_ranges(st, ci * rows, rows, bkv)
+      n = hi - lo
+    return jnp.argsort(-n, stable=True).astype(jnp.int32)
+  if table is None and lists is None:
+    with jax.ensure_compile_time_eval():
+      return np.asarray(order())
+  return order()
 
 
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
@@ -940,6 +987,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   overlap = cfg.overlap_softmax and D <= 128
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
+  balanced = persistent and cfg.persistent_balance
 
   def kernel(*refs):
     it = iter(refs)
@@ -948,6 +996,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
+    order_ref = next(it) if balanced else None
     (o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
@@ -1198,7 +1247,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       load_v(b, kvh, j, slot)
 
     if persistent:
-      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+      n_local, item = _persistent_items(st, items, n_ctas, n_tiles, order_ref)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1285,10 +1334,14 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
   qside, kvside = _side_operands(st, seg, sp)
   operands = (q, k, v) + qside + kvside
+  table = _q_tile_kv_table(st, seg, 2 * bq, bkv) if segs else None
   if segs:
-    operands = operands + (_q_tile_kv_table(st, seg, 2 * bq, bkv),)
+    operands = operands + (table,)
   if sparse:
     operands = operands + tuple(sp[0])
+  if balanced:
+    operands = operands + (_item_order(st, n_tiles, 2 * bq, bkv, table,
+                                       sp[0] if sparse else None),)
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   if persistent:
@@ -1354,6 +1407,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
   ping_pong = cfg.bwd_schedule_barrier
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
+  balanced = persistent and cfg.persistent_balance
   smem = _dq_smem_bytes(cfg, D, itemsize, q_sides=nqs, kv_sides=nks, persistent=persistent)
   if smem > _SMEM_LIMIT and not st.interpret:
     raise ValueError(f"the dQ kernel needs ~{smem} bytes of shared memory for head_dim {D} "
@@ -1367,6 +1421,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
+    order_ref = next(it) if balanced else None
     dq_ref, delta_ref = next(it), next(it)
     if persistent:
       (q_smem, do_smem, o_smem, vec_smem, k_smem, v_smem, q_bar, kv_bar,
@@ -1515,7 +1570,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # always read it (the closures above see it when called).
     if persistent:
       wg = lax.axis_index("wg")
-      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+      n_local, item = _persistent_items(st, items, n_ctas, n_tiles, order_ref)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1614,10 +1669,14 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     operands = operands + (dlse2.astype(jnp.float32),)
   qside, kvside = _side_operands(st, seg, sp)
   operands = operands + qside + kvside
+  table = _q_tile_kv_table(st, seg, 2 * bq, bkv) if segs else None
   if segs:
-    operands = operands + (_q_tile_kv_table(st, seg, 2 * bq, bkv),)
+    operands = operands + (table,)
   if sparse:
     operands = operands + tuple(sp[0])
+  if balanced:
+    operands = operands + (_item_order(st, n_tiles, 2 * bq, bkv, table,
+                                       sp[0] if sparse else None),)
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   if persistent:

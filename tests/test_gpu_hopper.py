@@ -507,6 +507,23 @@ def test_bwd_rotated_walk(backward):
   check_backward(1, 640, 768, 4, 4, 64, jnp.float16, config=cfg, backward=backward)
 
 
+@requires_hopper
+def test_persistent_balance():
+  """HopperConfig(persistent_balance=True): the persistent forward and dQ kernel hand out
+  their work items longest first in a snake order - static causal ranges (a constant order)
+  with GQA and ragged lengths, documents with empty rows (order from the range table)."""
+  cfg = ha.HopperConfig(persistent=True, bwd_persistent=True, persistent_balance=True)
+  check_forward(2, 1000, 1100, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=100,
+                config=cfg)
+  check_backward(2, 1000, 1100, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=100,
+                 config=cfg)
+  seg = _seg(1024, 1024, 5, seed=23, orphan=(100, 130))
+  check_forward(2, 1024, 1024, 4, 2, 128, jnp.bfloat16, is_causal=True, segment_ids=seg,
+                config=cfg)
+  check_backward(2, 1024, 1024, 4, 2, 128, jnp.bfloat16, is_causal=True, segment_ids=seg,
+                 config=cfg)
+
+
 # --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across
