@@ -75,7 +75,6 @@ from typing import Any
 import jax
 import jax.extend as jax_extend
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 __all__ = ["hopper_attention", "HopperConfig", "default_config", "supported", "mgpu_available"]
@@ -135,15 +134,6 @@ class HopperConfig:
   bwd_block_kv: int = 64     # dK/dV: KV rows per consumer; dQ: KV rows per step
   bwd_stages: int = 2
   tiles_fastest: bool = False   # grid order: sequence tiles vary fastest (else heads)
-  # the backward kernels' grid order (None: as `tiles_fastest`); experimental, tenth session:
-  # tiles fastest keeps fewer heads' Q / dO (dK/dV kernel), K / V (dQ kernel) and f32 dQ sums
-  # (fused) in flight at once, i.e. in L2.
-  bwd_tiles_fastest: bool | None = None
-  # the dK/dV kernel (and the fused backward) walks its unmasked query blocks rotated, KV tile
-  # ci starting ci / n_tiles of the way along, so that the CTAs of one head that run at the
-  # same time (heads-fastest grid: ~8 of them on 132 SMs) read Q / dO and, fused, reduce-add
-  # dQ rows of different blocks; experimental, tenth session.
-  bwd_rotate_walk: bool = False
   reduction_scratch_bytes: int | None = None   # Mosaic's SMEM scratch (default 2048)
   consumer_registers: int = 232   # 2*128*232 + 128*40 <= 64K registers per SM
   producer_registers: int = 40
@@ -161,14 +151,6 @@ class HopperConfig:
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
-  # persistent / bwd_persistent: hand the work items out longest first in a snake order
-  # (round r gives the r-th 132 longest items to CTAs 0..131, or 131..0 on odd rounds; the
-  # order is an argsort of the items' KV step counts, computed at trace time for static
-  # ranges and by XLA for segment ids / block lists). Without it CTA c runs items c, c + 132,
-  # ..., which on causal or document masks keeps giving one CTA tiles of the same length
-  # (the item numbering cycles through the tiles with a period near 132): experimental,
-  # tenth session.
-  persistent_balance: bool = False
   # backward: the dQ kernel persistent (off by default: no gain on the H100, NOTES.md v6):
   # a 1-D grid of `persistent_ctas` CTAs (shared with the forward; default one per SM) looping
   # over the dQ work items (the forward's order), the K/V ring and the producer carried across
@@ -193,18 +175,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # backward, experimental (tenth session, A/B pending): operands of the S / dP products held
-  # in registers (wgmma with A from registers) instead of read from shared memory at every
-  # step. The products with 64-wide tiles (M = N = 64, K = D) read A and B from SMEM, at ~2x
-  # the bytes per flop of the forward's 64x128 ones, and both consumers issue them at once.
-  # dq_operands_in_registers: the dQ kernel's Q and dO (fixed per consumer; +2 x 32
-  # registers at D = 128). dkv_operands_in_registers: the dK/dV kernel's "k" (A of S^T),
-  # "v" (A of dP^T) or "kv" (+32 registers each).
-  dq_operands_in_registers: bool = False
-  dkv_operands_in_registers: str = ""
-  # backward, experimental: the dK/dV kernel's unmasked steps read lse (16 registers) before
-  # issuing S^T / dP^T instead of after awaiting them (it heads the exponentials' chain).
-  dkv_early_lse: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -217,9 +187,6 @@ class HopperConfig:
     if 2 * self.consumer_registers + self.producer_registers > 512:
       raise ValueError("2 * consumer_registers + producer_registers must be <= 512 (64K "
                        "registers per SM over 3 warpgroups of 128 threads)")
-    if self.dkv_operands_in_registers not in ("", "k", "v", "kv"):
-      raise ValueError(f"dkv_operands_in_registers must be '', 'k', 'v' or 'kv', got "
-                       f"{self.dkv_operands_in_registers!r}")
     if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
                                              not isinstance(self.persistent_ctas, int) or
                                              self.persistent_ctas < 1):
@@ -550,24 +517,11 @@ def _keep(st: _Static, q_pos, kv_pos, kv_idx=None):
 _SPARSE_BLOCK = 128   # block size (q and kv) of the block_sparsity lists: one CTA's rows
 
 
-def _range_walk(lo, flo, fhi, hi, rot=None):
-  """Step sequence of a contiguous range: (n, [(u0, u1, masked, block_of_step)]).
-
-  rot: None, or a rotation of the unmasked middle section (`_range_block`)."""
+def _range_walk(lo, flo, fhi, hi):
+  """Step sequence of a contiguous range: (n, [(u0, u1, masked, block_of_step)])."""
   blk = lambda u: lo + u
-  mid = blk if rot is None else functools.partial(_range_block, lo, flo, fhi, hi, rot)
-  return hi - lo, [(0, flo - lo, True, blk), (flo - lo, fhi - lo, False, mid),
+  return hi - lo, [(0, flo - lo, True, blk), (flo - lo, fhi - lo, False, blk),
                    (fhi - lo, hi - lo, True, blk)]
-
-
-def _range_block(lo, flo, fhi, hi, rot, u):
-  """Block of step u of `_range_walk(lo, flo, fhi, hi, rot)`: the unmasked blocks
-  [flo, fhi) are visited from flo + rot (mod their count) on, the masked ones in order."""
-  del hi
-  m = jnp.maximum(fhi - flo, 1)
-  v = u - (flo - lo)
-  in_mid = (v >= 0) & (v < fhi - flo)
-  return jnp.where(in_mid, flo + lax.rem(v + lax.rem(rot, m), m), lo + u)
 
 
 def _list_walk(lists, bm, hm, row, r: int):
@@ -659,9 +613,8 @@ def _tile_keep(st: _Static, b, h, shape, q_axis: int, q_pos, kv_pos, kv_idx, q_v
   return keep
 
 
-def _dots_nt(st: _Static, pairs, between=None, a_regs=False):
-  """[a @ b.T for (a_ref, b_ref) in pairs] as f32 (a, b in SMEM), issued together; `a_regs`
-  (a bool, or one per pair): that a is a register array (WGMMA layout) instead of a ref.
+def _dots_nt(st: _Static, pairs, between=None):
+  """[a @ b.T for (a_ref, b_ref) in pairs] as f32 (a, b in SMEM), issued together.
 
   Compiled: wgmma into scoped accumulators, B transposed through `transpose_ref`; `between()`
   runs after the products are issued and before they are awaited (the schedule barrier).
@@ -671,13 +624,11 @@ def _dots_nt(st: _Static, pairs, between=None, a_regs=False):
   """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
-  regs = a_regs if isinstance(a_regs, tuple) else (a_regs,) * len(pairs)
   if st.interpret:
     if between is not None:
       between()
-    return tuple(lax.dot_general(x if r else x[...], y[...], (((1,), (1,)), ((), ())),
-                                 preferred_element_type=jnp.float32)
-                 for (x, y), r in zip(pairs, regs))
+    return tuple(lax.dot_general(x[...], y[...], (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32) for x, y in pairs)
   shapes = [(x.shape[0], y.shape[0]) for x, y in pairs]
 
   def fn(*refs):
@@ -889,54 +840,16 @@ def _fwd_work_item(st: _Static, w, n_tiles: int):
   return b, h, ci
 
 
-def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int, order_ref=None):
+def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int):
   """This CTA's share of a persistent kernel's `items` work items (forward, dQ): work items
   w = cta + k * n_ctas < items for local tiles k < n_local (cta < n_ctas <= items, so every CTA
-  has at least one). -> (n_local, item: k -> (b, h, ci)).
-
-  order_ref: None, or `_item_order`'s [items] int32 (items longest first): local tile k is
-  then item order[k * n_ctas + pos_k], pos_k = cta on even k, n_ctas - 1 - cta on odd k."""
+  has at least one). -> (n_local, item: k -> (b, h, ci))."""
   cta = lax.axis_index("cta")
-  if order_ref is None:
-    n_local = lax.div(items - 1 - cta, n_ctas) + 1
-
-    def item(k):
-      return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
-    return n_local, item
-  full, rem = divmod(items, n_ctas)
-  mirror = (n_ctas - 1) - 2 * cta   # pos = cta + parity * mirror (no selects in kernels)
-  pos_last = cta + (full % 2) * mirror
-  # one more item where the last, partial round reaches this CTA (pos_last < rem)
-  n_local = full + lax.div(jnp.maximum(rem - pos_last, 0) + (n_ctas - 1), n_ctas)
+  n_local = lax.div(items - 1 - cta, n_ctas) + 1
 
   def item(k):
-    pos = cta + lax.rem(k, 2) * mirror
-    return _fwd_work_item(st, order_ref[k * n_ctas + pos], n_tiles)
+    return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
   return n_local, item
-
-
-def _item_order(st: _Static, n_tiles: int, rows: int, bkv: int, table=None, lists=None):
-  """The persistent work items (`_fwd_work_item` numbering) sorted by decreasing KV step
-  count, ties in launch order: [items] int32. Static ranges: a constant (computed while
-  tracing); segment ids (`table`, `_q_tile_kv_table`'s) or block lists: computed by XLA."""
-  def order():
-    w = jnp.arange(st.B * st.N * n_tiles, dtype=jnp.int32)
-    b, h, ci = _fwd_work_item(st, w, n_tiles)
-    if lists is not None:
-      num_p, _, num_f, _ = lists
-      bm = b if st.Bm > 1 else 0
-      hm = h if st.Hm > 1 else 0
-      n = num_p[bm, hm, ci] + num_f[bm, hm, ci]
-    elif table is not None:
-      n = table[b, ci, 3] - table[b, ci, 0]
-    else:
-      lo, _, _, hi = _kv_ranges(st, ci * rows, rows, bkv)
-      n = hi - lo
-    return jnp.argsort(-n, stable=True).astype(jnp.int32)
-  if table is None and lists is None:
-    with jax.ensure_compile_time_eval():
-      return np.asarray(order())
-  return order()
 
 
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
@@ -987,7 +900,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   overlap = cfg.overlap_softmax and D <= 128
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
-  balanced = persistent and cfg.persistent_balance
 
   def kernel(*refs):
     it = iter(refs)
@@ -996,7 +908,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
-    order_ref = next(it) if balanced else None
     (o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
@@ -1247,7 +1158,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       load_v(b, kvh, j, slot)
 
     if persistent:
-      n_local, item = _persistent_items(st, items, n_ctas, n_tiles, order_ref)
+      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1334,14 +1245,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.SMEM((stages, bkv), jnp.int32) for _ in range(nks))
   qside, kvside = _side_operands(st, seg, sp)
   operands = (q, k, v) + qside + kvside
-  table = _q_tile_kv_table(st, seg, 2 * bq, bkv) if segs else None
   if segs:
-    operands = operands + (table,)
+    operands = operands + (_q_tile_kv_table(st, seg, 2 * bq, bkv),)
   if sparse:
     operands = operands + tuple(sp[0])
-  if balanced:
-    operands = operands + (_item_order(st, n_tiles, 2 * bq, bkv, table,
-                                       sp[0] if sparse else None),)
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   if persistent:
@@ -1407,7 +1314,6 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
   ping_pong = cfg.bwd_schedule_barrier
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
-  balanced = persistent and cfg.persistent_balance
   smem = _dq_smem_bytes(cfg, D, itemsize, q_sides=nqs, kv_sides=nks, persistent=persistent)
   if smem > _SMEM_LIMIT and not st.interpret:
     raise ValueError(f"the dQ kernel needs ~{smem} bytes of shared memory for head_dim {D} "
@@ -1421,7 +1327,6 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
-    order_ref = next(it) if balanced else None
     dq_ref, delta_ref = next(it), next(it)
     if persistent:
       (q_smem, do_smem, o_smem, vec_smem, k_smem, v_smem, q_bar, kv_bar,
@@ -1494,8 +1399,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       vec_sl = (b, h, pl.ds(q_base, bq))
       lse = _load_vec(st, lse_buf(wg), "ROW")
       # delta before the loop, while the dQ accumulator is not live yet (register headroom).
-      do16 = _load_vec(st, dos, "WGMMA")
-      do_f = do16.astype(jnp.float32)
+      do_f = _load_vec(st, dos, "WGMMA").astype(jnp.float32)
       o_f = _load_vec(st, o_smem.at[wg], "WGMMA").astype(jnp.float32)
       dlt = jnp.sum(do_f * o_f, axis=1)
       if has_dlse:   # d lse / d s = p folds into delta (ds = p * (dp - delta + dlse))
@@ -1505,10 +1409,6 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(delta_buf(wg), delta_ref.at[vec_sl])
       q_vecs = [_load_vec(st, qside_buf(s, wg), "ROW") for s in range(nqs)]
-      if cfg.dq_operands_in_registers:
-        a_ops = (_load_vec(st, qs, "WGMMA"), do16)
-      else:
-        a_ops = (qs, dos)
       dq = _cast(st, jnp.full((bq, D), 0.0, jnp.float32), "WGMMA")
 
       def step(t, dq, masked, blk):
@@ -1519,8 +1419,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
         if masked:
           kv_vecs = [_load_vec(st, kvside_buf(s, slot), "COL") for s in range(nks)]
 
-        s, dp = _dots_nt(st, [(a_ops[0], k_smem.at[slot]), (a_ops[1], v_smem.at[slot])],
-                         between=sched_sync, a_regs=cfg.dq_operands_in_registers)
+        s, dp = _dots_nt(st, [(qs, k_smem.at[slot]), (dos, v_smem.at[slot])],
+                         between=sched_sync)
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, s.shape, [0]))
         if masked:
           rows = _iota(st, (bq, bkv), 0)
@@ -1570,7 +1470,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # always read it (the closures above see it when called).
     if persistent:
       wg = lax.axis_index("wg")
-      n_local, item = _persistent_items(st, items, n_ctas, n_tiles, order_ref)
+      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1669,14 +1569,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     operands = operands + (dlse2.astype(jnp.float32),)
   qside, kvside = _side_operands(st, seg, sp)
   operands = operands + qside + kvside
-  table = _q_tile_kv_table(st, seg, 2 * bq, bkv) if segs else None
   if segs:
-    operands = operands + (table,)
+    operands = operands + (_q_tile_kv_table(st, seg, 2 * bq, bkv),)
   if sparse:
     operands = operands + tuple(sp[0])
-  if balanced:
-    operands = operands + (_item_order(st, n_tiles, 2 * bq, bkv, table,
-                                       sp[0] if sparse else None),)
   out_type = (jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), dtype),
               jax.ShapeDtypeStruct((st.B, st.N, st.Tp), jnp.float32))
   if persistent:
@@ -1684,7 +1580,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # no reduction scratch: delta's row sum is within a warp (see the docstring)
     params = _compiler_params(st.cfg, reduction_scratch_bytes=0)
   else:
-    grid, names = _grid(st, st.N, n_tiles, "q_seq", backward=True)
+    grid, names = _grid(st, st.N, n_tiles, "q_seq")
     params = _compiler_params(st.cfg)
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
@@ -1755,12 +1651,11 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       else:
         lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
       n = hi - lo
-      rot = lax.div(ci * (fhi - flo), n_cta) if cfg.bwd_rotate_walk else None
 
     def head_walk(g):
       """(steps, sections) of query head g of the group: per-head lists when Hm == N."""
       if not sparse:
-        return n, _range_walk(lo, flo, fhi, hi, rot)[1]
+        return n, _range_walk(lo, flo, fhi, hi)[1]
       hm = kvh * G + g if st.Hm > 1 else 0
       return _list_walk(lists, bm, hm, ci, r)
 
@@ -1778,9 +1673,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.barrier_wait(kv_bar.at[wg])
       # Rows of the transposed tiles (S^T, dP^T: [bkv, bq]) are this consumer's keys.
       kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
-      in_regs = cfg.dkv_operands_in_registers
-      k_op = _load_vec(st, ks, "WGMMA") if "k" in in_regs else ks
-      v_op = _load_vec(st, vs, "WGMMA") if "v" in in_regs else vs
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
       def head(g, carry):
@@ -1795,14 +1687,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
-          early_lse = cfg.dkv_early_lse and not masked
-          if early_lse:
-            lse = _load_vec(st, lse_smem.at[slot], "COL")
 
-          sT, dpT = _dots_nt(st, [(k_op, q_smem.at[slot]), (v_op, do_smem.at[slot])],
-                             between=sched_sync, a_regs=("k" in in_regs, "v" in in_regs))
-          if not early_lse:
-            lse = _load_vec(st, lse_smem.at[slot], "COL")
+          sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
+                             between=sched_sync)
+          lse = _load_vec(st, lse_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
           if masked:
             # The query block's side values (read before in_free), and delta below, are
@@ -1926,9 +1814,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
       def load(t, slot):
         g = lax.div(t, n1)
-        u = lax.rem(t, n1)
-        i = lo + u if rot is None else _range_block(lo, flo, fhi, hi, rot, u)
-        load_block(kvh * G + g, i, slot)
+        load_block(kvh * G + g, lo + lax.rem(t, n1), slot)
 
       total = n * G
       for i in range(stages):
@@ -1956,7 +1842,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.Barrier(num_arrivals=2, num_barriers=stages),
   )
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
-  grid, names = _grid(st, st.K, n_cta, "kv_seq", backward=True)
+  grid, names = _grid(st, st.K, n_cta, "kv_seq")
   if not fused:
     if ping_pong:
       scratch = scratch + (plgpu.Barrier(num_arrivals=2),)
@@ -2024,13 +1910,9 @@ def _kernel_with_ref(body, operands, out_type, scratch, grid, names, cfg=None):
                    compiler_params=_compiler_params(cfg))(*operands)
 
 
-def _grid(st: _Static, heads: int, tiles: int, tile_name: str, backward: bool = False):
-  """(grid, names): heads fastest (default) or tiles fastest (`cfg.tiles_fastest`; the
-  backward kernels: `cfg.bwd_tiles_fastest` where set)."""
-  fastest = st.cfg.tiles_fastest
-  if backward and st.cfg.bwd_tiles_fastest is not None:
-    fastest = st.cfg.bwd_tiles_fastest
-  if fastest:
+def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
+  """(grid, names): heads fastest (default) or tiles fastest (`cfg.tiles_fastest`)."""
+  if st.cfg.tiles_fastest:
     return (tiles, heads, st.B), (tile_name, "heads", "batch")
   return (heads, tiles, st.B), ("heads", tile_name, "batch")
 

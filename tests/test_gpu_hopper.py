@@ -476,54 +476,6 @@ def test_bwd_schedule_barrier():
                  config=dataclasses.replace(cfg, bwd_persistent=True))
 
 
-@requires_hopper
-@pytest.mark.parametrize("regs", ["k", "v", "kv"])
-def test_bwd_operands_in_registers(regs):
-  """The backward's S / dP operands held in registers (HopperConfig.dq_operands_in_registers,
-  dkv_operands_in_registers) and the dK/dV kernel's early lse read (dkv_early_lse): causal +
-  offset + GQA + ragged, documents with empty rows, a two-sided window at D=64 f16, the
-  fused backward (dK/dV kernel only) on a dense call."""
-  cfg = ha.HopperConfig(dq_operands_in_registers=True, dkv_operands_in_registers=regs,
-                        dkv_early_lse=True)
-  check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
-                 config=cfg)
-  check_backward(2, 400, 400, 4, 2, 128, jnp.bfloat16, config=cfg,
-                 segment_ids=_seg(400, 400, 3, seed=22, orphan=(100, 130)))
-  check_backward(1, 512, 512, 4, 1, 64, jnp.float16, sliding_window=(100, 30),
-                 config=dataclasses.replace(cfg, block_kv=128, stages=3))
-  check_backward(1, 1024, 1024, 4, 2, 128, jnp.bfloat16, config=cfg, backward="fused")
-
-
-@requires_hopper
-@pytest.mark.parametrize("backward", ["mosaic", "fused"])
-def test_bwd_rotated_walk(backward):
-  """HopperConfig(bwd_rotate_walk=True): the dK/dV kernel's unmasked query blocks visited
-  from a per-tile offset (fused: its dQ reduce-adds go to the rotated blocks). Dense with
-  GQA, causal + query offset with ragged lengths, D = 64 f16."""
-  cfg = ha.HopperConfig(bwd_rotate_walk=True)
-  check_backward(1, 1024, 1024, 4, 2, 128, jnp.bfloat16, config=cfg, backward=backward)
-  check_backward(2, 333, 517, 8, 2, 128, jnp.bfloat16, is_causal=True, q_offset=184,
-                 config=cfg, backward=backward)
-  check_backward(1, 640, 768, 4, 4, 64, jnp.float16, config=cfg, backward=backward)
-
-
-@requires_hopper
-def test_persistent_balance():
-  """HopperConfig(persistent_balance=True): the persistent forward and dQ kernel hand out
-  their work items longest first in a snake order - static causal ranges (a constant order)
-  with GQA and ragged lengths, documents with empty rows (order from the range table)."""
-  cfg = ha.HopperConfig(persistent=True, bwd_persistent=True, persistent_balance=True)
-  check_forward(2, 1000, 1100, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=100,
-                config=cfg)
-  check_backward(2, 1000, 1100, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=100,
-                 config=cfg)
-  seg = _seg(1024, 1024, 5, seed=23, orphan=(100, 130))
-  check_forward(2, 1024, 1024, 4, 2, 128, jnp.bfloat16, is_causal=True, segment_ids=seg,
-                config=cfg)
-  check_backward(2, 1024, 1024, 4, 2, 128, jnp.bfloat16, is_causal=True, segment_ids=seg,
-                 config=cfg)
-
-
 # --------------------------------------------------------------------------------------------
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across

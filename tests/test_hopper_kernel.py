@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import jax
 import jax.numpy as jnp
@@ -211,8 +210,6 @@ def test_config_validation():
     ha.HopperConfig(block_kv=96)
   with pytest.raises(ValueError):
     ha.HopperConfig(consumer_registers=240, producer_registers=40)
-  with pytest.raises(ValueError, match="dkv_operands_in_registers"):
-    ha.HopperConfig(dkv_operands_in_registers="q")
   assert ha.default_config(256).block_kv == 64
   # measured on the H100: (128, 3 stages) at D=128 overflows shared memory by 120 bytes
   big = ha.HopperConfig(block_kv=128, stages=3)
@@ -451,13 +448,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False),
-                             dq_operands_in_registers=c.get("dq_regs", False),
-                             dkv_operands_in_registers=c.get("dkv_regs", ""),
-                             dkv_early_lse=c.get("early_lse", False),
-                             bwd_tiles_fastest=c.get("bwd_tiles_fastest"),
-                             bwd_rotate_walk=c.get("rotate", False),
-                             persistent_balance=c.get("balance", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -572,23 +563,6 @@ INTERPRET_CASES = {
     "fwdbwd_mosaic_bwd_ping_pong": (_case(shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16",
                                           causal=True, q_offset=40, stages=3, bwd_stages=3,
                                           grad="mosaic", bwd_sched=True, races=True), 3e-2),
-    # the backward's S / dP operands from registers (dQ kernel: Q and dO; dK/dV kernel: K, so
-    # one product from registers and one from SMEM), the dK/dV kernel's early lse read and the
-    # backward's tiles-fastest grid: GQA, causal + offset, ragged lengths, 3-slot ring, race
-    # detector on
-    "fwdbwd_mosaic_operands_in_registers": (_case(
-        shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        bwd_stages=3, grad="mosaic", dq_regs=True, dkv_regs="k", early_lse=True,
-        bwd_tiles_fastest=True, races=True), 3e-2),
-    # the dK/dV kernel's rotated walk (HopperConfig.bwd_rotate_walk), Mosaic and fused: causal
-    # with a query offset so that KV tiles have masked blocks before unmasked ones (rotations
-    # 0, 1, 1 of 5, 4, 3 unmasked blocks) and one has none; padded query rows; GQA
-    "fwdbwd_mosaic_rotated_walk": (_case(shape=(1, 300, 512, 2, 1, 64), dtype="bfloat16",
-                                         causal=True, q_offset=212, grad="mosaic",
-                                         rotate=True, races=True), 3e-2),
-    "fwdbwd_fused_rotated_walk": (_case(shape=(1, 300, 512, 2, 1, 64), dtype="bfloat16",
-                                        causal=True, q_offset=212, grad="fused",
-                                        rotate=True), 3e-2),
     # the fused backward (dQ accumulated inside the dK/dV kernel; interpret mode replaces the
     # transposed-A product and the TMA reduce-add, see _dkv_call): GQA (the head loop),
     # causal + query offset, ragged lengths (padded rows and keys), D = 64 (consumer 0
@@ -740,14 +714,6 @@ PERSISTENT_DQ_CASES = {
     # tiles with zero KV steps (causal, kv_offset 150: query tile 0 sees no key): dQ 0 and
     # delta still written; 8 items on 3 CTAs, empty and 2-step tiles interleaved
     "zero_step_tiles": _dqcase(3, shape=(2, 256, 128, 2, 1, 64), causal=True, kv_offset=150),
-    # the balanced (longest first, snake) item order (HopperConfig.persistent_balance), from
-    # the documents' range table (XLA argsort) and from static causal ranges (a constant)
-    "balanced_documents": _dqcase(
-        3, shape=(2, 200, 200, 2, 1, 64), causal=True, dlse=False, balance=True,
-        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                 kv=_doc_ids(2, 200, [[37, 150], [90]]))),
-    "balanced_zero_step_tiles": _dqcase(3, shape=(2, 256, 128, 2, 1, 64), causal=True,
-                                        kv_offset=150, balance=True),
 }
 
 
@@ -766,7 +732,7 @@ def test_interpret_persistent_dq(name):
   assert res["delta"] <= 1e-5, res
   assert res["dq"] <= 2e-2, res
   assert res["dq_empty_rows"] == 0.0, res
-  if name not in ("causal_gqa_offset_window_ragged_dlse", "balanced_zero_step_tiles"):
+  if name != "causal_gqa_offset_window_ragged_dlse":
     assert res["n_empty_rows"] > 0, res
   if name == "zero_step_tiles":   # whole query tiles without a key
     assert res["n_empty_rows"] >= B * N * 128, res
@@ -1003,20 +969,6 @@ PERSISTENT_CASES = {
         shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
         q_offset=192, kv_offset=40, lists=(1, 2), seed=1, persistent=True, persistent_ctas=1,
         races=True, fwd_only=True), 3e-2),
-    # the balanced item order (HopperConfig.persistent_balance): static causal + window
-    # ranges (a constant order), the documents' range table and block lists (XLA argsort);
-    # items on 3 CTAs so that the snake's odd rounds run
-    "balanced_causal_gqa_window_ragged": (_pcase(
-        3, shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        window=(90, None), stages=3, balance=True), 3e-2),
-    "balanced_documents_empty_rows": (_pcase(
-        3, shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3,
-        balance=True, seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                               kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
-    "balanced_sparse_lists": (_sparse_case(
-        shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
-        q_offset=192, kv_offset=40, lists=(1, 2), seed=1, persistent=True, persistent_ctas=3,
-        balance=True, races=True, fwd_only=True), 3e-2),
 }
 
 
@@ -1027,8 +979,7 @@ def test_interpret_persistent(name):
   B, T, _, N = case["shape"][:4]
   assert B * N * -(-T // 128) > case["persistent_ctas"], "more work items than CTAs"
   res = _run_raced_case(name, case, tol)
-  if name in ("documents_empty_rows", "sparse_lists_mask_fn", "balanced_documents_empty_rows",
-              "balanced_sparse_lists"):
+  if name in ("documents_empty_rows", "sparse_lists_mask_fn"):
     assert res["n_empty_rows"] > 0, res
   if name == "zero_block_tiles":   # whole query tiles without a key
     assert res["n_empty_rows"] >= B * N * 128, res
@@ -1063,20 +1014,6 @@ OVERLAP_CASES = {
         shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
         q_offset=192, kv_offset=40, lists=(1, 2), seed=1, block_kv=64, stages=3, overlap=True,
         races=True, fwd_only=True), 3e-2),
-    # the balanced item order (HopperConfig.persistent_balance): static causal + window
-    # ranges (a constant order), the documents' range table and block lists (XLA argsort);
-    # items on 3 CTAs so that the snake's odd rounds run
-    "balanced_causal_gqa_window_ragged": (_pcase(
-        3, shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        window=(90, None), stages=3, balance=True), 3e-2),
-    "balanced_documents_empty_rows": (_pcase(
-        3, shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, stages=3,
-        balance=True, seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                               kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
-    "balanced_sparse_lists": (_sparse_case(
-        shape=(1, 150, 200, 2, 1, 64), dtype="float16", mask="chunked_causal", C=320, P=50,
-        q_offset=192, kv_offset=40, lists=(1, 2), seed=1, persistent=True, persistent_ctas=3,
-        balance=True, races=True, fwd_only=True), 3e-2),
 }
 
 
@@ -1120,42 +1057,6 @@ def test_interpret_persistent_backward(name):
       assert err <= 3e-2, (name, key, err, res)
   assert res["n_empty_rows"] > 0, res
   assert res["dq_empty_rows"] == 0.0, res
-
-
-@pytest.mark.parametrize("B,N,n_tiles,n_ctas", [(2, 16, 64, 132), (1, 2, 4, 3), (1, 3, 3, 3),
-                                                (1, 2, 3, 6), (1, 7, 1, 2)])
-def test_balanced_persistent_items_cover_every_item_once(B, N, n_tiles, n_ctas):
-  """HopperConfig.persistent_balance: the snake hands out order[0..items) exactly once, each
-  round's items to distinct CTAs, and no CTA gets more work than the unbalanced assignment's
-  busiest CTA (per-item work: an arbitrary length per item, the order its argsort)."""
-  items = B * N * n_tiles
-  st = types.SimpleNamespace(N=N, B=B, causal=False, cfg=ha.HopperConfig())
-  lengths = np.array([1 + (w * 7) % 5 for w in range(items)])
-  order = np.argsort(-lengths, kind="stable").astype(np.int32)
-  rounds = -(-items // n_ctas)
-
-  def per_cta(_, balanced):
-    n_local, item = ha._persistent_items(st, items, n_ctas, n_tiles,
-                                         jnp.asarray(order) if balanced else None)
-    ks = jnp.arange(rounds)
-    b, h, ci = jax.vmap(item)(jnp.minimum(ks, n_local - 1))
-    w = h + N * (ci + n_tiles * b)   # _fwd_work_item's numbering (heads fastest)
-    return n_local, jnp.where(ks < n_local, w, -1)
-
-  max_work = {}
-  for balanced in (False, True):
-    n_local, ws = jax.vmap(lambda x, bal=balanced: per_cta(x, bal), axis_name="cta")(
-        jnp.arange(n_ctas))
-    got = np.asarray(ws)
-    np.testing.assert_array_equal(np.sort(got[got >= 0]), np.arange(items))
-    assert int(np.asarray(n_local).sum()) == items
-    assert (np.asarray(n_local) >= 1).all()
-    if balanced:   # round k: order[k * n_ctas : (k + 1) * n_ctas], one item per CTA
-      for k in range(rounds):
-        col = got[:, k]
-        assert sorted(col[col >= 0]) == sorted(order[k * n_ctas:(k + 1) * n_ctas])
-    max_work[balanced] = max(lengths[row[row >= 0]].sum() for row in got)
-  assert max_work[True] <= max_work[False]
 
 
 def test_persistent_config():
