@@ -16,6 +16,9 @@ Sections (--sections, comma separated):
            (CHUNK) and prefix LM (PREFIX), neither lowerable to native arguments, so they run
            the generic BlockMask path: ours (`pallas_mgpu`: BlockMask lists, mask evaluated in
            registers on partial blocks), `pallas_flash` (the portable kernel, same lists), Flex
+  example  forward only, f16, the dense grid: ours (f16), JAX's own Mosaic GPU flash attention
+           (`jax.experimental.pallas.ops.gpu.attention_mgpu`, FA3-style; f16 only, no causal
+           backward) and cuDNN (f16); each cell also checks the example against ours
   variants forward / backward tile and pipeline variants on S=4k (for tuning)
   smoke    compile + run each kernel once on a small shape, full tracebacks (first device run)
 FLOPs = 4*B*H*D*(kept pairs) (S^2, S^2/2 for causal), x3.5 for fwd+bwd (the convention of
@@ -204,6 +207,49 @@ def section_sparse(args, res):
   res["sparse"] = _timed_rows(args, [("window", 2, 8192), ("docs", 2, 8192)], impls)
 
 
+def section_example(args, res):
+  """Forward, f16 (the example's bf16 path fails on jax 0.11.2, issue #5), scale 1 (the
+  example applies none)."""
+  import jax
+  import jax.numpy as jnp
+  from pallas_kernels.hopper_attention import hopper_attention
+  try:
+    from jax.experimental.pallas.ops.gpu import attention_mgpu as ex
+  except Exception as e:  # pylint: disable=broad-except
+    res["example"] = {"error": repr(e)[:400]}
+    return
+  rows = []
+  for S in [int(s) for s in args.seq.split(",")]:
+    B = 16384 // S
+    for kind in ("dense", "causal"):
+      causal = kind == "causal"
+      cfg = ex.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2, causal=causal)
+      impls = {
+          "ours": lambda q, k, v, c=causal: hopper_attention(q, k, v, is_causal=c, scale=1.0),
+          "example": lambda q, k, v, cfg=cfg: ex.attention(q, k, v, cfg),
+          "cudnn": lambda q, k, v, c=causal: jax.nn.dot_product_attention(
+              q, k, v, is_causal=c, scale=1.0, implementation="cudnn"),
+      }
+      q, k, v, _ = inputs(B, S, jnp.float16)
+      row = {"case": kind, "B": B, "S": S, "H": H, "D": D, "dtype": "float16"}
+      outs = {}
+      for name, fn in impls.items():
+        try:
+          f = jax.jit(fn)
+          outs[name] = f(q, k, v)
+          t = time_call(f, (q, k, v), args.reps)
+          row[name] = {"fwd_s": t, "fwd_tflops": tflops(kind, B, S, t, 1.0)}
+        except Exception as e:  # pylint: disable=broad-except
+          row[name] = {"error": repr(e)[:400]}
+          traceback.print_exc()
+        log("example", kind, B, S, name, row[name])
+      if "ours" in outs and "example" in outs:
+        a, b = (outs[n].astype(jnp.float32) for n in ("example", "ours"))
+        row["example_vs_ours"] = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+      rows.append(row)
+  res["example"] = rows
+
+
 def make_masked(impl, kind):
   """jattn.attention with a mask function (chunked causal / prefix LM) on backend `impl`."""
   import jattn
@@ -337,6 +383,16 @@ def print_table(res):
   def ratio(a, b):
     return "   - " if (a is None or b is None) else f"{a / b:5.2f}"
   rows = list(res.get("dense", [])) + list(res.get("sparse", []))
+  if isinstance(res.get("example"), list):
+    log("\n-- forward, f16: ours vs JAX's attention_mgpu example (ex) vs cuDNN (TFLOP/s)")
+    log("           case     B     S |  ours    ex cudnn | ours/ex ours/cudnn ex/cudnn | "
+        "max|ex-ours|/max|ours|")
+    for row in res["example"]:
+      vals = [(row.get(i) or {}).get("fwd_tflops") for i in ("ours", "example", "cudnn")]
+      log(f"   {row['case']:>12s} {row['B']:3d} {row['S']:5d} | "
+          + " ".join(fmt(x) for x in vals)
+          + f" |   {ratio(vals[0], vals[1])}      {ratio(vals[0], vals[2])}    "
+          f"{ratio(vals[1], vals[2])} | {row.get('example_vs_ours', float('nan')):.1e}")
   if not rows and not res.get("masks"):
     return
   log(f"\nTFLOP/s (bf16, H={H}, D={D}); matmul ceiling {fmt(ceil)} TFLOP/s")
