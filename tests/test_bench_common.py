@@ -1,4 +1,5 @@
-"""The variant parser behind benchmarks/ab.py, ptxas_report.py and profile_cell.py."""
+"""The variant parser behind benchmarks/ab.py, ptxas_report.py and profile_cell.py; bench_hopper's
+summary table."""
 
 from __future__ import annotations
 
@@ -33,3 +34,20 @@ def test_parse_variant_rejects_what_it_cannot_take():
     parse_variant("f:no_such_field=1", HopperConfig())
   with pytest.raises(ValueError, match="consumer_registers"):
     parse_variant("f:consumer_registers=300", HopperConfig())   # the config's own check
+
+
+def test_bench_hopper_table_prints_the_example_rows(capsys):
+  """bench_hopper's summary with the `example` section: ratios where all three were timed,
+  '-' where one failed (the example's import or compile can fail on other jax versions)."""
+  import bench_hopper
+  ok = {"case": "dense", "B": 4, "S": 4096, "ours": {"fwd_tflops": 600.0},
+        "example": {"fwd_tflops": 500.0}, "cudnn": {"fwd_tflops": 550.0},
+        "example_vs_ours": 0.0}
+  failed = {"case": "causal", "B": 4, "S": 4096, "ours": {"fwd_tflops": 540.0},
+            "example": {"error": "ValueError('x')"}, "cudnn": {"fwd_tflops": 450.0}}
+  bench_hopper.print_table({"ceiling_tflops": 650.0, "example": [ok, failed]})
+  out = capsys.readouterr().out.splitlines()
+  row_ok = next(ln for ln in out if "dense" in ln)
+  row_failed = next(ln for ln in out if "causal" in ln)
+  assert "1.20" in row_ok and "1.09" in row_ok and "0.91" in row_ok, row_ok
+  assert "1.20" in row_failed and " - " in row_failed, row_failed
