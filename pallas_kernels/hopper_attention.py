@@ -109,7 +109,12 @@ def _api():
     except ImportError:
       pass
   interp = getattr(plgpu, "InterpretParams", None) or interp
-  return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp)
+  # For the dynamic scheduler's atomic (`_item_fetcher`), an inline Mosaic GPU body.
+  from jax.experimental.mosaic.gpu import utils as mgpu_utils  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir.dialects import arith, llvm, memref  # pylint: disable=g-import-not-at-top
+  return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp,
+              mgpu_utils=mgpu_utils, ir=ir, arith=arith, llvm=llvm, memref=memref)
 
 
 def mgpu_available() -> bool:
@@ -151,6 +156,15 @@ class HopperConfig:
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
+  # persistent forward: where each CTA's next work item comes from. False: the static split
+  # above (cta, cta + n_ctas, ...). True: FA3's dynamic scheduler - the first item is `cta`,
+  # each next one is taken by the CTA's producer from a global int32 counter with an atomic
+  # add (one item ahead, handed to the consumers through shared memory), so a CTA that drew
+  # short tiles takes more of them and no SM idles at the end while another still has a
+  # queue (NOTES.md Hopper v13). Items are taken in the same order as the static split hands
+  # them out. Interpret mode has no atomics: there the producer hands out the static split's
+  # items through the same shared-memory protocol.
+  persistent_dynamic: bool = False
   # backward: the dQ kernel persistent (off by default: no gain on the H100, NOTES.md v6):
   # a 1-D grid of `persistent_ctas` CTAs (shared with the forward; default one per SM) looping
   # over the dQ work items (the forward's order), the K/V ring and the producer carried across
@@ -803,24 +817,30 @@ def _persistent_ring_producer(n_local, item, plan, kv_head, stages: int, sparse:
   barrier(s) when `wait`, i.e. from step `stages` on, then issues its TMA loads), and drains the
   last `stages` "free" phases once at the end."""
   def tile(k, cnt):
-    b, h, ci = item(k)
-    _, n, sections, lo = plan(b, h, ci)
-    kvh = kv_head(h)
-
-    def body(t, carry, masked=None, blk=None):
-      del masked
-      g = cnt + t
-      j = lo + t if blk is None else blk(t)
-      load_step(b, kvh, j, lax.rem(g, stages), g >= stages)
-      return carry
-    if sparse:   # block indices from the lists, one loop per list
-      _walk(sections, body, None)
-    else:
-      lax.fori_loop(0, n, body, None)
-    return cnt + n
+    return _ring_tile(item(k), cnt, plan, kv_head, stages, sparse, load_step)
 
   total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
   _drain(total, stages, free_barriers)
+
+
+def _ring_tile(bhc, cnt, plan, kv_head, stages: int, sparse: bool, load_step):
+  """A persistent producer's work item bhc = (b, h, ci), its KV steps counted from ring step
+  `cnt` (see `_persistent_ring_producer`) -> cnt + its steps."""
+  b, h, ci = bhc
+  _, n, sections, lo = plan(b, h, ci)
+  kvh = kv_head(h)
+
+  def body(t, carry, masked=None, blk=None):
+    del masked
+    g = cnt + t
+    j = lo + t if blk is None else blk(t)
+    load_step(b, kvh, j, lax.rem(g, stages), g >= stages)
+    return carry
+  if sparse:   # block indices from the lists, one loop per list
+    _walk(sections, body, None)
+  else:
+    lax.fori_loop(0, n, body, None)
+  return cnt + n
 
 
 def _fwd_work_item(st: _Static, w, n_tiles: int):
@@ -850,6 +870,74 @@ def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int):
   def item(k):
     return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
   return n_local, item
+
+
+def _item_fetcher(slot: int, first: int):
+  """Compiled persistent kernels with `cfg.persistent_dynamic`: f(counter_ref, items_smem)
+  for the producer warpgroup - one thread takes the next work item `first + atomic_add(
+  counter, 1)` and stores it in items_smem[slot]. An `inline_mgpu` body (Pallas has no atomic
+  that returns the old value); `slot` is static so no index crosses into it."""
+  a = _api()
+  plgpu, mu, ir, llvm, memref, arith = (a["plgpu"], a["mgpu_utils"], a["ir"], a["llvm"],
+                                        a["memref"], a["arith"])
+
+  @plgpu.inline_mgpu(arg_types=(plgpu.RefType(), plgpu.RefType()))
+  def fetch(ctx, counter_ref, items_ref):
+    del ctx
+    i32 = ir.IntegerType.get_signless(32)
+    with mu.single_thread(scope=mu.ThreadSubset.WARPGROUP):
+      old = llvm.inline_asm(i32, [mu.memref_ptr(counter_ref)],
+                            "atom.global.add.u32 $0, [$1], 1;", "=r,l", has_side_effects=True)
+      memref.store(arith.addi(old, mu.c(first, i32)), items_ref,
+                   [mu.c(slot, ir.IndexType.get())])
+  return fetch
+
+
+def _dynamic_items(st: _Static, n_ctas: int, counter_ref, items_smem, item_bar, item_free):
+  """The handoff of a persistent kernel's dynamically scheduled work items (`cfg.
+  persistent_dynamic`): item p of a CTA (p = 0 is `cta`, taken by every warpgroup without a
+  handoff) is published by the producer into shared-memory slot p % 2 with `item_bar[p % 2]`
+  and taken by both consumers, who release the slot through `item_free[p % 2]` (2 arrivals).
+  The producer publishes item p + 1 when it starts streaming item p, so the consumers (who
+  need it when they start item p, to prefetch its Q) find it there; it waits for the slot to
+  be free from p + 1 = 3 on (the slot's previous item, p - 1, taken). An item >= items ends
+  every warpgroup's loop. `counter_ref`: the zeroed int32 [1] GMEM counter; None in interpret
+  mode, where item p is the static split's cta + p * n_ctas.
+  -> (publish(p) -> item, take(p) -> item, drain(last p published))."""
+  a = _api()
+  pl, plgpu = a["pl"], a["plgpu"]
+  cta = lax.axis_index("cta")
+
+  def publish(p):
+    slot = lax.rem(p, 2)
+    _wait_if(p >= 3, item_free.at[slot])
+    if counter_ref is None:
+      items_smem[slot] = cta + p * n_ctas
+    else:
+      for s in (0, 1):
+        pl.when(slot == s)(lambda s=s: _item_fetcher(s, n_ctas)(counter_ref, items_smem))
+    plgpu.barrier_arrive(item_bar.at[slot])
+    # the producer reads it too (one of its threads stored it): its own wait on the barrier
+    # (which only it arrives on) orders that store before the warpgroup's loads
+    plgpu.barrier_wait(item_bar.at[slot])
+    return items_smem[slot]
+
+  def take(p):
+    slot = lax.rem(p, 2)
+    plgpu.barrier_wait(item_bar.at[slot])
+    w = items_smem[slot]
+    plgpu.barrier_arrive(item_free.at[slot])
+    return w
+
+  def drain(last):
+    # the producer observes the "free" phases of the last two items it published (interpret
+    # mode checks that every phase a thread waits on is observed; see `_drain`)
+    def body(p, carry):
+      plgpu.barrier_wait(item_free.at[lax.rem(p, 2)])
+      return carry
+    lax.fori_loop(jnp.maximum(last - 1, 1), last + 1, body, None)
+
+  return publish, take, drain
 
 
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
@@ -900,6 +988,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   overlap = cfg.overlap_softmax and D <= 128
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
+  dynamic = persistent and cfg.persistent_dynamic
+  counter = dynamic and not st.interpret   # the atomic's GMEM counter (an operand)
 
   def kernel(*refs):
     it = iter(refs)
@@ -908,10 +998,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
+    counter_ref = next(it) if counter else None
     (o_ref, lse_ref, q_smem, k_smem, v_smem, lse_smem,
      q_bar, k_bar, v_bar, k_free, v_free, sched) = (next(it) for _ in range(12))
     qside_smem = [next(it) for _ in range(nqs)]
     kvside_smem = [next(it) for _ in range(nks)]
+    if dynamic:
+      items_smem, item_bar, item_free = next(it), next(it), next(it)
 
     def plan(b, h, ci):
       """Query tile ci of (b, h): (first row, KV steps n, `_walk` sections, first block of a
@@ -1157,6 +1250,64 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       _wait_if(wait, v_free.at[slot])
       load_v(b, kvh, j, slot)
 
+    if dynamic:
+      publish, take, drain = _dynamic_items(st, n_ctas, counter_ref, items_smem, item_bar,
+                                            item_free)
+      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
+      not_done = lambda carry: carry[1] < items
+
+      @pl.when(wg < 2)
+      def _consumer_dynamic():
+        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+
+        def prefetch_q(w, buf):   # Q of work item w -> this consumer's buffer `buf`
+          b, h, ci = item_of(w)
+          load_q(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
+
+        cta = lax.axis_index("cta")
+        prefetch_q(cta, 0)
+        if not cfg.persistent_sync_per_tile:
+          pl.when(wg == 1)(sched_sync)
+
+        def tile(carry):   # local item p = work item w, as in the static loop below
+          p, w, base = carry
+          buf = lax.rem(p, 2)
+          b, h, ci = item_of(w)
+          r0, n, sections, _ = plan(b, h, ci)
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          w_next = take(p + 1)
+
+          @pl.when(w_next < items)
+          def _():
+            prefetch_q(w_next, 1 - buf)
+          i = buf * 2 + wg
+          plgpu.barrier_wait(q_bar.at[i])
+          consume(b, h, r0, n, sections, q_smem.at[i], [sm.at[i] for sm in qside_smem], base,
+                  sync_per_tile=cfg.persistent_sync_per_tile)
+          return p + 1, w_next, base + n
+
+        lax.while_loop(not_done, tile, (jnp.int32(0), cta, jnp.int32(0)))
+        if not cfg.persistent_sync_per_tile:
+          pl.when(wg == 0)(sched_sync)
+        plgpu.wait_smem_to_gmem(0)
+
+      @pl.when(wg == 2)
+      def _producer_dynamic():
+        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+
+        def tile(carry):
+          p, w, cnt = carry
+          # item p + 1 before streaming item p: the consumers take it as they start p
+          w_next = publish(p + 1)
+          cnt = _ring_tile(item_of(w), cnt, plan, kv_head, stages, sparse, load_step)
+          return p + 1, w_next, cnt
+
+        p_end, _, total = lax.while_loop(not_done, tile,
+                                         (jnp.int32(0), lax.axis_index("cta"), jnp.int32(0)))
+        _drain(total, stages, (k_free, v_free))
+        drain(p_end)
+      return
+
     if persistent:
       n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
@@ -1255,6 +1406,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     grid, names = (n_ctas,), ("cta",)
   else:
     grid, names = _grid(st, st.N, n_tiles, "q_seq")
+  if dynamic:   # the work items' handoff slots and barriers (see `_dynamic_items`)
+    scratch = scratch + (plgpu.SMEM((2,), jnp.int32), plgpu.Barrier(num_barriers=2),
+                         plgpu.Barrier(num_arrivals=2, num_barriers=2))
+  if counter:
+    outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
+                               grid, names, st.cfg)
+    return outs
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch,
       grid=grid, grid_names=names,
@@ -1888,17 +2046,19 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                                     jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), jnp.float32)),
         scratch_types=scratch, grid=grid, grid_names=names, num_threads=3, thread_name="wg",
         compiler_params=_compiler_params(st.cfg), interpret=params)(q, k, v, do, lse2, delta)
-  dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
-  dk, dv = _kernel_with_ref(kernel, (q, k, v, do, lse2, delta, dq_acc), (kv_type, kv_type),
-                            scratch, grid, names, st.cfg)
-  return dk, dv, jax.freeze(dq_acc)
+  (dk, dv), dq_acc = _kernel_with_ref(
+      kernel, (q, k, v, do, lse2, delta), jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32),
+      (kv_type, kv_type), scratch, grid, names, st.cfg)
+  return dk, dv, dq_acc
 
 
-def _kernel_with_ref(body, operands, out_type, scratch, grid, names, cfg=None):
-  """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand (aliased in and out).
+def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, cfg=None):
+  """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand, made from `ref_init`
+  and passed right after `operands` (aliased in and out) -> (outputs, the Ref's final value).
 
   plgpu.kernel's custom_vmap wrapper does not accept Refs, so this goes one level down, to
-  `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself calls).
+  `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself calls). pl.kernel cannot be
+  batched, so under `vmap` the call runs once per batch element (`_sequential_under_vmap`).
   """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
@@ -1906,8 +2066,33 @@ def _kernel_with_ref(body, operands, out_type, scratch, grid, names, cfg=None):
   def kernel_body(*refs):
     pl.run_scoped(functools.partial(body, *refs), *scratch, collective_axes="wg")
   mesh = plgpu.Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
-  return pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
-                   compiler_params=_compiler_params(cfg))(*operands)
+
+  def run(*arrays):
+    ref = jax.new_ref(arrays[-1])
+    outs = pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
+                     compiler_params=_compiler_params(cfg))(*arrays[:-1], ref)
+    return outs, jax.freeze(ref)
+  return _sequential_under_vmap(run)(*operands, ref_init)
+
+
+def _sequential_under_vmap(fn):
+  """fn (array arguments -> pytree of arrays) that, under `vmap`, maps over the batched
+  arguments with `lax.map` (one call per batch element) instead of batching its body."""
+  fn = jax.custom_batching.custom_vmap(fn)
+
+  @fn.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    del axis_size
+    which = [i for i, batched in enumerate(in_batched) if batched]
+
+    def one(xs):
+      full = list(args)
+      for i, x in zip(which, xs):
+        full[i] = x
+      return fn(*full)
+    out = lax.map(one, [args[i] for i in which])
+    return out, jax.tree.map(lambda _: True, out)
+  return fn
 
 
 def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
@@ -2017,7 +2202,8 @@ def _fwd_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = F
   buffers = (qbufs * 2 * cfg.block_q + 2 * cfg.stages * cfg.block_kv) * D * itemsize
   scratch = 2048 if cfg.reduction_scratch_bytes is None else cfg.reduction_scratch_bytes
   sides = (q_sides * qbufs * 2 * cfg.block_q + kv_sides * cfg.stages * cfg.block_kv) * 4
-  return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + sides
+  items = 1024 if persistent and cfg.persistent_dynamic else 0   # handoff slots (1 KiB alloc)
+  return buffers + 2 * cfg.block_q * 4 + scratch + 1024 + sides + items
 
 
 def _fwd_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,

@@ -381,6 +381,51 @@ def test_persistent_block_mask_and_backward():
   check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_PERSISTENT)
 
 
+# The persistent forward with the dynamic scheduler (HopperConfig(persistent_dynamic=True)):
+# each CTA's next work item from a global atomic counter, handed through shared memory.
+_DYNAMIC = ha.HopperConfig(persistent=True, persistent_dynamic=True)
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(PERSISTENT_FWD))
+def test_persistent_dynamic_forward(name):
+  check_forward_case(PERSISTENT_FWD[name], _DYNAMIC)
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [
+    dataclasses.replace(_DYNAMIC, persistent_ctas=7),             # many items per CTA
+    dataclasses.replace(_DYNAMIC, overlap_softmax=True, schedule_barrier=False,
+                        consumer_registers=240, producer_registers=24),
+    dataclasses.replace(_DYNAMIC, persistent_sync_per_tile=False),
+], ids=["ctas7", "overlap_24regs", "sync_once"])
+def test_persistent_dynamic_configs(cfg):
+  check_forward(2, 640, 700, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
+  check_forward(2, 640, 640, 4, 2, 128, jnp.bfloat16, config=cfg,
+                segment_ids=_seg(640, 640, 4, seed=13, orphan=(300, 420)))
+  check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200), 15)
+
+
+@requires_hopper
+def test_persistent_dynamic_repeated_calls_and_vmap():
+  """The counter is zeroed per call (the same jitted call twice gives the same result) and a
+  vmapped call (one kernel launch per element, `_sequential_under_vmap`) matches the
+  reference; the backward of a dynamic-config call too."""
+  q, k, v, do, _ = _inputs(3, 512, 512, 4, 2, 128, jnp.bfloat16)
+  seg = _seg(512, 512, 3, seed=16, B=3)
+  static = ha.HopperConfig(persistent=True)
+  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, segment_ids=seg, config=_DYNAMIC))
+  a, b = f(q, k, v), f(q, k, v)
+  assert bool(jnp.array_equal(a, b))
+  # the same per-tile code as the static split: only which CTA runs a tile differs
+  want = ha.hopper_attention(q, k, v, segment_ids=seg, config=static)
+  assert rel_err(a, want) < 1e-6
+  vm = jax.vmap(lambda q, k, v: ha.hopper_attention(q[None], k[None], v[None], is_causal=True,
+                                                    config=_DYNAMIC)[0])(q, k, v)
+  assert rel_err(vm, ha.hopper_attention(q, k, v, is_causal=True, config=static)) < 1e-6
+  check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_DYNAMIC)
+
+
 # --------------------------------------------------------------------------------------------
 # Forward with HopperConfig(overlap_softmax=True): S_t and P_{t-1} V_{t-1} issued together, the
 # softmax of S_t overlapping the P V product (FA3's intra-warpgroup overlap), non-persistent and

@@ -445,6 +445,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              persistent=c.get("persistent", False),
                              persistent_ctas=c.get("persistent_ctas"),
                              persistent_sync_per_tile=c.get("sync_per_tile", True),
+                             persistent_dynamic=c.get("dynamic", False),
                              bwd_persistent=c.get("bwd_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
@@ -983,6 +984,50 @@ def test_interpret_persistent(name):
     assert res["n_empty_rows"] > 0, res
   if name == "zero_block_tiles":   # whole query tiles without a key
     assert res["n_empty_rows"] >= B * N * 128, res
+
+
+# The persistent forward with the dynamic scheduler's handoff (HopperConfig(persistent_dynamic=
+# True)): the producer publishes each CTA's next work item through shared memory and the
+# consumers take it (interpret mode hands out the static split's items: no atomics there; the
+# atomic itself runs in the GPU tests). Race detector and barrier-phase checks on; the cases
+# cover uneven splits, zero-step tiles between others, documents, block lists, the per-CTA
+# ping-pong round and the overlapped softmax.
+DYNAMIC_CASES = {
+    "dense_uneven": PERSISTENT_CASES["dense_uneven"],
+    "documents_empty_rows": PERSISTENT_CASES["documents_empty_rows"],
+    "zero_block_tiles_overlap": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
+                                        kv_offset=150, stages=3, overlap=True), 2e-2),
+    "sync_once_per_cta": PERSISTENT_CASES["sync_once_per_cta"],
+    "sparse_lists_mask_fn": PERSISTENT_CASES["sparse_lists_mask_fn"],
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(DYNAMIC_CASES))
+def test_interpret_persistent_dynamic(name):
+  case, tol = DYNAMIC_CASES[name]
+  case = dict(case, dynamic=True)
+  res = _run_raced_case(name, case, tol)
+  if name in ("documents_empty_rows", "sparse_lists_mask_fn", "zero_block_tiles_overlap"):
+    assert res["n_empty_rows"] > 0, res
+
+
+def test_sequential_under_vmap_maps_batched_arguments_only():
+  # `_kernel_with_ref` (pl.kernel with a Ref: the fused backward, the dynamic persistent
+  # forward) cannot be batched; under vmap it runs once per element of the batched arguments
+  ha = pytest.importorskip("pallas_kernels.hopper_attention")
+  calls = []
+
+  def f(x, y):
+    calls.append((x.shape, y.shape))
+    return x * 2.0 + y.sum(), (x[0],)
+  g = ha._sequential_under_vmap(f)
+  x = jnp.arange(12.0).reshape(3, 4)
+  y = jnp.arange(5.0)
+  out, (first,) = jax.vmap(g, in_axes=(0, None))(x, y)
+  np.testing.assert_allclose(out, x * 2.0 + y.sum())
+  np.testing.assert_allclose(first, x[:, 0])
+  assert calls[-1] == ((4,), (5,)), calls   # y stays unbatched, x is mapped row by row
 
 
 # Forward with HopperConfig(overlap_softmax=True) (FA3's intra-warpgroup overlap: S_t and
