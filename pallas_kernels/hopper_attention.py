@@ -2057,8 +2057,7 @@ def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, c
   and passed right after `operands` (aliased in and out) -> (outputs, the Ref's final value).
 
   plgpu.kernel's custom_vmap wrapper does not accept Refs, so this goes one level down, to
-  `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself calls). pl.kernel cannot be
-  batched, so under `vmap` the call runs once per batch element (`_sequential_under_vmap`).
+  `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself calls).
   """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
@@ -2066,33 +2065,10 @@ def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, c
   def kernel_body(*refs):
     pl.run_scoped(functools.partial(body, *refs), *scratch, collective_axes="wg")
   mesh = plgpu.Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
-
-  def run(*arrays):
-    ref = jax.new_ref(arrays[-1])
-    outs = pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
-                     compiler_params=_compiler_params(cfg))(*arrays[:-1], ref)
-    return outs, jax.freeze(ref)
-  return _sequential_under_vmap(run)(*operands, ref_init)
-
-
-def _sequential_under_vmap(fn):
-  """fn (array arguments -> pytree of arrays) that, under `vmap`, maps over the batched
-  arguments with `lax.map` (one call per batch element) instead of batching its body."""
-  fn = jax.custom_batching.custom_vmap(fn)
-
-  @fn.def_vmap
-  def _rule(axis_size, in_batched, *args):
-    del axis_size
-    which = [i for i, batched in enumerate(in_batched) if batched]
-
-    def one(xs):
-      full = list(args)
-      for i, x in zip(which, xs):
-        full[i] = x
-      return fn(*full)
-    out = lax.map(one, [args[i] for i in which])
-    return out, jax.tree.map(lambda _: True, out)
-  return fn
+  ref = jax.new_ref(ref_init)
+  outs = pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
+                   compiler_params=_compiler_params(cfg))(*operands, ref)
+  return outs, jax.freeze(ref)
 
 
 def _grid(st: _Static, heads: int, tiles: int, tile_name: str):

@@ -420,10 +420,28 @@ def test_persistent_dynamic_repeated_calls_and_vmap():
   # the same per-tile code as the static split: only which CTA runs a tile differs
   want = ha.hopper_attention(q, k, v, segment_ids=seg, config=static)
   assert rel_err(a, want) < 1e-6
-  vm = jax.vmap(lambda q, k, v: ha.hopper_attention(q[None], k[None], v[None], is_causal=True,
-                                                    config=_DYNAMIC)[0])(q, k, v)
-  assert rel_err(vm, ha.hopper_attention(q, k, v, is_causal=True, config=static)) < 1e-6
   check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_DYNAMIC)
+
+
+@requires_hopper
+@pytest.mark.parametrize("what", ["dynamic_forward", "fused_backward"])
+def test_vmap_of_kernels_with_a_ref(what):
+  """The kernels launched with a Ref operand (the dynamic scheduler's counter, the fused
+  backward's dQ sum) under vmap."""
+  q, k, v, do, _ = _inputs(3, 512, 512, 4, 2, 128, jnp.bfloat16)
+  if what == "dynamic_forward":
+    kw = dict(is_causal=True, config=_DYNAMIC)
+    f = lambda q, k, v: ha.hopper_attention(q[None], k[None], v[None], **kw)[0]
+    got = jax.vmap(f)(q, k, v)
+    want = ha.hopper_attention(q, k, v, is_causal=True, config=ha.HopperConfig(persistent=True))
+    assert rel_err(got, want) < 1e-6
+  else:
+    kw = dict(is_causal=True, backward="fused")
+    loss = lambda fn: lambda q, k, v: jnp.sum(fn(q[None], k[None], v[None], **kw)[0]
+                                              .astype(jnp.float32) * do[0])
+    got = jax.vmap(jax.grad(loss(ha.hopper_attention)))(q, k, v)
+    want = jax.vmap(jax.grad(loss(ref)))(q, k, v)
+    assert rel_err(got, want) < 5e-2
 
 
 # --------------------------------------------------------------------------------------------

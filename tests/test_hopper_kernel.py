@@ -1012,24 +1012,6 @@ def test_interpret_persistent_dynamic(name):
     assert res["n_empty_rows"] > 0, res
 
 
-def test_sequential_under_vmap_maps_batched_arguments_only():
-  # `_kernel_with_ref` (pl.kernel with a Ref: the fused backward, the dynamic persistent
-  # forward) cannot be batched; under vmap it runs once per element of the batched arguments
-  ha = pytest.importorskip("pallas_kernels.hopper_attention")
-  calls = []
-
-  def f(x, y):
-    calls.append((x.shape, y.shape))
-    return x * 2.0 + y.sum(), (x[0],)
-  g = ha._sequential_under_vmap(f)
-  x = jnp.arange(12.0).reshape(3, 4)
-  y = jnp.arange(5.0)
-  out, (first,) = jax.vmap(g, in_axes=(0, None))(x, y)
-  np.testing.assert_allclose(out, x * 2.0 + y.sum())
-  np.testing.assert_allclose(first, x[:, 0])
-  assert calls[-1] == ((4,), (5,)), calls   # y stays unbatched, x is mapped row by row
-
-
 # Forward with HopperConfig(overlap_softmax=True) (FA3's intra-warpgroup overlap: S_t and
 # P_{t-1} V_{t-1} issued together, step 0 peeled, the last P V after the loop), forward + lse
 # against the reference, race detector on.
