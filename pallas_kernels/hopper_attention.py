@@ -113,8 +113,12 @@ def _api():
   from jax.experimental.mosaic.gpu import utils as mgpu_utils  # pylint: disable=g-import-not-at-top
   from jax._src.lib.mlir import ir  # pylint: disable=g-import-not-at-top
   from jax._src.lib.mlir.dialects import arith, llvm, memref  # pylint: disable=g-import-not-at-top
+  # For the kernels launched with a Ref operand (`_without_refs`).
+  from jax._src import core as jax_core  # pylint: disable=g-import-not-at-top
+  from jax._src.state.discharge import discharge_state  # pylint: disable=g-import-not-at-top
   return dict(pl=pl, plgpu=plgpu, WGMMA=L.WGMMA, ROW=row, COL=col, InterpretParams=interp,
-              mgpu_utils=mgpu_utils, ir=ir, arith=arith, llvm=llvm, memref=memref)
+              mgpu_utils=mgpu_utils, ir=ir, arith=arith, llvm=llvm, memref=memref,
+              discharge_state=discharge_state, eval_jaxpr=jax_core.eval_jaxpr)
 
 
 def mgpu_available() -> bool:
@@ -156,8 +160,9 @@ class HopperConfig:
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
-  # persistent forward: where each CTA's next work item comes from. False: the static split
-  # above (cta, cta + n_ctas, ...). True: FA3's dynamic scheduler - the first item is `cta`,
+  # persistent forward and dQ kernels (`persistent`, `bwd_persistent`): where each CTA's next
+  # work item comes from. False: the static split above (cta, cta + n_ctas, ...). True: FA3's
+  # dynamic scheduler - the first item is `cta`,
   # each next one is taken by the CTA's producer from a global int32 counter with an atomic
   # add (one item ahead, handed to the consumers through shared memory), so a CTA that drew
   # short tiles takes more of them and no SM idles at the end while another still has a
@@ -888,8 +893,11 @@ def _item_fetcher(slot: int, first: int):
     with mu.single_thread(scope=mu.ThreadSubset.WARPGROUP):
       old = llvm.inline_asm(i32, [mu.memref_ptr(counter_ref)],
                             "atom.global.add.u32 $0, [$1], 1;", "=r,l", has_side_effects=True)
-      memref.store(arith.addi(old, mu.c(first, i32)), items_ref,
-                   [mu.c(slot, ir.IndexType.get())])
+      item = arith.addi(old, mu.c(first, i32))
+      elem = ir.MemRefType(items_ref.type).element_type
+      if elem != i32:   # a float32 slot (see `_dynamic_items`)
+        item = arith.sitofp(elem, item)
+      memref.store(item, items_ref, [mu.c(slot, ir.IndexType.get())])
   return fetch
 
 
@@ -902,17 +910,20 @@ def _dynamic_items(st: _Static, n_ctas: int, counter_ref, items_smem, item_bar, 
   need it when they start item p, to prefetch its Q) find it there; it waits for the slot to
   be free from p + 1 = 3 on (the slot's previous item, p - 1, taken). An item >= items ends
   every warpgroup's loop. `counter_ref`: the zeroed int32 [1] GMEM counter; None in interpret
-  mode, where item p is the static split's cta + p * n_ctas.
+  mode, where item p is the static split's cta + p * n_ctas. `items_smem`: 2 int32 slots, or
+  2 float32 ones (exact below 2^24 items) where the kernel has room only in an f32 buffer.
   -> (publish(p) -> item, take(p) -> item, drain(last p published))."""
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cta = lax.axis_index("cta")
+  if items_smem.dtype == jnp.float32 and st.B * st.N * st.Tp >= 2 ** 24 * 64:
+    raise ValueError("more work items than a float32 slot holds exactly")
 
   def publish(p):
     slot = lax.rem(p, 2)
     _wait_if(p >= 3, item_free.at[slot])
     if counter_ref is None:
-      items_smem[slot] = cta + p * n_ctas
+      items_smem[slot] = (cta + p * n_ctas).astype(items_smem.dtype)
     else:
       for s in (0, 1):
         pl.when(slot == s)(lambda s=s: _item_fetcher(s, n_ctas)(counter_ref, items_smem))
@@ -920,12 +931,12 @@ def _dynamic_items(st: _Static, n_ctas: int, counter_ref, items_smem, item_bar, 
     # the producer reads it too (one of its threads stored it): its own wait on the barrier
     # (which only it arrives on) orders that store before the warpgroup's loads
     plgpu.barrier_wait(item_bar.at[slot])
-    return items_smem[slot]
+    return items_smem[slot].astype(jnp.int32)
 
   def take(p):
     slot = lax.rem(p, 2)
     plgpu.barrier_wait(item_bar.at[slot])
-    w = items_smem[slot]
+    w = items_smem[slot].astype(jnp.int32)
     plgpu.barrier_arrive(item_free.at[slot])
     return w
 
@@ -938,6 +949,23 @@ def _dynamic_items(st: _Static, n_ctas: int, counter_ref, items_smem, item_bar, 
     lax.fori_loop(jnp.maximum(last - 1, 1), last + 1, body, None)
 
   return publish, take, drain
+
+
+def _dynamic_ring_producer(items: int, publish, drain, item_of, plan, kv_head, stages: int,
+                           sparse: bool, load_step, free_barriers):
+  """The producer warpgroup of a persistent kernel with the dynamic scheduler (forward, dQ):
+  as `_persistent_ring_producer`, over the work items `_dynamic_items` hands out - item p + 1
+  published as item p starts streaming."""
+  def tile(carry):
+    p, w, cnt = carry
+    w_next = publish(p + 1)
+    cnt = _ring_tile(item_of(w), cnt, plan, kv_head, stages, sparse, load_step)
+    return p + 1, w_next, cnt
+
+  p_end, _, total = lax.while_loop(lambda carry: carry[1] < items, tile,
+                                   (jnp.int32(0), lax.axis_index("cta"), jnp.int32(0)))
+  _drain(total, stages, free_barriers)
+  drain(p_end)
 
 
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
@@ -1294,18 +1322,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       @pl.when(wg == 2)
       def _producer_dynamic():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-
-        def tile(carry):
-          p, w, cnt = carry
-          # item p + 1 before streaming item p: the consumers take it as they start p
-          w_next = publish(p + 1)
-          cnt = _ring_tile(item_of(w), cnt, plan, kv_head, stages, sparse, load_step)
-          return p + 1, w_next, cnt
-
-        p_end, _, total = lax.while_loop(not_done, tile,
-                                         (jnp.int32(0), lax.axis_index("cta"), jnp.int32(0)))
-        _drain(total, stages, (k_free, v_free))
-        drain(p_end)
+        _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
+                               load_step, (k_free, v_free))
       return
 
     if persistent:
@@ -1465,14 +1483,17 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
   nqs, nks = len(q_sides), len(kv_sides)
   has_dlse = dlse2 is not None
   itemsize = jnp.dtype(dtype).itemsize
-  persistent = _dq_persistent(cfg, D, itemsize, nqs, nks)
+  persistent = _dq_persistent(cfg, D, itemsize, nqs, nks, has_dlse)
   # bwd_schedule_barrier: the consumers ping-pong (see HopperConfig); both walk the tile's n
   # KV steps, so with 2 rounds per step and, per tile, one before consumer 1's walk and one
   # after consumer 0's, the rounds pair up (zero-step tiles included).
   ping_pong = cfg.bwd_schedule_barrier
   items = st.B * st.N * n_tiles
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
-  smem = _dq_smem_bytes(cfg, D, itemsize, q_sides=nqs, kv_sides=nks, persistent=persistent)
+  dynamic = persistent and cfg.persistent_dynamic
+  counter = dynamic and not st.interpret   # the atomic's GMEM counter (an operand)
+  smem = _dq_smem_bytes(cfg, D, itemsize, q_sides=nqs, kv_sides=nks, persistent=persistent,
+                        dlse=has_dlse)
   if smem > _SMEM_LIMIT and not st.interpret:
     raise ValueError(f"the dQ kernel needs ~{smem} bytes of shared memory for head_dim {D} "
                      f"(limit {_SMEM_LIMIT}) with {cfg}; use fewer bwd_stages")
@@ -1485,12 +1506,16 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
+    counter_ref = next(it) if counter else None
     dq_ref, delta_ref = next(it), next(it)
     if persistent:
       (q_smem, do_smem, o_smem, vec_smem, k_smem, v_smem, q_bar, kv_bar,
        kv_free) = (next(it) for _ in range(9))
       sched = next(it) if ping_pong else None
       side_smem = next(it) if nqs + nks else None
+      if dynamic:   # the item slots: 2 floats of the f32 buffer's last row (see scratch)
+        item_bar, item_free = next(it), next(it)
+        items_smem = vec_smem.at[1 + has_dlse, 0, pl.ds(0, 2)]
       # [0, wg]: lse, then delta's staging; [1, wg]: dlse
       lse_buf = lambda i: vec_smem.at[0, i]
       delta_buf = lse_buf
@@ -1626,6 +1651,53 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
 
     # `wg` (this warpgroup) is bound in each branch below, where the non-persistent kernel
     # always read it (the closures above see it when called).
+    if dynamic:
+      wg = lax.axis_index("wg")
+      publish, take, drain = _dynamic_items(st, n_ctas, counter_ref, items_smem, item_bar,
+                                            item_free)
+      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
+
+      @pl.when(wg < 2)
+      def _consumer_dynamic():
+        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+
+        def issue(w, buf):   # the inputs of work item w -> Q / dO buffer `buf`
+          b, h, ci = item_of(w)
+          load_tile(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
+
+        cta = lax.axis_index("cta")
+        issue(cta, 0)
+
+        def tile(carry):   # as the static loop below, over the items `take` hands out
+          p, w, base = carry
+          buf = lax.rem(p, 2)
+          b, h, ci = item_of(w)
+          r0, n, sections, _ = plan(b, h, ci)
+          w_next = take(p + 1)
+          plgpu.barrier_wait(q_bar.at[wg])
+
+          def prefetch():
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+            @pl.when(w_next < items)
+            def _():
+              issue(w_next, 1 - buf)
+          i = buf * 2 + wg
+          consume(b, h, r0 + wg * bq, n, sections, q_smem.at[i], do_smem.at[i], base,
+                  prefetch)
+          return p + 1, w_next, base + n
+
+        lax.while_loop(lambda carry: carry[1] < items, tile,
+                       (jnp.int32(0), cta, jnp.int32(0)))
+        plgpu.wait_smem_to_gmem(0)
+
+      @pl.when(wg == 2)
+      def _producer_dynamic():
+        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+        _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
+                               load_step, (kv_free,))
+      return
+
     if persistent:
       wg = lax.axis_index("wg")
       n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
@@ -1706,10 +1778,16 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
         plgpu.SMEM((4, bq, D), dtype, transforms=tr),     # Q, then dQ: index buf * 2 + wg
         plgpu.SMEM((4, bq, D), dtype, transforms=tr),     # dO: index buf * 2 + wg
         plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # O
-        plgpu.SMEM((1 + has_dlse, 2, bq), jnp.float32),   # lse (then delta), dlse
+        # lse (then delta), dlse; with the dynamic scheduler one more row, whose first two
+        # floats are its item slots (`_dynamic_items`): a buffer of their own would cost another
+        # KiB of shared memory, which the documents calls do not have
+        plgpu.SMEM((1 + has_dlse + dynamic, 2, bq), jnp.float32),
     ) + ring + (q_barrier,) + ring_barriers
     if nqs + nks:
       scratch = scratch + (plgpu.SMEM((2 * nqs + stages * nks, bkv), jnp.int32),)
+    if dynamic:   # the work items' handoff barriers (see `_dynamic_items`)
+      scratch = scratch + (plgpu.Barrier(num_barriers=2),
+                           plgpu.Barrier(num_arrivals=2, num_barriers=2))
   else:
     scratch = (
         plgpu.SMEM((2, bq, D), dtype, transforms=tr),     # Q, then dQ for the output copy
@@ -1740,6 +1818,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
   else:
     grid, names = _grid(st, st.N, n_tiles, "q_seq")
     params = _compiler_params(st.cfg)
+  if counter:
+    outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
+                               grid, names, st.cfg, params)
+    return outs
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
       num_threads=3, thread_name="wg", compiler_params=params,
@@ -2052,7 +2134,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   return dk, dv, dq_acc
 
 
-def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, cfg=None):
+def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, cfg=None,
+                     params=None):
   """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand, made from `ref_init`
   and passed right after `operands` (aliased in and out) -> (outputs, the Ref's final value).
 
@@ -2065,10 +2148,43 @@ def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, c
   def kernel_body(*refs):
     pl.run_scoped(functools.partial(body, *refs), *scratch, collective_axes="wg")
   mesh = plgpu.Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
-  ref = jax.new_ref(ref_init)
-  outs = pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
-                   compiler_params=_compiler_params(cfg))(*operands, ref)
-  return outs, jax.freeze(ref)
+  def run(*arrays):
+    ref = jax.new_ref(arrays[-1])
+    outs = pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
+                     compiler_params=params or _compiler_params(cfg))(*arrays[:-1], ref)
+    return outs, jax.freeze(ref)
+  return _sequential_under_vmap(functools.partial(_without_refs, run))(*operands, ref_init)
+
+
+def _without_refs(fn, *args):
+  """fn(*args) for an fn that makes, mutates and freezes its own Refs, evaluated from its
+  jaxpr with the Refs discharged (turned into values threaded through), so that the call
+  carries no Ref effect - which `custom_vmap` (below) cannot hold."""
+  closed = jax.make_jaxpr(fn)(*args)
+  closed = _api()["discharge_state"](closed)
+  out = _api()["eval_jaxpr"](closed.jaxpr, closed.consts, *args)
+  return jax.tree.unflatten(jax.tree.structure(jax.eval_shape(fn, *args)), out)
+
+
+def _sequential_under_vmap(fn):
+  """fn (array arguments -> pytree of arrays) that, under `vmap`, maps over the batched
+  arguments with `lax.map` (one call per batch element) instead of batching its body: the
+  Mosaic GPU kernels launched by `pl.kernel` have no batching rule."""
+  fn = jax.custom_batching.custom_vmap(fn)
+
+  @fn.def_vmap
+  def _rule(axis_size, in_batched, *args):
+    del axis_size
+    which = [i for i, batched in enumerate(in_batched) if batched]
+
+    def one(xs):
+      full = list(args)
+      for i, x in zip(which, xs):
+        full[i] = x
+      return fn(*full)
+    out = lax.map(one, [args[i] for i in which])
+    return out, jax.tree.map(lambda _: True, out)
+  return fn
 
 
 def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
@@ -2089,13 +2205,24 @@ def _core(st: _Static, bwd: str, q, k, v, seg, sp):
   return _fwd_call(st, q, k, v, seg, sp)
 
 
-def _core_fwd(st, bwd, q, k, v, seg, sp):
+def _core_fwd(st, bwd, *args):
+  # symbolic_zeros=True (below): the primals come wrapped with their perturbation flags
+  q, k, v, seg, sp = jax.custom_derivatives.custom_vjp_primal_tree_values(args)
   out, lse2 = _fwd_call(st, q, k, v, seg, sp)
   return (out, lse2), (q, k, v, seg, sp, out, lse2)
 
 
 def _core_bwd(st, bwd, res, cts):
-  return _core_bwd_impl(st, bwd, res, cts) + (None, None)
+  # A call whose lse does not reach the loss (the common case) has a symbolic zero lse
+  # cotangent: the backward then runs without one (no dlse tiles for the dQ kernel to load,
+  # which also leaves it the shared memory for the dynamic scheduler's item slots).
+  do, dlse2 = cts
+  zero = jax.custom_derivatives.SymbolicZero
+  if isinstance(dlse2, zero):
+    dlse2 = None
+  if isinstance(do, zero):   # only lse reaches the loss
+    do = jnp.zeros(do.shape, do.dtype)
+  return _core_bwd_impl(st, bwd, res, (do, dlse2)) + (None, None)
 
 
 def _core_bwd_impl(st, bwd, res, cts):
@@ -2123,7 +2250,7 @@ def _core_bwd_impl(st, bwd, res, cts):
   return _bwd_xla(st, q, k, v, do, lse_b, delta, seg)
 
 
-_core.defvjp(_core_fwd, _core_bwd)
+_core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
 
 
 def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta, seg=None):
@@ -2215,7 +2342,8 @@ def _smem_alloc(nbytes: int) -> int:
 
 
 def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,
-                   q_sides: int = 0, kv_sides: int = 0, persistent: bool | None = None) -> int:
+                   q_sides: int = 0, kv_sides: int = 0, persistent: bool | None = None,
+                   dlse: bool = False) -> int:
   """dQ kernel SMEM (the backward's largest), as Mosaic GPU allocates it (every buffer rounded
   up to 1 KiB, 8 bytes per barrier; checked against the lowering's own count in
   tests/test_kernel_lowering.py):
@@ -2226,17 +2354,21 @@ def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = Fa
     dO double-buffered (4 tiles each), O single (2), the ring; lse / delta / dlse in one f32
     allocation (delta staged in the lse slot), all side values in one int32 allocation; no
     reduction scratch. D=128, bwd_stages=2: 230448 bytes, with segment ids 231472 (limit
-    232448); D=64: 115760."""
+    232448); D=64: 115760. With `cfg.persistent_dynamic` the f32 allocation has one more
+    row (the item slots) and there are 4 more barriers: +32 bytes, unless the call also
+    has an lse cotangent (`dlse`), which then needs a second KiB for that allocation."""
   if segments:
     q_sides, kv_sides = 1, 1
   if persistent is None:
-    persistent = _dq_persistent(cfg, D, itemsize, q_sides, kv_sides)
+    persistent = _dq_persistent(cfg, D, itemsize, q_sides, kv_sides, dlse)
   bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages
   tile = bq * D * itemsize
   ring = 2 * _smem_alloc(stages * bkv * D * itemsize)
-  barriers = 8 * (2 + 2 * stages + cfg.bwd_schedule_barrier)
+  dynamic = persistent and cfg.persistent_dynamic
+  barriers = 8 * (2 + 2 * stages + cfg.bwd_schedule_barrier + 4 * dynamic)
   if persistent:
-    bufs = 2 * _smem_alloc(4 * tile) + _smem_alloc(2 * tile) + _smem_alloc(2 * 2 * bq * 4)
+    rows = 1 + dlse + dynamic   # lse / delta, dlse, item slots
+    bufs = 2 * _smem_alloc(4 * tile) + _smem_alloc(2 * tile) + _smem_alloc(rows * 2 * bq * 4)
     sides = _smem_alloc((2 * q_sides + stages * kv_sides) * bkv * 4) if q_sides + kv_sides else 0
     scratch = 0
   else:
@@ -2248,14 +2380,14 @@ def _dq_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = Fa
 
 
 def _dq_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
-                   kv_sides: int = 0) -> bool:
+                   kv_sides: int = 0, dlse: bool = False) -> bool:
   """Whether the dQ kernel runs persistent: `cfg.bwd_persistent`, unless its buffers do not
   fit in shared memory (then it runs non-persistent, as `_fwd_persistent`). They fit for
   D <= 128 with bwd_stages=2, plain or with segment ids; not at D=128 with block-sparse side
   arrays (one q + two kv side arrays: 232496 > 232448 bytes) or with bwd_stages=3 (D=128)."""
   return cfg.bwd_persistent and _dq_smem_bytes(cfg, D, itemsize, q_sides=q_sides,
-                                               kv_sides=kv_sides,
-                                               persistent=True) <= _SMEM_LIMIT
+                                               kv_sides=kv_sides, persistent=True,
+                                               dlse=dlse) <= _SMEM_LIMIT
 
 
 def _static_int(x, name):

@@ -423,6 +423,52 @@ def test_persistent_dynamic_repeated_calls_and_vmap():
   check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_DYNAMIC)
 
 
+_DYNAMIC_BOTH = ha.HopperConfig(persistent=True, bwd_persistent=True, persistent_dynamic=True)
+
+DYNAMIC_BWD = {
+    "causal_gqa_ragged_offset": dict(shape=(2, 333, 517, 8, 2, 128),
+                                     kw=dict(is_causal=True, q_offset=184)),
+    "window_two_sided_ragged": dict(shape=(1, 700, 900, 4, 2, 128),
+                                    kw=dict(sliding_window=(100, 30))),
+    "documents_empty_rows": PERSISTENT_FWD["documents_empty_rows"],
+    "d64_f16": PERSISTENT_FWD["d64_f16"],
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(DYNAMIC_BWD))
+def test_persistent_dynamic_backward(name):
+  """The dynamic scheduler in the persistent forward and dQ kernels: gradients (with an lse
+  cotangent: the dQ kernel's item slots behind the dlse row) and, for documents, the gradient
+  of a loss on the output alone (no lse cotangent: the persistent dQ kernel with segment ids)."""
+  c = DYNAMIC_BWD[name]
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_DYNAMIC_BOTH, **c["kw"])
+  if name == "documents_empty_rows":
+    q, k, v, do, _ = _inputs(*c["shape"], jnp.bfloat16, seed=2)
+    loss = lambda fn, **kw: lambda q, k, v: jnp.sum(
+        fn(q, k, v, **c["kw"], **kw).astype(jnp.float32) * do)
+    got = jax.jit(jax.grad(loss(ha.hopper_attention, config=_DYNAMIC_BOTH),
+                           argnums=(0, 1, 2)))(q, k, v)
+    want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, want):
+      assert rel_err(a, b) < 5e-2
+
+
+@requires_hopper
+def test_persistent_dynamic_block_mask_backward():
+  from pallas_kernels import from_dense
+  q, k, v, do, _ = _inputs(2, 640, 640, 8, 2, 128, jnp.bfloat16, seed=18)
+  dense = np.tril(np.ones((640, 640), bool)) | (np.arange(640)[None, :] < 200)
+  bs = from_dense(dense[None, None], 128, 128)
+  mask_fn = lambda b, h, i, j, qv, kvv: (j <= i) | (j < 200)
+  loss = lambda fn, **kw: lambda q, k, v: jnp.sum(fn(q, k, v, **kw).astype(jnp.float32) * do)
+  got = jax.jit(jax.grad(loss(ha.hopper_attention, config=_DYNAMIC_BOTH, block_sparsity=bs,
+                              mask_fn=mask_fn), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.grad(loss(ref, mask=jnp.asarray(dense)), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got, want):
+    assert rel_err(a, b) < 5e-2
+
+
 @requires_hopper
 @pytest.mark.parametrize("what", ["dynamic_forward", "fused_backward"])
 def test_vmap_of_kernels_with_a_ref(what):

@@ -17,6 +17,7 @@ raises, the others block on their barriers forever, which would hang pytest.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -620,7 +621,8 @@ _DELTA_SCRIPT = textwrap.dedent("""
     # bwd_persistent: the persistent dQ kernel, `persistent_ctas` CTAs, race detector on
     cfg = ha.HopperConfig(bwd_persistent=c.get("bwd_persistent", False),
                           persistent_ctas=c.get("persistent_ctas"),
-                          bwd_stages=c.get("bwd_stages", 2))
+                          bwd_stages=c.get("bwd_stages", 2),
+                          persistent_dynamic=c.get("dynamic", False))
     if c.get("races"):
       detect_races(ha)
     st, _, (qp, kp, vp, seg, _), _ = ha._prepare(q, k, v, interpret=True, config=cfg, **kw)
@@ -646,7 +648,8 @@ _DELTA_SCRIPT = textwrap.dedent("""
     res = dict(shape=list(delta.shape), finite=bool(np.isfinite(delta).all()),
                delta=float(np.abs(delta - want).max() / np.abs(want).max()),
                dq=float(np.abs(a - b).max() / np.abs(b).max()),
-               persistent=ha._dq_persistent(cfg, st.D, 2, len(st.q_sides), len(st.kv_sides)))
+               persistent=ha._dq_persistent(cfg, st.D, 2, len(st.q_sides), len(st.kv_sides),
+                                            dlse2 is not None))
     if races is not None:
       res["races"] = races
     # rows meeting no key: dQ exactly zero (the kernel's and the dense one's)
@@ -719,9 +722,13 @@ PERSISTENT_DQ_CASES = {
 
 
 @requires_interpret
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("name", sorted(PERSISTENT_DQ_CASES))
-def test_interpret_persistent_dq(name):
-  case = PERSISTENT_DQ_CASES[name]
+def test_interpret_persistent_dq(name, dynamic):
+  # dynamic: the dynamic scheduler's handoff (HopperConfig(persistent_dynamic=True); static
+  # items in interpret mode, see DYNAMIC_CASES), its item slots in the f32 buffer's extra row
+  # (behind the dlse row where the case has an lse cotangent)
+  case = dict(PERSISTENT_DQ_CASES[name], dynamic=dynamic)
   B, T, _, N = case["shape"][:4]
   items = B * N * -(-T // 128)
   assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
@@ -1012,6 +1019,61 @@ def test_interpret_persistent_dynamic(name):
     assert res["n_empty_rows"] > 0, res
 
 
+def test_ref_kernels_run_without_refs_and_sequentially_under_vmap():
+  # `_kernel_with_ref` (the fused backward's dQ sum, the dynamic scheduler's counter): the
+  # launch makes its own Ref, which `_without_refs` discharges so that `custom_vmap` can hold
+  # the call; under vmap it runs once per element of the batched arguments (pl.kernel has no
+  # batching rule). Here with a plain stateful function in place of the kernel.
+  ha = pytest.importorskip("pallas_kernels.hopper_attention")
+  shapes = []
+
+  def stateful(x, y, init):
+    shapes.append((x.shape, y.shape))
+    acc = jax.new_ref(init)
+    acc[...] += x * 2.0
+    acc[...] += y.sum()
+    return (x[0],), jax.freeze(acc)
+  g = ha._sequential_under_vmap(functools.partial(ha._without_refs, stateful))
+  x = jnp.arange(12.0).reshape(3, 4)
+  y = jnp.arange(5.0)
+  (first,), acc = jax.jit(jax.vmap(g, in_axes=(0, None, None)))(x, y, jnp.ones(4))
+  np.testing.assert_allclose(acc, 1.0 + x * 2.0 + y.sum())
+  np.testing.assert_allclose(first, x[:, 0])
+  assert shapes[-1] == ((4,), (5,)), shapes   # y stays unbatched, x is mapped row by row
+  jaxpr = str(jax.make_jaxpr(jax.vmap(g, in_axes=(0, None, None)))(x, y, jnp.ones(4)))
+  assert "new_ref" not in jaxpr and "mutable_array" not in jaxpr, jaxpr
+
+
+@requires_interpret
+@pytest.mark.parametrize("which", ["out_only", "lse_only"])
+def test_interpret_backward_with_a_symbolic_zero_cotangent(which):
+  # The custom_vjp takes symbolic zeros: a loss on the output alone runs the backward without
+  # an lse cotangent (dlse None: the dQ kernel loads none), a loss on lse alone with dO = 0.
+  # Gradients against the reference's (f16 inputs, causal with T < S: no empty rows).
+  from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+  B, T, S, N, K, D = 1, 128, 192, 2, 1, 64
+  ks = jax.random.split(jax.random.PRNGKey(7), 4)
+  q = jax.random.normal(ks[0], (B, T, N, D), jnp.float16)
+  k = jax.random.normal(ks[1], (B, S, K, D), jnp.float16)
+  v = jax.random.normal(ks[2], (B, S, K, D), jnp.float16)
+  w = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
+  kw = dict(is_causal=True, q_offset=S - T, return_lse=True)
+
+  def loss(fn, **extra):
+    def f(q, k, v):
+      o, lse = fn(q, k, v, **kw, **extra)
+      if which == "out_only":
+        return jnp.sum(o.astype(jnp.float32) * w)
+      return jnp.sum(lse * w[..., 0].transpose(0, 2, 1))
+    return f
+  got = jax.grad(loss(ha.hopper_attention, interpret=True), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss(ref), argnums=(0, 1, 2))(
+      *(x.astype(jnp.float32) for x in (q, k, v)))
+  for a, b in zip(got, want):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.abs(a - b).max() <= 2e-2 * np.abs(b).max()
+
+
 # Forward with HopperConfig(overlap_softmax=True) (FA3's intra-warpgroup overlap: S_t and
 # P_{t-1} V_{t-1} issued together, step 0 peeled, the last P V after the loop), forward + lse
 # against the reference, race detector on.
@@ -1074,9 +1136,12 @@ PERSISTENT_BWD_CASES = {
 
 
 @requires_interpret
-@pytest.mark.parametrize("name", sorted(PERSISTENT_BWD_CASES))
+@pytest.mark.parametrize("name", sorted(PERSISTENT_BWD_CASES) + ["sparse_side_arrays_dynamic"])
 def test_interpret_persistent_backward(name):
-  case = PERSISTENT_BWD_CASES[name]
+  if name.endswith("_dynamic"):   # the persistent forward and dQ kernels, dynamic scheduler
+    case = dict(PERSISTENT_BWD_CASES[name[:-len("_dynamic")]], persistent=True, dynamic=True)
+  else:
+    case = PERSISTENT_BWD_CASES[name]
   res = _run_case(case, script=_SPARSE_SCRIPT)
   assert res["races_bwd"] == 0.0, res
   for key, err in res.items():

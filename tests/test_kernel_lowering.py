@@ -61,6 +61,8 @@ def _docs(B, L, n, seed):
 
 PERSISTENT = ha.HopperConfig(persistent=True, persistent_ctas=132)
 BWD_PERSISTENT = ha.HopperConfig(bwd_persistent=True, persistent_ctas=132)
+DYNAMIC = ha.HopperConfig(persistent=True, bwd_persistent=True, persistent_dynamic=True,
+                         persistent_ctas=132)
 
 # name: (B, T, S, N, K, D, dtype), kwargs of hopper_attention, kernels in the forward and in
 # forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
@@ -109,6 +111,13 @@ CASES = {
     "bwd_persistent_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
                                       dict(sliding_window=(100, 30), kv_offset=300,
                                            config=BWD_PERSISTENT), 1, 3),
+    # the dynamic scheduler (HopperConfig(persistent_dynamic=True)) in the persistent forward
+    # and dQ kernels: its atomic (inline Mosaic GPU) and the Ref operand; documents with an
+    # lse cotangent: the dQ kernel's item slots do not fit there (non-persistent dQ)
+    "dynamic_dense": ((4, 1024, 1024, 16, 16, 128, jnp.bfloat16), dict(config=DYNAMIC), 1, 3),
+    "dynamic_documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
+                          dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 2),
+                               config=DYNAMIC), 1, 3),
     "both_persistent_causal_d64_3stages": (
         (2, 512, 512, 8, 2, 64, jnp.float16),
         dict(is_causal=True, config=ha.HopperConfig(persistent=True, bwd_persistent=True,
@@ -150,7 +159,7 @@ def _wide_ops_mask(b, h, q, kv):
   return (~(spread % 7 == 0)) ^ ((jnp.abs(q - kv) >= 150) & (-kv > -600))
 
 
-@pytest.mark.parametrize("persistent", [False, True, "bwd"])
+@pytest.mark.parametrize("persistent", [False, True, "bwd", "dynamic"])
 @pytest.mark.parametrize("which", ["prefix_lm_offsets", "chunked_causal",
                                    "wide_ops_two_sided_window"])
 def test_mask_function_kernels_lower_for_cuda(which, persistent):
@@ -167,7 +176,7 @@ def test_mask_function_kernels_lower_for_cuda(which, persistent):
       "wide_ops_two_sided_window": (_wide_ops_mask, dict(sliding_window=(300, 100))),
   }[which]
   kw = _mask_kw(mask, shapes, **extra)
-  cfg = {False: None, True: PERSISTENT, "bwd": BWD_PERSISTENT}[persistent]
+  cfg = {False: None, True: PERSISTENT, "bwd": BWD_PERSISTENT, "dynamic": DYNAMIC}[persistent]
 
   def fwd(q, k, v):
     return ha.hopper_attention(q, k, v, interpret=False, config=cfg, **kw)
@@ -195,6 +204,13 @@ def test_dq_smem_bytes_with_bwd_schedule_barrier(bwd_persistent):
   """The same with the consumers' schedule barrier (HopperConfig.bwd_schedule_barrier): the
   persistent kernel with segment ids, 8 bytes under its limit before, still fits."""
   _check_dq_smem_bytes(128, bwd_persistent, "segments", bwd_schedule_barrier=True)
+
+
+@pytest.mark.parametrize("sides", ["none", "segments"])
+def test_dq_smem_bytes_with_the_dynamic_scheduler(sides):
+  """The same with HopperConfig(persistent_dynamic=True): the item slots in the f32 buffer's
+  extra row and 4 more barriers (the persistent kernel with segment ids still fits)."""
+  _check_dq_smem_bytes(128, True, sides, persistent_dynamic=True)
 
 
 def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
