@@ -238,17 +238,32 @@ _OVERLAP_REGISTERS = dict(consumer_registers=240, producer_registers=24)
 # pinned after the softmax measured no better). The plain loop keeps it.
 _OVERLAP_SCHEDULE = dict(schedule_barrier=False)
 
+# The dynamic scheduler (`HopperConfig.persistent_dynamic`), forward A/B on the H100 (eleventh
+# session, NOTES.md Hopper v13, against the non-persistent defaults): 8 documents at S=8k
+# +14 to +18% (plain loop), sliding window 1024 at S=8k +9% and causal S=1k +9 to +12% (both
+# with the overlapped softmax, one ping-pong round per CTA, no ping-pong); dense / causal
+# from S=4k 0.89-1.00 and dense S=1k 0.96-0.97 (against the static persistent split), so those
+# keep their kernels. A window counts as a short walk up to this band (keys per query row):
+_DYNAMIC_MAX_BAND = 2048
+
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
-                   static_ranges: bool = False) -> HopperConfig:
+                   static_ranges: bool = False, short_walks: str | None = None) -> HopperConfig:
   """Tiles for `head_dim`. With `kv_len`, the per-call choice:
   * the persistent forward when the kv length is short and `uniform_tiles` (no causal mask,
     window, segment ids or block mask: every query tile walks every KV block);
+  * the persistent forward with the dynamic scheduler where tiles walk few and unequal KV
+    blocks: `short_walks="data"` (segment ids or a block mask: the plain loop, ping-pong per
+    tile), `short_walks="band"` (a sliding window whose band spans <= _DYNAMIC_MAX_BAND keys)
+    and causal calls (`static_ranges`) with kv_len <= _PERSISTENT_MAX_KV (both with the
+    overlapped softmax, one ping-pong round per CTA and no ping-pong);
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
     240 / 24 register split; both without the consumers' ping-pong.
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
+  if short_walks not in (None, "data", "band"):
+    raise ValueError(f"short_walks must be None, 'data' or 'band', got {short_walks!r}")
   d = _padded_head_dim(head_dim)
   if d <= 64:
     cfg = HopperConfig(block_kv=128, stages=3)
@@ -261,6 +276,12 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
                               overlap_softmax=True, **_OVERLAP_SCHEDULE)
+  elif short_walks == "data":
+    cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True)
+  elif short_walks == "band" or (static_ranges and kv_len <= _PERSISTENT_MAX_KV):
+    cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True,
+                              persistent_sync_per_tile=False, overlap_softmax=True,
+                              **_OVERLAP_SCHEDULE)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
                               **_OVERLAP_SCHEDULE)
@@ -2512,7 +2533,15 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   D = _padded_head_dim(D0)
   static = sliding_window is None and seg_ids is None and block_sparsity is None
   uniform = static and not is_causal
-  cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static)
+  short_walks = None
+  if seg_ids is not None or block_sparsity is not None:
+    short_walks = "data"
+  elif sliding_window is not None:
+    r_eff = (0 if right is None else min(0, right)) if is_causal else right
+    if left is not None and r_eff is not None and left + r_eff + 1 <= _DYNAMIC_MAX_BAND:
+      short_walks = "band"
+  cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static,
+                                 short_walks=short_walks)
   q_side, kv_side = tuple(q_side), tuple(kv_side)
   if block_sparsity is None and (mask_fn is not None or q_side or kv_side):
     raise ValueError("mask_fn / q_side / kv_side need a block_sparsity (without one every "

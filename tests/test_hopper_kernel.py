@@ -242,44 +242,63 @@ def test_mask_functions_are_evaluated_without_not():
 
 
 def test_default_config_persistent_and_overlap_rules(monkeypatch):
-  # The rule measured on the H100 (NOTES, Hopper v5): persistent forward for short kv lengths
-  # when every tile walks the same blocks; never for causal / window / documents / long calls.
+  # The rules measured on the H100 (NOTES, Hopper v5 and v13): the static persistent forward
+  # for short kv lengths when every tile walks the same blocks; the dynamic scheduler where
+  # tiles walk few, unequal blocks (segment ids / block masks, short-band windows, causal up
+  # to 1k); the non-persistent grid for long dense / causal calls.
+  dyn = lambda c: c.persistent and c.persistent_dynamic
   assert ha.default_config(128, 1024, uniform_tiles=True).persistent
+  assert not ha.default_config(128, 1024, uniform_tiles=True).persistent_dynamic
   assert ha.default_config(64, 512, uniform_tiles=True).persistent
   assert not ha.default_config(128, 1024).persistent
   assert not ha.default_config(128, 2048, uniform_tiles=True).persistent
   assert not ha.default_config(256, 512, uniform_tiles=True).persistent
   assert not ha.default_config(128).persistent
-  # overlapped softmax (sixth session): persistent calls, and dense / causal from S=2k
+  assert dyn(ha.default_config(128, 1024, static_ranges=True))                  # causal 1k
+  assert not ha.default_config(128, 2048, static_ranges=True).persistent        # causal 2k
+  assert dyn(ha.default_config(128, 65536, short_walks="data"))
+  assert dyn(ha.default_config(128, 65536, short_walks="band"))
+  with pytest.raises(ValueError, match="short_walks"):
+    ha.default_config(128, 1024, short_walks="window")
+  # overlapped softmax (sixth session): persistent calls but the data-dependent walks, and
+  # dense / causal from S=2k
   assert ha.default_config(128, 1024, uniform_tiles=True).overlap_softmax
   assert ha.default_config(128, 4096, static_ranges=True).overlap_softmax
   assert ha.default_config(64, 2048, uniform_tiles=True).overlap_softmax
-  assert not ha.default_config(128, 1024, static_ranges=True).overlap_softmax   # causal 1k
-  assert not ha.default_config(128, 8192).overlap_softmax        # window / segments / masks
+  assert ha.default_config(128, 1024, static_ranges=True).overlap_softmax       # causal 1k
+  assert ha.default_config(128, 8192, short_walks="band").overlap_softmax
+  assert not ha.default_config(128, 8192, short_walks="data").overlap_softmax
+  assert not ha.default_config(128, 8192).overlap_softmax        # long-band windows
   assert not ha.default_config(128).overlap_softmax               # the A/B base
   assert not ha.default_config(256, 8192, uniform_tiles=True).overlap_softmax
   # the overlapped calls run without the consumers' ping-pong (ninth session), the rest with it
   assert not ha.default_config(128, 1024, uniform_tiles=True).schedule_barrier
   assert not ha.default_config(128, 4096, static_ranges=True).schedule_barrier
-  assert ha.default_config(128, 1024, static_ranges=True).schedule_barrier      # causal 1k
+  assert not ha.default_config(128, 1024, static_ranges=True).schedule_barrier  # causal 1k
+  assert ha.default_config(128, 8192, short_walks="data").schedule_barrier
   assert ha.default_config(128, 8192).schedule_barrier
   assert ha.default_config(128).schedule_barrier
   assert ha.default_config(256, 8192, uniform_tiles=True).schedule_barrier
-  # ...and the call resolves both from its own arguments (seen at the forward's decision point)
+  # ...and the call resolves them from its own arguments (seen at the forward's decision
+  # point: persistent, dynamic, overlap)
   seen = []
   real = ha._fwd_persistent
 
   def spy(cfg, *a, **k):
-    seen.append((cfg.persistent, cfg.overlap_softmax))
+    seen.append((cfg.persistent, cfg.persistent_dynamic, cfg.overlap_softmax))
     return real(cfg, *a, **k)
   monkeypatch.setattr(ha, "_fwd_persistent", spy)
   for S, cases in (
-      (256, [({}, (True, True)), (dict(is_causal=True), (False, False)),
-             (dict(sliding_window=(64, 64)), (False, False)),
-             (dict(segment_ids=jnp.zeros((1, 256), jnp.int32)), (False, False))]),
-      (2048, [({}, (False, True)), (dict(is_causal=True), (False, True)),
-              (dict(sliding_window=(64, 64)), (False, False)),
-              (dict(segment_ids=jnp.zeros((1, 2048), jnp.int32)), (False, False))])):
+      (256, [({}, (True, False, True)), (dict(is_causal=True), (True, True, True)),
+             (dict(sliding_window=(64, 64)), (True, True, True)),
+             (dict(segment_ids=jnp.zeros((1, 256), jnp.int32)), (True, True, False))]),
+      (4096, [({}, (False, False, True)), (dict(is_causal=True), (False, False, True)),
+              (dict(sliding_window=(64, 64)), (True, True, True)),
+              (dict(sliding_window=(1024, 0)), (True, True, True)),
+              (dict(sliding_window=(2047, None), is_causal=True), (True, True, True)),
+              (dict(sliding_window=(2048, 1)), (False, False, False)),   # a band of 2050
+              (dict(sliding_window=(None, 64)), (False, False, False)),
+              (dict(segment_ids=jnp.zeros((1, 4096), jnp.int32)), (True, True, False))])):
     q = jax.ShapeDtypeStruct((1, S, 2, 128), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((1, S, 1, 128), jnp.bfloat16)
     for kw, want in cases:
@@ -290,7 +309,7 @@ def test_default_config_persistent_and_overlap_rules(monkeypatch):
   q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
   seen.clear()
   jax.eval_shape(lambda q, k, v: ha.hopper_attention(q, k, v), q, kv, kv)
-  assert seen and all(x == (False, True) for x in seen), seen
+  assert seen and all(x == (False, False, True) for x in seen), seen
 
 
 def test_default_register_split_and_backward_rules():
