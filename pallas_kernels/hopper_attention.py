@@ -898,11 +898,15 @@ def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int):
   return n_local, item
 
 
-def _item_fetcher(slot: int, first: int):
+def _item_fetcher(slot: int, first: int, fetches: int):
   """Compiled persistent kernels with `cfg.persistent_dynamic`: f(counter_ref, items_smem)
   for the producer warpgroup - one thread takes the next work item `first + atomic_add(
   counter, 1)` and stores it in items_smem[slot]. An `inline_mgpu` body (Pallas has no atomic
-  that returns the old value); `slot` is static so no index crosses into it."""
+  that returns the old value); `slot` is static so no index crosses into it.
+
+  The launch makes `fetches` adds in all (each CTA's producer adds until it draws an item past
+  the end); the one that draws the last value resets the counter to 0 - no add can follow it -
+  so the counter is zero again after every launch, whichever buffer XLA gave it."""
   a = _api()
   plgpu, mu, ir, llvm, memref, arith = (a["plgpu"], a["mgpu_utils"], a["ir"], a["llvm"],
                                         a["memref"], a["arith"])
@@ -912,8 +916,12 @@ def _item_fetcher(slot: int, first: int):
     del ctx
     i32 = ir.IntegerType.get_signless(32)
     with mu.single_thread(scope=mu.ThreadSubset.WARPGROUP):
-      old = llvm.inline_asm(i32, [mu.memref_ptr(counter_ref)],
-                            "atom.global.add.u32 $0, [$1], 1;", "=r,l", has_side_effects=True)
+      ptr = mu.memref_ptr(counter_ref)
+      old = llvm.inline_asm(i32, [ptr], "atom.global.add.u32 $0, [$1], 1;", "=r,l",
+                            has_side_effects=True)
+      with mu.when(arith.cmpi(arith.CmpIPredicate.eq, old, mu.c(fetches - 1, i32))):
+        llvm.inline_asm(ir.Type.parse("!llvm.void"), [ptr], "st.global.u32 [$0], 0;", "l",
+                        has_side_effects=True)
       item = arith.addi(old, mu.c(first, i32))
       elem = ir.MemRefType(items_ref.type).element_type
       if elem != i32:   # a float32 slot (see `_dynamic_items`)
@@ -922,7 +930,8 @@ def _item_fetcher(slot: int, first: int):
   return fetch
 
 
-def _dynamic_items(st: _Static, n_ctas: int, counter_ref, items_smem, item_bar, item_free):
+def _dynamic_items(st: _Static, items: int, n_ctas: int, counter_ref, items_smem, item_bar,
+                   item_free):
   """The handoff of a persistent kernel's dynamically scheduled work items (`cfg.
   persistent_dynamic`): item p of a CTA (p = 0 is `cta`, taken by every warpgroup without a
   handoff) is published by the producer into shared-memory slot p % 2 with `item_bar[p % 2]`
@@ -947,7 +956,8 @@ def _dynamic_items(st: _Static, n_ctas: int, counter_ref, items_smem, item_bar, 
       items_smem[slot] = (cta + p * n_ctas).astype(items_smem.dtype)
     else:
       for s in (0, 1):
-        pl.when(slot == s)(lambda s=s: _item_fetcher(s, n_ctas)(counter_ref, items_smem))
+        pl.when(slot == s)(
+            lambda s=s: _item_fetcher(s, n_ctas, items)(counter_ref, items_smem))
     plgpu.barrier_arrive(item_bar.at[slot])
     # the producer reads it too (one of its threads stored it): its own wait on the barrier
     # (which only it arrives on) orders that store before the warpgroup's loads
@@ -1300,7 +1310,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       load_v(b, kvh, j, slot)
 
     if dynamic:
-      publish, take, drain = _dynamic_items(st, n_ctas, counter_ref, items_smem, item_bar,
+      publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem, item_bar,
                                             item_free)
       item_of = lambda w: _fwd_work_item(st, w, n_tiles)
       not_done = lambda carry: carry[1] < items
@@ -1674,7 +1684,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # always read it (the closures above see it when called).
     if dynamic:
       wg = lax.axis_index("wg")
-      publish, take, drain = _dynamic_items(st, n_ctas, counter_ref, items_smem, item_bar,
+      publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem, item_bar,
                                             item_free)
       item_of = lambda w: _fwd_work_item(st, w, n_tiles)
 
@@ -2149,10 +2159,17 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                                     jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), jnp.float32)),
         scratch_types=scratch, grid=grid, grid_names=names, num_threads=3, thread_name="wg",
         compiler_params=_compiler_params(st.cfg), interpret=params)(q, k, v, do, lse2, delta)
-  (dk, dv), dq_acc = _kernel_with_ref(
-      kernel, (q, k, v, do, lse2, delta), jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32),
-      (kv_type, kv_type), scratch, grid, names, st.cfg)
-  return dk, dv, dq_acc
+  # Launched with its Ref directly (not through `_kernel_with_ref`'s vmap wrapper: the dQ sum
+  # came back zero from it on the H100 under vmap, eleventh session), so it is not vmappable.
+  a = _api()
+  mesh = a["plgpu"].Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
+  dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
+  dk, dv = a["pl"].kernel(
+      lambda *refs: a["pl"].run_scoped(functools.partial(kernel, *refs), *scratch,
+                                       collective_axes="wg"),
+      out_type=(kv_type, kv_type), mesh=mesh,
+      compiler_params=_compiler_params(st.cfg))(q, k, v, do, lse2, delta, dq_acc)
+  return dk, dv, jax.freeze(dq_acc)
 
 
 def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, cfg=None,
