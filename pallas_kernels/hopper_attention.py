@@ -1309,87 +1309,61 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       _wait_if(wait, v_free.at[slot])
       load_v(b, kvh, j, slot)
 
-    if dynamic:
-      publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem, item_bar,
-                                            item_free)
-      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
-      not_done = lambda carry: carry[1] < items
-
-      @pl.when(wg < 2)
-      def _consumer_dynamic():
-        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
-
-        def prefetch_q(w, buf):   # Q of work item w -> this consumer's buffer `buf`
-          b, h, ci = item_of(w)
-          load_q(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
-
-        cta = lax.axis_index("cta")
-        prefetch_q(cta, 0)
-        if not cfg.persistent_sync_per_tile:
-          pl.when(wg == 1)(sched_sync)
-
-        def tile(carry):   # local item p = work item w, as in the static loop below
-          p, w, base = carry
-          buf = lax.rem(p, 2)
-          b, h, ci = item_of(w)
-          r0, n, sections, _ = plan(b, h, ci)
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          w_next = take(p + 1)
-
-          @pl.when(w_next < items)
-          def _():
-            prefetch_q(w_next, 1 - buf)
-          i = buf * 2 + wg
-          plgpu.barrier_wait(q_bar.at[i])
-          consume(b, h, r0, n, sections, q_smem.at[i], [sm.at[i] for sm in qside_smem], base,
-                  sync_per_tile=cfg.persistent_sync_per_tile)
-          return p + 1, w_next, base + n
-
-        lax.while_loop(not_done, tile, (jnp.int32(0), cta, jnp.int32(0)))
-        if not cfg.persistent_sync_per_tile:
-          pl.when(wg == 0)(sched_sync)
-        plgpu.wait_smem_to_gmem(0)
-
-      @pl.when(wg == 2)
-      def _producer_dynamic():
-        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
-                               load_step, (k_free, v_free))
-      return
-
     if persistent:
-      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
+      cta = lax.axis_index("cta")
+      if dynamic:
+        publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem,
+                                              item_bar, item_free)
+      else:
+        n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
 
-        def prefetch_q(k, buf):   # Q of local tile k -> this consumer's buffer `buf`
-          b, h, ci = item(k)
+        def prefetch_q(bhc, buf):   # Q of work item (b, h, ci) -> this consumer's buffer
+          b, h, ci = bhc
           load_q(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
 
-        prefetch_q(0, 0)
-        if not cfg.persistent_sync_per_tile:
-          pl.when(wg == 1)(sched_sync)
-
-        def tile(k, base):
-          buf = lax.rem(k, 2)
-          b, h, ci = item(k)
+        def tile(p, bhc, base, next_item):
+          """Local tile p (work item bhc), after `base` ring steps of the CTA's earlier
+          tiles; next_item() -> (whether there is a tile p + 1, its (b, h, ci))."""
+          buf = lax.rem(p, 2)
+          b, h, ci = bhc
           r0, n, sections, _ = plan(b, h, ci)
-          # The other buffer held tile k - 1's Q, then its out: its O / lse stores (issued at
-          # the end of tile k - 1) must have read SMEM before the prefetch overwrites it.
+          # The other buffer held tile p - 1's Q, then its out: its O / lse stores (issued at
+          # the end of tile p - 1) must have read SMEM before the prefetch overwrites it.
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          has_next, nxt = next_item()
 
-          @pl.when(k + 1 < n_local)
+          @pl.when(has_next)
           def _():
-            prefetch_q(k + 1, 1 - buf)
+            prefetch_q(nxt, 1 - buf)
           i = buf * 2 + wg
           plgpu.barrier_wait(q_bar.at[i])
           consume(b, h, r0, n, sections, q_smem.at[i], [sm.at[i] for sm in qside_smem], base,
                   sync_per_tile=cfg.persistent_sync_per_tile)
           return base + n
 
-        lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        prefetch_q(item_of(cta), 0)
+        if not cfg.persistent_sync_per_tile:
+          pl.when(wg == 1)(sched_sync)
+        if dynamic:
+          def dynamic_tile(carry):   # the items `take` hands out, until one is past the end
+            p, w, base = carry
+            w_next = []
+
+            def next_item():
+              w_next.append(take(p + 1))
+              return w_next[0] < items, item_of(w_next[0])
+            base = tile(p, item_of(w), base, next_item)
+            return p + 1, w_next[0], base
+          lax.while_loop(lambda carry: carry[1] < items, dynamic_tile,
+                         (jnp.int32(0), cta, jnp.int32(0)))
+        else:
+          lax.fori_loop(0, n_local, lambda k, base: tile(
+              k, item(k), base, lambda: (k + 1 < n_local, item(k + 1))), jnp.int32(0))
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 0)(sched_sync)
         plgpu.wait_smem_to_gmem(0)
@@ -1397,8 +1371,12 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
-                                  (k_free, v_free))
+        if dynamic:
+          _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
+                                 load_step, (k_free, v_free))
+        else:
+          _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
+                                    (k_free, v_free))
       return
 
     b = lax.axis_index("batch")
@@ -1682,94 +1660,69 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
 
     # `wg` (this warpgroup) is bound in each branch below, where the non-persistent kernel
     # always read it (the closures above see it when called).
-    if dynamic:
-      wg = lax.axis_index("wg")
-      publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem, item_bar,
-                                            item_free)
-      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
-
-      @pl.when(wg < 2)
-      def _consumer_dynamic():
-        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
-
-        def issue(w, buf):   # the inputs of work item w -> Q / dO buffer `buf`
-          b, h, ci = item_of(w)
-          load_tile(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
-
-        cta = lax.axis_index("cta")
-        issue(cta, 0)
-
-        def tile(carry):   # as the static loop below, over the items `take` hands out
-          p, w, base = carry
-          buf = lax.rem(p, 2)
-          b, h, ci = item_of(w)
-          r0, n, sections, _ = plan(b, h, ci)
-          w_next = take(p + 1)
-          plgpu.barrier_wait(q_bar.at[wg])
-
-          def prefetch():
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
-            @pl.when(w_next < items)
-            def _():
-              issue(w_next, 1 - buf)
-          i = buf * 2 + wg
-          consume(b, h, r0 + wg * bq, n, sections, q_smem.at[i], do_smem.at[i], base,
-                  prefetch)
-          return p + 1, w_next, base + n
-
-        lax.while_loop(lambda carry: carry[1] < items, tile,
-                       (jnp.int32(0), cta, jnp.int32(0)))
-        plgpu.wait_smem_to_gmem(0)
-
-      @pl.when(wg == 2)
-      def _producer_dynamic():
-        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
-                               load_step, (kv_free,))
-      return
-
     if persistent:
       wg = lax.axis_index("wg")
-      n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
+      cta = lax.axis_index("cta")
+      if dynamic:
+        publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem,
+                                              item_bar, item_free)
+      else:
+        n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
 
-        def issue(k, buf):   # the inputs of local tile k -> Q / dO buffer `buf`
-          b, h, ci = item(k)
+        def issue(bhc, buf):   # the inputs of work item (b, h, ci) -> Q / dO buffer `buf`
+          b, h, ci = bhc
           load_tile(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
 
-        issue(0, 0)
-
-        def tile(k, base):
-          buf = lax.rem(k, 2)
-          b, h, ci = item(k)
+        def tile(p, bhc, base, next_item):
+          """Local tile p (work item bhc), after `base` ring steps of the CTA's earlier
+          tiles; next_item() -> (whether there is a tile p + 1, its (b, h, ci))."""
+          buf = lax.rem(p, 2)
+          b, h, ci = bhc
           r0, n, sections, _ = plan(b, h, ci)
+          has_next, nxt = next_item()
           plgpu.barrier_wait(q_bar.at[wg])
 
           def prefetch():
-            # Tile k - 1's dQ store (from the Q buffer about to be overwritten) and this
+            # Tile p - 1's dQ store (from the Q buffer about to be overwritten) and this
             # tile's delta store (from the lse slot) must have read SMEM.
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-            @pl.when(k + 1 < n_local)
+            @pl.when(has_next)
             def _():
-              issue(k + 1, 1 - buf)
+              issue(nxt, 1 - buf)
           i = buf * 2 + wg
           consume(b, h, r0 + wg * bq, n, sections, q_smem.at[i], do_smem.at[i], base,
                   prefetch)
           return base + n
 
-        lax.fori_loop(0, n_local, tile, jnp.int32(0))
+        issue(item_of(cta), 0)
+        if dynamic:
+          def dynamic_tile(carry):   # the items `take` hands out, until one is past the end
+            p, w, base = carry
+            w_next = take(p + 1)
+            base = tile(p, item_of(w), base, lambda: (w_next < items, item_of(w_next)))
+            return p + 1, w_next, base
+          lax.while_loop(lambda carry: carry[1] < items, dynamic_tile,
+                         (jnp.int32(0), cta, jnp.int32(0)))
+        else:
+          lax.fori_loop(0, n_local, lambda k, base: tile(
+              k, item(k), base, lambda: (k + 1 < n_local, item(k + 1))), jnp.int32(0))
         plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
-                                  (kv_free,))
+        if dynamic:
+          _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
+                                 load_step, (kv_free,))
+        else:
+          _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
+                                    (kv_free,))
       return
 
     b = lax.axis_index("batch")
