@@ -379,13 +379,18 @@ class _Static:
 
   @property
   def r_eff(self):  # how far right of its position a query may look
-    if self.causal:
-      return 0 if self.right is None else min(0, self.right)
-    return self.right
+    return _right_reach(self.causal, self.right)
 
   @property
   def masked_anything(self):
     return self.causal or self.left is not None or self.right is not None
+
+
+def _right_reach(causal: bool, right):
+  """How far right of its position a query may look (None: unbounded)."""
+  if causal:
+    return 0 if right is None else min(0, right)
+  return right
 
 
 # Block ranges. All inputs are int32 scalars (traced inside kernels) or Python ints; divisions
@@ -946,8 +951,8 @@ def _dynamic_items(st: _Static, items: int, n_ctas: int, counter_ref, items_smem
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
   cta = lax.axis_index("cta")
-  if items_smem.dtype == jnp.float32 and st.B * st.N * st.Tp >= 2 ** 24 * 64:
-    raise ValueError("more work items than a float32 slot holds exactly")
+  if items_smem.dtype == jnp.float32 and items + n_ctas > 2 ** 24:
+    raise ValueError(f"{items} work items: more than a float32 item slot holds exactly")
 
   def publish(p):
     slot = lax.rem(p, 2)
@@ -982,21 +987,49 @@ def _dynamic_items(st: _Static, items: int, n_ctas: int, counter_ref, items_smem
   return publish, take, drain
 
 
-def _dynamic_ring_producer(items: int, publish, drain, item_of, plan, kv_head, stages: int,
-                           sparse: bool, load_step, free_barriers):
-  """The producer warpgroup of a persistent kernel with the dynamic scheduler (forward, dQ):
-  as `_persistent_ring_producer`, over the work items `_dynamic_items` hands out - item p + 1
-  published as item p starts streaming."""
-  def tile(carry):
-    p, w, cnt = carry
-    w_next = publish(p + 1)
-    cnt = _ring_tile(item_of(w), cnt, plan, kv_head, stages, sparse, load_step)
-    return p + 1, w_next, cnt
+def _persistent_schedule(st: _Static, items: int, n_ctas: int, n_tiles: int, dynamic_refs):
+  """The work items of a persistent kernel (forward, dQ: the same items, `_fwd_work_item`),
+  from the static split (`dynamic_refs` None) or the dynamic scheduler (`dynamic_refs` =
+  `_dynamic_items`' counter_ref, items_smem, item_bar, item_free).
+  -> (first: the CTA's first item (b, h, ci),
+      consumer_loop(tile): runs base = tile(p, (b, h, ci), base, has_next, next (b, h, ci))
+        over the CTA's tiles p = 0, 1, ... (base: the ring steps of the earlier tiles),
+      producer(plan, kv_head, stages, sparse, load_step, free_barriers): the producer
+        warpgroup's ring over the same tiles)."""
+  item_of = lambda w: _fwd_work_item(st, w, n_tiles)
+  cta = lax.axis_index("cta")
+  zero = jnp.int32(0)
+  if dynamic_refs is None:
+    n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
 
-  p_end, _, total = lax.while_loop(lambda carry: carry[1] < items, tile,
-                                   (jnp.int32(0), lax.axis_index("cta"), jnp.int32(0)))
-  _drain(total, stages, free_barriers)
-  drain(p_end)
+    def consumer_loop(tile):
+      lax.fori_loop(0, n_local, lambda k, base: tile(k, item(k), base, k + 1 < n_local,
+                                                     item(k + 1)), zero)
+
+    def producer(*ring):
+      _persistent_ring_producer(n_local, item, *ring)
+    return item_of(cta), consumer_loop, producer
+
+  publish, take, drain = _dynamic_items(st, items, n_ctas, *dynamic_refs)
+  not_done = lambda carry: carry[1] < items
+
+  def consumer_loop(tile):
+    def body(carry):   # the items `take` hands out, until one is past the end
+      p, w, base = carry
+      w_next = take(p + 1)
+      return p + 1, w_next, tile(p, item_of(w), base, w_next < items, item_of(w_next))
+    lax.while_loop(not_done, body, (zero, cta, zero))
+
+  def producer(plan, kv_head, stages, sparse, load_step, free_barriers):
+    def body(carry):   # item p + 1 published as item p starts streaming
+      p, w, cnt = carry
+      w_next = publish(p + 1)
+      return p + 1, w_next, _ring_tile(item_of(w), cnt, plan, kv_head, stages, sparse,
+                                       load_step)
+    p_end, _, total = lax.while_loop(not_done, body, (zero, cta, zero))
+    _drain(total, stages, free_barriers)
+    drain(p_end)
+  return item_of(cta), consumer_loop, producer
 
 
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
@@ -1310,13 +1343,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       load_v(b, kvh, j, slot)
 
     if persistent:
-      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
-      cta = lax.axis_index("cta")
-      if dynamic:
-        publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem,
-                                              item_bar, item_free)
-      else:
-        n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+      first, consumer_loop, producer = _persistent_schedule(
+          st, items, n_ctas, n_tiles,
+          (counter_ref, items_smem, item_bar, item_free) if dynamic else None)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1326,16 +1355,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           b, h, ci = bhc
           load_q(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
 
-        def tile(p, bhc, base, next_item):
-          """Local tile p (work item bhc), after `base` ring steps of the CTA's earlier
-          tiles; next_item() -> (whether there is a tile p + 1, its (b, h, ci))."""
+        def tile(p, bhc, base, has_next, nxt):   # local tile p: work item bhc (see schedule)
           buf = lax.rem(p, 2)
           b, h, ci = bhc
           r0, n, sections, _ = plan(b, h, ci)
           # The other buffer held tile p - 1's Q, then its out: its O / lse stores (issued at
           # the end of tile p - 1) must have read SMEM before the prefetch overwrites it.
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          has_next, nxt = next_item()
 
           @pl.when(has_next)
           def _():
@@ -1346,24 +1372,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
                   sync_per_tile=cfg.persistent_sync_per_tile)
           return base + n
 
-        prefetch_q(item_of(cta), 0)
+        prefetch_q(first, 0)
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 1)(sched_sync)
-        if dynamic:
-          def dynamic_tile(carry):   # the items `take` hands out, until one is past the end
-            p, w, base = carry
-            w_next = []
-
-            def next_item():
-              w_next.append(take(p + 1))
-              return w_next[0] < items, item_of(w_next[0])
-            base = tile(p, item_of(w), base, next_item)
-            return p + 1, w_next[0], base
-          lax.while_loop(lambda carry: carry[1] < items, dynamic_tile,
-                         (jnp.int32(0), cta, jnp.int32(0)))
-        else:
-          lax.fori_loop(0, n_local, lambda k, base: tile(
-              k, item(k), base, lambda: (k + 1 < n_local, item(k + 1))), jnp.int32(0))
+        consumer_loop(tile)
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 0)(sched_sync)
         plgpu.wait_smem_to_gmem(0)
@@ -1371,12 +1383,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        if dynamic:
-          _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
-                                 load_step, (k_free, v_free))
-        else:
-          _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
-                                    (k_free, v_free))
+        producer(plan, kv_head, stages, sparse, load_step, (k_free, v_free))
       return
 
     b = lax.axis_index("batch")
@@ -1438,7 +1445,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
                          plgpu.Barrier(num_arrivals=2, num_barriers=2))
   if counter:
     outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
-                               grid, names, st.cfg)
+                               grid, names, _compiler_params(st.cfg))
     return outs
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch,
@@ -1662,13 +1669,9 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     # always read it (the closures above see it when called).
     if persistent:
       wg = lax.axis_index("wg")
-      item_of = lambda w: _fwd_work_item(st, w, n_tiles)
-      cta = lax.axis_index("cta")
-      if dynamic:
-        publish, take, drain = _dynamic_items(st, items, n_ctas, counter_ref, items_smem,
-                                              item_bar, item_free)
-      else:
-        n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+      first, consumer_loop, producer = _persistent_schedule(
+          st, items, n_ctas, n_tiles,
+          (counter_ref, items_smem, item_bar, item_free) if dynamic else None)
 
       @pl.when(wg < 2)
       def _consumer_persistent():
@@ -1678,13 +1681,10 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           b, h, ci = bhc
           load_tile(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
 
-        def tile(p, bhc, base, next_item):
-          """Local tile p (work item bhc), after `base` ring steps of the CTA's earlier
-          tiles; next_item() -> (whether there is a tile p + 1, its (b, h, ci))."""
+        def tile(p, bhc, base, has_next, nxt):   # local tile p: work item bhc (see schedule)
           buf = lax.rem(p, 2)
           b, h, ci = bhc
           r0, n, sections, _ = plan(b, h, ci)
-          has_next, nxt = next_item()
           plgpu.barrier_wait(q_bar.at[wg])
 
           def prefetch():
@@ -1700,29 +1700,14 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
                   prefetch)
           return base + n
 
-        issue(item_of(cta), 0)
-        if dynamic:
-          def dynamic_tile(carry):   # the items `take` hands out, until one is past the end
-            p, w, base = carry
-            w_next = take(p + 1)
-            base = tile(p, item_of(w), base, lambda: (w_next < items, item_of(w_next)))
-            return p + 1, w_next, base
-          lax.while_loop(lambda carry: carry[1] < items, dynamic_tile,
-                         (jnp.int32(0), cta, jnp.int32(0)))
-        else:
-          lax.fori_loop(0, n_local, lambda k, base: tile(
-              k, item(k), base, lambda: (k + 1 < n_local, item(k + 1))), jnp.int32(0))
+        issue(first, 0)
+        consumer_loop(tile)
         plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        if dynamic:
-          _dynamic_ring_producer(items, publish, drain, item_of, plan, kv_head, stages, sparse,
-                                 load_step, (kv_free,))
-        else:
-          _persistent_ring_producer(n_local, item, plan, kv_head, stages, sparse, load_step,
-                                    (kv_free,))
+        producer(plan, kv_head, stages, sparse, load_step, (kv_free,))
       return
 
     b = lax.axis_index("batch")
@@ -1804,7 +1789,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     params = _compiler_params(st.cfg)
   if counter:
     outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
-                               grid, names, st.cfg, params)
+                               grid, names, params)
     return outs
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
@@ -2114,35 +2099,34 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         compiler_params=_compiler_params(st.cfg), interpret=params)(q, k, v, do, lse2, delta)
   # Launched with its Ref directly (not through `_kernel_with_ref`'s vmap wrapper: the dQ sum
   # came back zero from it on the H100 under vmap, eleventh session), so it is not vmappable.
-  a = _api()
-  mesh = a["plgpu"].Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
   dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
-  dk, dv = a["pl"].kernel(
-      lambda *refs: a["pl"].run_scoped(functools.partial(kernel, *refs), *scratch,
-                                       collective_axes="wg"),
-      out_type=(kv_type, kv_type), mesh=mesh,
-      compiler_params=_compiler_params(st.cfg))(q, k, v, do, lse2, delta, dq_acc)
+  dk, dv = _launch_with_ref(kernel, (q, k, v, do, lse2, delta), dq_acc, (kv_type, kv_type),
+                            scratch, grid, names, _compiler_params(st.cfg))
   return dk, dv, jax.freeze(dq_acc)
 
 
-def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, cfg=None,
-                     params=None):
-  """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand, made from `ref_init`
-  and passed right after `operands` (aliased in and out) -> (outputs, the Ref's final value).
-
-  plgpu.kernel's custom_vmap wrapper does not accept Refs, so this goes one level down, to
-  `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself calls).
-  """
+def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params):
+  """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand, passed right after
+  `operands` (aliased in and out). plgpu.kernel's custom_vmap wrapper does not accept Refs, so
+  this goes one level down, to `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself
+  calls); that has no vmap rule (see `_kernel_with_ref`)."""
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
 
   def kernel_body(*refs):
     pl.run_scoped(functools.partial(body, *refs), *scratch, collective_axes="wg")
   mesh = plgpu.Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
+  return pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
+                   compiler_params=params)(*operands, ref)
+
+
+def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, params):
+  """`_launch_with_ref` with a Ref made from `ref_init` -> (outputs, the Ref's final value),
+  as a call that `vmap` runs once per batch element (`_without_refs`,
+  `_sequential_under_vmap`)."""
   def run(*arrays):
     ref = jax.new_ref(arrays[-1])
-    outs = pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
-                     compiler_params=params or _compiler_params(cfg))(*arrays[:-1], ref)
+    outs = _launch_with_ref(body, arrays[:-1], ref, out_type, scratch, grid, names, params)
     return outs, jax.freeze(ref)
   return _sequential_under_vmap(functools.partial(_without_refs, run))(*operands, ref_init)
 
@@ -2151,10 +2135,10 @@ def _without_refs(fn, *args):
   """fn(*args) for an fn that makes, mutates and freezes its own Refs, evaluated from its
   jaxpr with the Refs discharged (turned into values threaded through), so that the call
   carries no Ref effect - which `custom_vmap` (below) cannot hold."""
-  closed = jax.make_jaxpr(fn)(*args)
+  closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
   closed = _api()["discharge_state"](closed)
   out = _api()["eval_jaxpr"](closed.jaxpr, closed.consts, *args)
-  return jax.tree.unflatten(jax.tree.structure(jax.eval_shape(fn, *args)), out)
+  return jax.tree.unflatten(jax.tree.structure(shapes), out)
 
 
 def _sequential_under_vmap(fn):
@@ -2507,7 +2491,7 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   if seg_ids is not None or block_sparsity is not None:
     short_walks = "data"
   elif sliding_window is not None:
-    r_eff = (0 if right is None else min(0, right)) if is_causal else right
+    r_eff = _right_reach(is_causal, right)
     if left is not None and r_eff is not None and left + r_eff + 1 <= _DYNAMIC_MAX_BAND:
       short_walks = "band"
   cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static,

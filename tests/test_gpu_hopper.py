@@ -407,10 +407,10 @@ def test_persistent_dynamic_configs(cfg):
 
 
 @requires_hopper
-def test_persistent_dynamic_repeated_calls_and_vmap():
-  """The counter is zeroed per call (the same jitted call twice gives the same result) and a
-  vmapped call (one kernel launch per element, `_sequential_under_vmap`) matches the
-  reference; the backward of a dynamic-config call too."""
+def test_persistent_dynamic_repeated_calls():
+  """The counter is zero again after a launch (the same jitted call twice gives the same
+  result, the static split's); the backward of a dynamic-config call too. Under vmap:
+  test_vmap_of_kernels_with_a_ref."""
   q, k, v, do, _ = _inputs(3, 512, 512, 4, 2, 128, jnp.bfloat16)
   seg = _seg(512, 512, 3, seed=16, B=3)
   static = ha.HopperConfig(persistent=True)
