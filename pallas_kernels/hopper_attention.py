@@ -180,6 +180,13 @@ class HopperConfig:
   # (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel runs
   # non-persistent. Independent of `persistent` (the forward's).
   bwd_persistent: bool = False
+  # backward: the dK/dV kernel persistent (`persistent_ctas` CTAs, one per SM by default, over
+  # its (b, KV head, KV tile) work items; with `persistent_dynamic` from the dynamic
+  # scheduler): the Q / dO ring and the producer carried across items, K / V double-buffered
+  # and the next item's K / V loaded during the current one, the dK / dV stores not awaited
+  # before the next item (see `_dkv_call`). Not for the fused backward. Where its buffers do
+  # not fit in shared memory (`_dkv_persistent`) the kernel runs non-persistent.
+  dkv_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
   # the previous block's P V (the defaults turn the consumers' ping-pong off with it). Costs a
@@ -840,23 +847,11 @@ def _side_row(has_b: bool, b):
   return b if has_b else 0
 
 
-def _persistent_ring_producer(n_local, item, plan, kv_head, stages: int, sparse: bool,
-                              load_step, free_barriers):
-  """The producer warpgroup of a persistent kernel (forward, dQ): streams the KV blocks of the
-  CTA's `n_local` work items through the ring, counting ring steps over the whole CTA (step g
-  uses slot g % stages; `load_step(b, kv_head, block, slot, wait)` waits the slot's "free"
-  barrier(s) when `wait`, i.e. from step `stages` on, then issues its TMA loads), and drains the
-  last `stages` "free" phases once at the end."""
-  def tile(k, cnt):
-    return _ring_tile(item(k), cnt, plan, kv_head, stages, sparse, load_step)
-
-  total = lax.fori_loop(0, n_local, tile, jnp.int32(0))
-  _drain(total, stages, free_barriers)
-
-
 def _ring_tile(bhc, cnt, plan, kv_head, stages: int, sparse: bool, load_step):
-  """A persistent producer's work item bhc = (b, h, ci), its KV steps counted from ring step
-  `cnt` (see `_persistent_ring_producer`) -> cnt + its steps."""
+  """A persistent forward / dQ producer's work item bhc = (b, h, ci): its KV blocks through
+  the ring, counting ring steps over the whole CTA from `cnt` (step g uses slot g % stages;
+  `load_step(b, kv_head, block, slot, wait)` waits the slot's "free" barrier(s) when `wait`,
+  i.e. from step `stages` on, then issues its TMA loads) -> cnt + its steps."""
   b, h, ci = bhc
   _, n, sections, lo = plan(b, h, ci)
   kvh = kv_head(h)
@@ -891,16 +886,19 @@ def _fwd_work_item(st: _Static, w, n_tiles: int):
   return b, h, ci
 
 
-def _persistent_items(st: _Static, items: int, n_ctas: int, n_tiles: int):
-  """This CTA's share of a persistent kernel's `items` work items (forward, dQ): work items
-  w = cta + k * n_ctas < items for local tiles k < n_local (cta < n_ctas <= items, so every CTA
-  has at least one). -> (n_local, item: k -> (b, h, ci))."""
-  cta = lax.axis_index("cta")
-  n_local = lax.div(items - 1 - cta, n_ctas) + 1
-
-  def item(k):
-    return _fwd_work_item(st, cta + k * n_ctas, n_tiles)
-  return n_local, item
+def _dkv_work_item(st: _Static, w, n_tiles: int):
+  """Work item `w` of the persistent dK/dV kernel -> (b, kv head, ci), in the order of its
+  non-persistent grid (`_grid` over KV heads and KV tiles): heads fastest (or tiles, with
+  `cfg.tiles_fastest`), then batch. Causal tiles keep their order: KV tile 0 has the most
+  query blocks."""
+  K = st.K
+  if st.cfg.tiles_fastest:
+    ci, rest = lax.rem(w, n_tiles), lax.div(w, n_tiles)
+    h, b = lax.rem(rest, K), lax.div(rest, K)
+  else:
+    h, rest = lax.rem(w, K), lax.div(w, K)
+    ci, b = lax.rem(rest, n_tiles), lax.div(rest, n_tiles)
+  return b, h, ci
 
 
 def _item_fetcher(slot: int, first: int, fetches: int):
@@ -987,27 +985,31 @@ def _dynamic_items(st: _Static, items: int, n_ctas: int, counter_ref, items_smem
   return publish, take, drain
 
 
-def _persistent_schedule(st: _Static, items: int, n_ctas: int, n_tiles: int, dynamic_refs):
-  """The work items of a persistent kernel (forward, dQ: the same items, `_fwd_work_item`),
-  from the static split (`dynamic_refs` None) or the dynamic scheduler (`dynamic_refs` =
-  `_dynamic_items`' counter_ref, items_smem, item_bar, item_free).
+def _persistent_schedule(st: _Static, items: int, n_ctas: int, item_of, dynamic_refs):
+  """The work items of a persistent kernel (`item_of`: item number -> (b, h, ci); forward and
+  dQ: `_fwd_work_item`, dK/dV: `_dkv_work_item`), from the static split (`dynamic_refs`
+  None: CTA `cta` runs items cta, cta + n_ctas, ...) or the dynamic scheduler (`dynamic_refs`
+  = `_dynamic_items`' counter_ref, items_smem, item_bar, item_free).
   -> (first: the CTA's first item (b, h, ci),
       consumer_loop(tile): runs base = tile(p, (b, h, ci), base, has_next, next (b, h, ci))
         over the CTA's tiles p = 0, 1, ... (base: the ring steps of the earlier tiles),
-      producer(plan, kv_head, stages, sparse, load_step, free_barriers): the producer
-        warpgroup's ring over the same tiles)."""
-  item_of = lambda w: _fwd_work_item(st, w, n_tiles)
+      producer(ring_tile, stages, free_barriers): the producer warpgroup's ring over the same
+        tiles - cnt = ring_tile((b, h, ci), cnt) issues a tile's loads from ring step cnt -
+        then the `_drain` of the last `stages` "free" phases)."""
   cta = lax.axis_index("cta")
   zero = jnp.int32(0)
   if dynamic_refs is None:
-    n_local, item = _persistent_items(st, items, n_ctas, n_tiles)
+    # cta < n_ctas <= items, so every CTA has at least one item
+    n_local = lax.div(items - 1 - cta, n_ctas) + 1
+    item = lambda k: item_of(cta + k * n_ctas)
 
     def consumer_loop(tile):
       lax.fori_loop(0, n_local, lambda k, base: tile(k, item(k), base, k + 1 < n_local,
                                                      item(k + 1)), zero)
 
-    def producer(*ring):
-      _persistent_ring_producer(n_local, item, *ring)
+    def producer(ring_tile, stages, free_barriers):
+      total = lax.fori_loop(0, n_local, lambda k, cnt: ring_tile(item(k), cnt), zero)
+      _drain(total, stages, free_barriers)
     return item_of(cta), consumer_loop, producer
 
   publish, take, drain = _dynamic_items(st, items, n_ctas, *dynamic_refs)
@@ -1020,12 +1022,11 @@ def _persistent_schedule(st: _Static, items: int, n_ctas: int, n_tiles: int, dyn
       return p + 1, w_next, tile(p, item_of(w), base, w_next < items, item_of(w_next))
     lax.while_loop(not_done, body, (zero, cta, zero))
 
-  def producer(plan, kv_head, stages, sparse, load_step, free_barriers):
+  def producer(ring_tile, stages, free_barriers):
     def body(carry):   # item p + 1 published as item p starts streaming
       p, w, cnt = carry
       w_next = publish(p + 1)
-      return p + 1, w_next, _ring_tile(item_of(w), cnt, plan, kv_head, stages, sparse,
-                                       load_step)
+      return p + 1, w_next, ring_tile(item_of(w), cnt)
     p_end, _, total = lax.while_loop(not_done, body, (zero, cta, zero))
     _drain(total, stages, free_barriers)
     drain(p_end)
@@ -1344,7 +1345,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
     if persistent:
       first, consumer_loop, producer = _persistent_schedule(
-          st, items, n_ctas, n_tiles,
+          st, items, n_ctas, lambda w: _fwd_work_item(st, w, n_tiles),
           (counter_ref, items_smem, item_bar, item_free) if dynamic else None)
 
       @pl.when(wg < 2)
@@ -1383,7 +1384,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        producer(plan, kv_head, stages, sparse, load_step, (k_free, v_free))
+        producer(lambda bhc, cnt: _ring_tile(bhc, cnt, plan, kv_head, stages, sparse,
+                                             load_step), stages, (k_free, v_free))
       return
 
     b = lax.axis_index("batch")
@@ -1670,7 +1672,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     if persistent:
       wg = lax.axis_index("wg")
       first, consumer_loop, producer = _persistent_schedule(
-          st, items, n_ctas, n_tiles,
+          st, items, n_ctas, lambda w: _fwd_work_item(st, w, n_tiles),
           (counter_ref, items_smem, item_bar, item_free) if dynamic else None)
 
       @pl.when(wg < 2)
@@ -1707,7 +1709,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       @pl.when(wg == 2)
       def _producer_persistent():
         plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-        producer(plan, kv_head, stages, sparse, load_step, (kv_free,))
+        producer(lambda bhc, cnt: _ring_tile(bhc, cnt, plan, kv_head, stages, sparse,
+                                             load_step), stages, (kv_free,))
       return
 
     b = lax.axis_index("batch")
@@ -1803,6 +1806,24 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
 def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=None, sp=None):
   """dK, dV (and with `fused`, dQ too: returns (dk, dv, dq)).
 
+  Non-persistent: one CTA per (KV head, KV tile, batch); each consumer holds bkv of the tile's
+  keys (K, V in SMEM, dK / dV in registers) and walks the query blocks of the GQA group's
+  heads, head by head, streamed by the producer through the Q / dO / lse / delta ring.
+
+  Persistent (`cfg.dkv_persistent`, not fused; see `_dkv_persistent`): `n_ctas` CTAs loop over
+  the (b, KV head, KV tile) work items (`_dkv_work_item`, the grid's order) from the static
+  split or the dynamic scheduler (`cfg.persistent_dynamic`), as the persistent forward does:
+  * the ring counts steps over the whole CTA (`base`: the earlier items' steps), so the
+    producer streams the next item's query blocks while the consumers finish the current one;
+  * K / V (+ key side values) double-buffered per consumer (index buf * 2 + wg, buf = p % 2),
+    one barrier per consumer (kv_bar[wg]): item p + 1's K / V are issued at the end of item
+    p's first step (after the loop where it has none), i.e. after item p's wait, so each
+    phase has one batch of loads in flight and is waited once, at the start of its item;
+  * dK / dV are staged through the item's K / V buffer and TMA-stored without waiting; the
+    prefetch that overwrites the other buffer first waits for item p - 1's stores to have
+    read SMEM (`wait_smem_to_gmem(0, wait_read_only=True)`); all stores are awaited at the
+    end of the CTA.
+
   fused: each step also computes dQ_blk = dS @ K for the query block: both consumers store
   their dS^T tile (bf16, double-buffered) into SMEM, meet at a pair barrier while their dV/dK
   products run, and each computes half of dQ_blk's
@@ -1828,8 +1849,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   r = _SPARSE_BLOCK // bq   # kernel steps per listed query block
   # Both consumers walk the same query blocks (the same in_free phases), so the schedule
   # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
-  # consumer 0's.
+  # consumer 0's (per work item when persistent).
   ping_pong = cfg.bwd_schedule_barrier and not fused
+  persistent = not fused and _dkv_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks)
+  items = st.B * st.K * n_cta
+  n_ctas = _persistent_ctas(cfg, items) if persistent else None
+  dynamic = persistent and cfg.persistent_dynamic
+  counter = dynamic and not st.interpret   # the atomic's GMEM counter (an operand)
 
   def kernel(*refs):
     it = iter(refs)
@@ -1839,6 +1865,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
+    counter_ref = next(it) if counter else None
     (dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
      kv_bar, in_bar, in_free) = (next(it) for _ in range(11))
     if fused:
@@ -1846,52 +1873,59 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     sched = next(it) if ping_pong else None
     kvside_smem = [next(it) for _ in range(nks)]
     qside_smem = [next(it) for _ in range(nqs)]
-    b = lax.axis_index("batch")
-    kvh = lax.axis_index("heads")
-    ci = lax.axis_index("kv_seq")
+    if dynamic:
+      items_smem, item_bar, item_free = next(it), next(it), next(it)
     wg = lax.axis_index("wg")
-    c0 = ci * (2 * bkv)
-
     sched_sync = functools.partial(_schedule_round, sched)
-    bm = b if st.Bm > 1 else 0
-    if not sparse:
+
+    def plan(b, kvh, ci):
+      """KV tile ci of (b, kvh): (head_walk: query head g of the group -> (steps, `_walk`
+      sections); steps of every head (None for lists); first block of a range (None for
+      lists))."""
+      if sparse:   # per-head lists when Hm == N
+        bm = b if st.Bm > 1 else 0
+        return (lambda g: _list_walk(lists, bm, kvh * G + g if st.Hm > 1 else 0, ci, r),
+                None, None)
       if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
         lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
       else:
-        lo, flo, fhi, hi = _q_ranges(st, c0, 2 * bkv, bq)
-      n = hi - lo
+        lo, flo, fhi, hi = _q_ranges(st, ci * (2 * bkv), 2 * bkv, bq)
+      n, sections = _range_walk(lo, flo, fhi, hi)
+      return (lambda g: (n, sections)), n, lo
 
-    def head_walk(g):
-      """(steps, sections) of query head g of the group: per-head lists when Hm == N."""
-      if not sparse:
-        return n, _range_walk(lo, flo, fhi, hi)[1]
-      hm = kvh * G + g if st.Hm > 1 else 0
-      return _list_walk(lists, bm, hm, ci, r)
+    def kv_rows(b, kvh, ci):   # this consumer's keys of KV tile ci
+      return (b, pl.ds(ci * (2 * bkv) + wg * bkv, bkv), kvh)
 
-    @pl.when(wg < 2)
-    def _consumer():
-      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
-      kv_base = c0 + wg * bkv
-      ks, vs = k_smem.at[wg], v_smem.at[wg]
-      sl = (b, pl.ds(kv_base, bkv), kvh)
-      plgpu.copy_gmem_to_smem(k_ref.at[sl], ks, kv_bar.at[wg])
-      plgpu.copy_gmem_to_smem(v_ref.at[sl], vs, kv_bar.at[wg])
+    def load_kv(b, kvh, ci, kb):
+      """This consumer's K / V (+ key side values) of KV tile ci -> buffer kb, on kv_bar[wg]."""
+      sl = kv_rows(b, kvh, ci)
+      plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[kb], kv_bar.at[wg])
+      plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[kb], kv_bar.at[wg])
       for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
-        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(kv_base, bkv)], sm.at[wg],
-                                kv_bar.at[wg])
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), sl[1]], sm.at[kb], kv_bar.at[wg])
+
+    def consume(b, kvh, ci, kb, base, prefetch):
+      """A consumer's part of work item (b, kvh, ci) once its K / V load is issued into
+      buffer kb: the walk over the group's query blocks from ring step `base`, dK / dV staged
+      through the K / V buffer and TMA-stored (not awaited) -> base + the item's steps.
+      prefetch: None, or what to run once at the end of the item's first step (after the
+      walk if it has none)."""
+      head_walk, _, _ = plan(b, kvh, ci)
+      kv_base = ci * (2 * bkv) + wg * bkv
+      ks, vs = k_smem.at[kb], v_smem.at[kb]
       plgpu.barrier_wait(kv_bar.at[wg])
       # Rows of the transposed tiles (S^T, dP^T: [bkv, bq]) are this consumer's keys.
-      kv_vecs = [_load_vec(st, sm.at[wg], "ROW") for sm in kvside_smem]
+      kv_vecs = [_load_vec(st, sm.at[kb], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
       def head(g, carry):
         h = kvh * G + g
         n_g, sections = head_walk(g)
-        dk, dv, base = carry   # base: steps of the previous heads (ring position)
+        dk, dv, hbase = carry   # hbase: ring step of this head's first block
 
         def step(u, carry, masked, blk):
           dk, dv = carry
-          t = base + u
+          t = hbase + u
           slot = lax.rem(t, stages)
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
@@ -1928,6 +1962,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           sched_sync()
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
           plgpu.barrier_arrive(in_free.at[slot])
+          if prefetch is not None:
+            pl.when(t == base)(prefetch)
           if fused:
             plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
 
@@ -1965,16 +2001,18 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             # both consumers have passed step t + 1's meeting, i.e. finished this dq product.
           return dk, dv
         dk, dv = _walk(sections, step, (dk, dv))
-        return dk, dv, base + n_g
+        return dk, dv, hbase + n_g
 
       if ping_pong:
         pl.when(wg == 1)(sched_sync)
       if G == 1:
-        dk, dv, _ = head(0, (zeros, zeros, jnp.int32(0)))
+        dk, dv, end = head(0, (zeros, zeros, base))
       else:
-        dk, dv, _ = lax.fori_loop(0, G, head, (zeros, zeros, jnp.int32(0)))
+        dk, dv, end = lax.fori_loop(0, G, head, (zeros, zeros, base))
       if ping_pong:
         pl.when(wg == 0)(sched_sync)
+      if prefetch is not None:
+        pl.when(end == base)(prefetch)
       if fused:
         # The other consumer's last dQ product reads my K tile: meet before it becomes dK.
         plgpu.barrier_arrive(pair)
@@ -1982,65 +2020,105 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       ks[...] = (dk * st.scale).astype(dtype)
       vs[...] = dv.astype(dtype)
       plgpu.commit_smem()
+      sl = kv_rows(b, kvh, ci)
       plgpu.copy_smem_to_gmem(ks, dk_ref.at[sl])
       plgpu.copy_smem_to_gmem(vs, dv_ref.at[sl])
+      return end
+
+    def load_block(b, h, i, slot):
+      rows = (b, pl.ds(i * bq, bq), h)
+      vec = (b, h, pl.ds(i * bq, bq))
+      plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], in_bar.at[slot])
+      plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], in_bar.at[slot])
+      plgpu.copy_gmem_to_smem(lse_ref.at[vec], lse_smem.at[slot], in_bar.at[slot])
+      plgpu.copy_gmem_to_smem(delta_ref.at[vec], delta_smem.at[slot], in_bar.at[slot])
+      for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(i * bq, bq)], sm.at[slot],
+                                in_bar.at[slot])
+
+    def ring_tile(bhc, cnt):
+      """The producer's loads of work item (b, kvh, ci) - the consumers' sequence: head by
+      head, each head's query blocks in order - from ring step cnt (slot = step % stages; a
+      slot's "free" barrier is waited from step `stages` on) -> cnt + the item's steps."""
+      b, kvh, ci = bhc
+      head_walk, n, lo = plan(b, kvh, ci)
+      if sparse:
+        def head_p(g, hbase):
+          n_g, sections = head_walk(g)
+
+          def sbody(u, carry, masked, blk):
+            del masked
+            t = hbase + u
+            slot = lax.rem(t, stages)
+            _wait_if(t >= stages, in_free.at[slot])
+            load_block(b, kvh * G + g, blk(u), slot)
+            return carry
+          _walk(sections, sbody, None)
+          return hbase + n_g
+        return lax.fori_loop(0, G, head_p, cnt)
+
+      n1 = jnp.maximum(n, 1)
+
+      def body(t, carry):
+        slot = lax.rem(cnt + t, stages)
+        _wait_if(cnt + t >= stages, in_free.at[slot])
+        load_block(b, kvh * G + lax.div(t, n1), lo + lax.rem(t, n1), slot)
+        return carry
+      lax.fori_loop(0, n * G, body, None)
+      return cnt + n * G
+
+    if persistent:
+      first, consumer_loop, producer = _persistent_schedule(
+          st, items, n_ctas, lambda w: _dkv_work_item(st, w, n_cta),
+          (counter_ref, items_smem, item_bar, item_free) if dynamic else None)
+
+      @pl.when(wg < 2)
+      def _consumer_persistent():
+        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+
+        def tile(p, bhc, base, has_next, nxt):   # local item p: (b, kvh, ci) (see schedule)
+          buf = lax.rem(p, 2)
+
+          def prefetch():
+            # item p - 1's dK / dV stores (from the buffer about to be overwritten) must have
+            # read SMEM
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+            @pl.when(has_next)
+            def _():
+              load_kv(*nxt, (1 - buf) * 2 + wg)
+          return consume(*bhc, buf * 2 + wg, base, prefetch)
+
+        load_kv(*first, wg)
+        consumer_loop(tile)
+        plgpu.wait_smem_to_gmem(0)
+
+      @pl.when(wg == 2)
+      def _producer_persistent():
+        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+        producer(ring_tile, stages, (in_free,))
+      return
+
+    bhc = (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("kv_seq"))
+
+    @pl.when(wg < 2)
+    def _consumer():
+      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+      load_kv(*bhc, wg)
+      consume(*bhc, wg, jnp.int32(0), None)
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
       plgpu.set_max_registers(cfg.producer_registers, action="decrease")
-
-      def load_block(h, i, slot):
-        rows = (b, pl.ds(i * bq, bq), h)
-        vec = (b, h, pl.ds(i * bq, bq))
-        plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], in_bar.at[slot])
-        plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], in_bar.at[slot])
-        plgpu.copy_gmem_to_smem(lse_ref.at[vec], lse_smem.at[slot], in_bar.at[slot])
-        plgpu.copy_gmem_to_smem(delta_ref.at[vec], delta_smem.at[slot], in_bar.at[slot])
-        for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
-          plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(i * bq, bq)], sm.at[slot],
-                                  in_bar.at[slot])
-
-      if sparse:   # the consumers' sequence: head by head, each head's lists in order
-        def head_p(g, base):
-          n_g, sections = head_walk(g)
-
-          def sbody(u, carry, masked, blk):
-            del masked
-            t = base + u
-            slot = lax.rem(t, stages)
-            i = blk(u)
-            _wait_if(t >= stages, in_free.at[slot])
-            load_block(kvh * G + g, i, slot)
-            return carry
-          _walk(sections, sbody, None)
-          return base + n_g
-        total = lax.fori_loop(0, G, head_p, jnp.int32(0))
-        _drain(total, stages, (in_free,))
-        return
-
-      n1 = jnp.maximum(n, 1)
-
-      def load(t, slot):
-        g = lax.div(t, n1)
-        load_block(kvh * G + g, lo + lax.rem(t, n1), slot)
-
-      total = n * G
-      for i in range(stages):
-        pl.when(i < total)(functools.partial(load, i, i))
-
-      def body(t, carry):
-        slot = lax.rem(t, stages)
-        plgpu.barrier_wait(in_free.at[slot])
-        load(t, slot)
-        return carry
-      lax.fori_loop(jnp.int32(stages), jnp.maximum(total, stages), body, None)
+      total = ring_tile(bhc, jnp.int32(0))
       _drain(total, stages, (in_free,))
 
   tr = _smem_transforms(D, dtype)
+  kv_bufs = 4 if persistent else 2   # index buf * 2 + wg (persistent) or wg
   scratch = (
-      plgpu.SMEM((2, bkv, D), dtype, transforms=tr),
-      plgpu.SMEM((2, bkv, D), dtype, transforms=tr),
+      plgpu.SMEM((kv_bufs, bkv, D), dtype, transforms=tr),
+      plgpu.SMEM((kv_bufs, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bq, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bq, D), dtype, transforms=tr),
       plgpu.SMEM((stages, bq), jnp.float32),
@@ -2055,18 +2133,28 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   if not fused:
     if ping_pong:
       scratch = scratch + (plgpu.Barrier(num_arrivals=2),)
-    scratch = scratch + tuple(plgpu.SMEM((2, bkv), jnp.int32) for _ in range(nks)) + tuple(
+    scratch = scratch + tuple(plgpu.SMEM((kv_bufs, bkv), jnp.int32) for _ in range(nks)) + tuple(
         plgpu.SMEM((stages, bq), jnp.int32) for _ in range(nqs))
+    if dynamic:   # the work items' slots and handoff barriers (see `_dynamic_items`)
+      scratch = scratch + (plgpu.SMEM((2,), jnp.int32), plgpu.Barrier(num_barriers=2),
+                           plgpu.Barrier(num_arrivals=2, num_barriers=2))
     qside, kvside = _side_operands(st, seg, sp)
     operands = (q, k, v, do, lse2, delta) + qside + kvside
     if segs:
       operands = operands + (_kv_tile_q_table(st, seg, 2 * bkv, bq),)
     if sparse:
       operands = operands + tuple(sp[1])
+    if persistent:
+      grid, names = (n_ctas,), ("cta",)
+    params = _compiler_params(st.cfg)
+    if counter:
+      outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32),
+                                 (kv_type, kv_type), scratch, grid, names, params)
+      return outs
     return plgpu.kernel(
         kernel, out_type=(kv_type, kv_type), scratch_types=scratch, grid=grid,
         grid_names=names, num_threads=3, thread_name="wg",
-        compiler_params=_compiler_params(st.cfg), **_interpret_arg(st))(*operands)
+        compiler_params=params, **_interpret_arg(st))(*operands)
   scratch = scratch + (
       plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
@@ -2363,6 +2451,37 @@ def _dq_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
   return cfg.bwd_persistent and _dq_smem_bytes(cfg, D, itemsize, q_sides=q_sides,
                                                kv_sides=kv_sides, persistent=True,
                                                dlse=dlse) <= _SMEM_LIMIT
+
+
+def _dkv_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
+                    kv_sides: int = 0, persistent: bool | None = None) -> int:
+  """dK/dV kernel SMEM (not fused), as Mosaic GPU allocates it (1 KiB per buffer, 8 bytes per
+  barrier): K, V (2 consumers; double-buffered when persistent) + the Q / dO ring + lse /
+  delta per slot + the int32 side values (key sides per K / V buffer, query sides per slot);
+  no reduction scratch (the kernel has no cross-thread reduction, so Mosaic reserves none);
+  with the dynamic scheduler its item slots (1 KiB) and 4 barriers. `persistent` None: what
+  the kernel will allocate (`_dkv_persistent`). D=128, bwd_stages=2, persistent: 199760
+  bytes (K / V double-buffered: +64 KiB)."""
+  if persistent is None:
+    persistent = _dkv_persistent(cfg, D, itemsize, q_sides, kv_sides)
+  bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages
+  kv_bufs = 4 if persistent else 2
+  dynamic = persistent and cfg.persistent_dynamic
+  bufs = (2 * _smem_alloc(kv_bufs * bkv * D * itemsize) + 2 * _smem_alloc(stages * bq * D * itemsize)
+          + 2 * _smem_alloc(stages * bq * 4))
+  sides = kv_sides * _smem_alloc(kv_bufs * bkv * 4) + q_sides * _smem_alloc(stages * bq * 4)
+  barriers = 8 * (2 + 2 * stages + cfg.bwd_schedule_barrier + 4 * dynamic)
+  return bufs + sides + barriers + 1024 * dynamic
+
+
+def _dkv_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
+                    kv_sides: int = 0) -> bool:
+  """Whether the (non-fused) dK/dV kernel runs persistent: `cfg.dkv_persistent`, unless its
+  buffers do not fit in shared memory (as `_dq_persistent`): they fit for D <= 128 with
+  bwd_stages=2 (side arrays included); with bwd_stages=3 at D=128 only plain calls (no side
+  values) with the static split."""
+  return cfg.dkv_persistent and _dkv_smem_bytes(cfg, D, itemsize, q_sides, kv_sides,
+                                                persistent=True) <= _SMEM_LIMIT
 
 
 def _static_int(x, name):

@@ -423,7 +423,9 @@ def test_persistent_dynamic_repeated_calls():
   check_backward(2, 384, 384, 4, 2, 128, jnp.bfloat16, is_causal=True, config=_DYNAMIC)
 
 
-_DYNAMIC_BOTH = ha.HopperConfig(persistent=True, bwd_persistent=True, persistent_dynamic=True)
+# the dynamic scheduler in all three kernels (the persistent forward, dQ and dK/dV kernels)
+_DYNAMIC_BOTH = ha.HopperConfig(persistent=True, bwd_persistent=True, dkv_persistent=True,
+                                persistent_dynamic=True)
 
 DYNAMIC_BWD = {
     "causal_gqa_ragged_offset": dict(shape=(2, 333, 517, 8, 2, 128),
@@ -438,9 +440,10 @@ DYNAMIC_BWD = {
 @requires_hopper
 @pytest.mark.parametrize("name", sorted(DYNAMIC_BWD))
 def test_persistent_dynamic_backward(name):
-  """The dynamic scheduler in the persistent forward and dQ kernels: gradients (with an lse
-  cotangent: the dQ kernel's item slots behind the dlse row) and, for documents, the gradient
-  of a loss on the output alone (no lse cotangent: the persistent dQ kernel with segment ids)."""
+  """The dynamic scheduler in the persistent forward, dQ and dK/dV kernels: gradients (with an
+  lse cotangent: the dQ kernel's item slots behind the dlse row) and, for documents, the
+  gradient of a loss on the output alone (no lse cotangent: the persistent dQ kernel with
+  segment ids)."""
   c = DYNAMIC_BWD[name]
   check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_DYNAMIC_BOTH, **c["kw"])
   if name == "documents_empty_rows":
@@ -472,6 +475,7 @@ def test_persistent_dynamic_block_mask_backward():
 @requires_hopper
 @pytest.mark.parametrize("what", [
     "dynamic_forward",
+    "dynamic_backward",
     pytest.param("fused_backward", marks=pytest.mark.xfail(
         strict=True, reason="known limitation: the fused backward's dQ-sum Ref launch has no "
         "vmap rule (eleventh session, NOTES.md Hopper v13)")),
@@ -486,6 +490,14 @@ def test_vmap_of_kernels_with_a_ref(what):
     got = jax.vmap(f)(q, k, v)
     want = ha.hopper_attention(q, k, v, is_causal=True, config=ha.HopperConfig(persistent=True))
     assert rel_err(got, want) < 1e-6
+  elif what == "dynamic_backward":   # the dQ and dK/dV kernels' counters
+    kw = dict(is_causal=True, config=_DYNAMIC_BOTH)
+    loss = lambda fn: lambda q, k, v: jnp.sum(fn(q[None], k[None], v[None], **kw)[0]
+                                              .astype(jnp.float32) * do[0])
+    got = jax.vmap(jax.grad(loss(ha.hopper_attention), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.vmap(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(got, want):
+      assert rel_err(a, b) < 5e-2
   else:
     kw = dict(is_causal=True, backward="fused")
     loss = lambda fn: lambda q, k, v: jnp.sum(fn(q[None], k[None], v[None], **kw)[0]
@@ -636,6 +648,36 @@ def test_persistent_backward(name):
     ha.HopperConfig(bwd_persistent=True, bwd_stages=3),               # D=64 only (SMEM)
 ], ids=["ctas7", "tiles_fastest", "with_persistent_forward", "d64_3stages"])
 def test_persistent_backward_configs(cfg):
+  D = 64 if cfg.bwd_stages == 3 else 128
+  check_backward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
+  check_backward(2, 640, 640, 4, 2, D, jnp.bfloat16, config=cfg,
+                 segment_ids=_seg(640, 640, 4, seed=17, orphan=(300, 420)))
+
+
+# The persistent dK/dV kernel (HopperConfig(dkv_persistent=True)): one CTA per SM, each
+# looping over (b, KV head, KV tile) work items; the Q / dO ring and the producer carried across
+# items, K / V double-buffered, the next item's K / V loaded during the current one, the dK / dV
+# stores not awaited. With the dynamic scheduler (the default pairing) and the static split.
+_DKV_DYNAMIC = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=True)
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(PERSISTENT_BWD))
+def test_persistent_dkv_backward(name):
+  c = PERSISTENT_BWD[name]
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_DKV_DYNAMIC,
+                 backward="mosaic", **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [
+    ha.HopperConfig(dkv_persistent=True),                              # static split
+    ha.HopperConfig(dkv_persistent=True, persistent_ctas=7),          # many items per CTA
+    dataclasses.replace(_DKV_DYNAMIC, persistent_ctas=7),
+    dataclasses.replace(_DKV_DYNAMIC, tiles_fastest=True),
+    dataclasses.replace(_DKV_DYNAMIC, bwd_stages=3),                   # D=64 only (SMEM)
+], ids=["static", "static_ctas7", "dynamic_ctas7", "tiles_fastest", "d64_3stages"])
+def test_persistent_dkv_configs(cfg):
   D = 64 if cfg.bwd_stages == 3 else 128
   check_backward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
   check_backward(2, 640, 640, 4, 2, D, jnp.bfloat16, config=cfg,

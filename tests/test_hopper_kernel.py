@@ -424,6 +424,10 @@ _CASE_SCRIPT = textwrap.dedent("""
       for name, a, b in zip(("dq", "dk", "dv"), g, g2):
         res[name] = rel(a, b)
         res[name + "_finite"] = 0.0 if bool(jnp.all(jnp.isfinite(a))) else float("inf")
+      if c.get("unseen_keys_from") is not None:   # keys no query meets: zero dk, dv
+        j = c["unseen_keys_from"]
+        res["dkv_unseen"] = float(max(np.abs(np.asarray(x[:, j:], np.float32)).max()
+                                      for x in g[1:]))
       if empty.any():   # rows meeting no key: zero dq
         res["dq_empty_rows"] = float(np.abs(np.asarray(g[0], np.float32).transpose(
             0, 2, 1, 3)[empty]).max())
@@ -467,6 +471,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              persistent_sync_per_tile=c.get("sync_per_tile", True),
                              persistent_dynamic=c.get("dynamic", False),
                              bwd_persistent=c.get("bwd_persistent", False),
+                             dkv_persistent=c.get("dkv_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
                              bwd_schedule_barrier=c.get("bwd_sched", False))
@@ -1168,6 +1173,83 @@ def test_interpret_persistent_backward(name):
       assert err <= 3e-2, (name, key, err, res)
   assert res["n_empty_rows"] > 0, res
   assert res["dq_empty_rows"] == 0.0, res
+
+
+# The persistent dK/dV kernel (HopperConfig(dkv_persistent=True, persistent_ctas=n)): n CTAs
+# looping over (b, KV head, KV tile) work items, the Q / dO ring and the producer carried across
+# items, K / V double-buffered and the next item's loaded during the current one, the dK / dV
+# stores not awaited. The whole backward against the dense reference, race detector on every
+# kernel; every case has more work items than CTAs, not a multiple of them; static split and
+# the dynamic scheduler's handoff (static items in interpret mode).
+def _dkvcase(ctas, **kw):
+  return _case(dkv_persistent=True, persistent_ctas=ctas, races=True, grad="mosaic",
+               dtype="bfloat16", **kw)
+
+
+PERSISTENT_DKV_CASES = {
+    # causal + q offset + left window, ragged lengths (T=300, S=330), GQA (N=2, K=1: the head
+    # loop inside an item), 3-slot ring (items start mid-ring); 3 items on 2 CTAs
+    "causal_gqa_window_ragged": _dkvcase(2, shape=(1, 300, 330, 2, 1, 64), causal=True,
+                                         q_offset=40, window=(90, None), bwd_stages=3),
+    # documents + causal, 2 batch rows (the range table read per item), rows 60..69 in a
+    # document no key has; 4 items on 3 CTAs
+    "documents_empty_rows": _dkvcase(
+        3, shape=(2, 200, 200, 2, 1, 64), causal=True,
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))),
+    # causal, S > T: KV tiles 1 and 2 meet no query (items with zero steps: dK / dV 0, the
+    # next item's K / V prefetched after the walk), between one-step items; 6 items on 4 CTAs
+    "zero_step_items": _dkvcase(4, shape=(2, 128, 384, 2, 1, 64), causal=True,
+                                unseen_keys_from=128),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", sorted(PERSISTENT_DKV_CASES))
+def test_interpret_persistent_dkv(name, dynamic):
+  case = dict(PERSISTENT_DKV_CASES[name], dynamic=dynamic)
+  B, _, S, _, K = case["shape"][:5]
+  items = B * K * -(-S // 128)
+  assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
+  res = _run_case(case)
+  assert res["races_bwd"] == 0.0, res
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= 3e-2, (name, key, err, res)
+  if name == "zero_step_items":   # the keys no query sees get exactly zero gradients
+    assert res["dkv_unseen"] == 0.0, res
+
+
+def test_dkv_persistent_config():
+  """Shared memory of the persistent dK/dV kernel (`_dkv_smem_bytes`, exact: see
+  tests/test_kernel_lowering.py) and when it applies (`_dkv_persistent`)."""
+  import dataclasses
+  assert not ha.HopperConfig().dkv_persistent   # off by default
+  cfg = ha.HopperConfig(dkv_persistent=True)
+  dyn = dataclasses.replace(cfg, persistent_dynamic=True)
+  # D=128, 2 stages: K / V double-buffered (+4 tiles of 64 x 128 x 2 bytes)
+  assert ha._dkv_smem_bytes(cfg, 128, 2, persistent=True) == 198704
+  assert ha._dkv_smem_bytes(cfg, 128, 2, persistent=False) == 198704 - 4 * 64 * 128 * 2
+  assert ha._dkv_smem_bytes(dyn, 128, 2, persistent=True) == 198704 + 1024 + 32
+  for c in (cfg, dyn):
+    assert ha._dkv_persistent(c, 128, 2) and ha._dkv_persistent(c, 128, 2, 1, 2)
+    assert ha._dkv_persistent(dataclasses.replace(c, bwd_stages=3), 64, 2, 1, 2)
+  # 3 stages at D=128: plain with the static split only
+  assert ha._dkv_persistent(dataclasses.replace(cfg, bwd_stages=3), 128, 2)
+  assert not ha._dkv_persistent(dataclasses.replace(cfg, bwd_stages=3), 128, 2, 1, 1)
+  assert not ha._dkv_persistent(dataclasses.replace(dyn, bwd_stages=3), 128, 2)
+  # the other kernels' switches do not turn it on
+  assert not ha._dkv_persistent(ha.HopperConfig(persistent=True, bwd_persistent=True), 64, 2)
+  # the item order is the non-persistent grid's (KV heads fastest, then KV tiles, then batch;
+  # tiles first with tiles_fastest), causal calls included
+  import jax.numpy as jnp
+  st = dataclasses.replace(_st(384, 384, True, 0, 0, None, None), B=2, K=3)
+  got = [tuple(int(x) for x in ha._dkv_work_item(st, jnp.int32(w), 3)) for w in range(18)]
+  assert got == [(b, h, ci) for b in range(2) for ci in range(3) for h in range(3)]
+  st = dataclasses.replace(st, cfg=ha.HopperConfig(tiles_fastest=True))
+  got = [tuple(int(x) for x in ha._dkv_work_item(st, jnp.int32(w), 3)) for w in range(18)]
+  assert got == [(b, h, ci) for b in range(2) for h in range(3) for ci in range(3)]
 
 
 def test_persistent_config():

@@ -61,8 +61,9 @@ def _docs(B, L, n, seed):
 
 PERSISTENT = ha.HopperConfig(persistent=True, persistent_ctas=132)
 BWD_PERSISTENT = ha.HopperConfig(bwd_persistent=True, persistent_ctas=132)
-DYNAMIC = ha.HopperConfig(persistent=True, bwd_persistent=True, persistent_dynamic=True,
-                         persistent_ctas=132)
+DYNAMIC = ha.HopperConfig(persistent=True, bwd_persistent=True, dkv_persistent=True,
+                          persistent_dynamic=True, persistent_ctas=132)
+DKV_PERSISTENT = ha.HopperConfig(dkv_persistent=True, persistent_ctas=132)
 
 # name: (B, T, S, N, K, D, dtype), kwargs of hopper_attention, kernels in the forward and in
 # forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
@@ -111,8 +112,15 @@ CASES = {
     "bwd_persistent_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
                                       dict(sliding_window=(100, 30), kv_offset=300,
                                            config=BWD_PERSISTENT), 1, 3),
-    # the dynamic scheduler (HopperConfig(persistent_dynamic=True)) in the persistent forward
-    # and dQ kernels: its atomic (inline Mosaic GPU) and the Ref operand; documents with an
+    # the persistent dK/dV kernel (HopperConfig(dkv_persistent=True)), static split
+    "dkv_persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
+                                                dict(is_causal=True, q_offset=184,
+                                                     config=DKV_PERSISTENT), 1, 3),
+    "dkv_persistent_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
+                                      dict(sliding_window=(100, 30), kv_offset=300,
+                                           config=DKV_PERSISTENT), 1, 3),
+    # the dynamic scheduler (HopperConfig(persistent_dynamic=True)) in the persistent forward,
+    # dQ and dK/dV kernels: its atomic (inline Mosaic GPU) and the Ref operand; documents with an
     # lse cotangent: the dQ kernel's item slots do not fit there (non-persistent dQ)
     "dynamic_dense": ((4, 1024, 1024, 16, 16, 128, jnp.bfloat16), dict(config=DYNAMIC), 1, 3),
     "dynamic_documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
@@ -213,6 +221,19 @@ def test_dq_smem_bytes_with_the_dynamic_scheduler(sides):
   _check_dq_smem_bytes(128, True, sides, persistent_dynamic=True)
 
 
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("sides", ["none", "segments", "side_arrays"])
+def test_dkv_smem_bytes_is_what_mosaic_allocates(D, dynamic, sides):
+  """`_dkv_smem_bytes` (which decides whether the persistent dK/dV kernel fits: K / V double
+  buffered; with the dynamic scheduler its item slots and barriers) against Mosaic GPU's
+  count for the dK/dV kernel of HopperConfig(dkv_persistent=True) (and the non-persistent
+  one: in every `_check_dq_smem_bytes` call)."""
+  _check_dq_smem_bytes(D, False, sides, dkv_persistent=True, persistent_dynamic=dynamic)
+  cfg = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=dynamic)
+  assert ha._dkv_persistent(cfg, D, 2, 1, 2)   # pylint: disable=protected-access
+
+
 def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
   from jax.experimental.mosaic.gpu import core as mgpu_core
   from pallas_kernels import from_dense
@@ -249,6 +270,10 @@ def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
   assert persistent == (bwd_persistent and not (D == 128 and sides == "side_arrays"))
   want = ha._dq_smem_bytes(cfg, D, 2, q_sides=nq, kv_sides=nkv)   # pylint: disable=protected-access
   assert len(seen) == 3 and seen[1] == want, (seen, want)   # forward, dQ, dK/dV
+  want_dkv = ha._dkv_smem_bytes(cfg, D, 2, nq, nkv)   # pylint: disable=protected-access
+  assert seen[2] == want_dkv and want_dkv <= ha._SMEM_LIMIT, (seen, want_dkv)   # pylint: disable=protected-access
+  if ha._dkv_persistent(cfg, D, 2, nq, nkv):   # pylint: disable=protected-access
+    assert want_dkv != ha._dkv_smem_bytes(cfg, D, 2, nq, nkv, persistent=False)  # pylint: disable=protected-access
   assert want <= ha._SMEM_LIMIT   # pylint: disable=protected-access
   if persistent:   # really the persistent kernel's buffers
     assert want != ha._dq_smem_bytes(cfg, D, 2, q_sides=nq, kv_sides=nkv, persistent=False)  # pylint: disable=protected-access
