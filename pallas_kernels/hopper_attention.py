@@ -991,8 +991,11 @@ def _persistent_schedule(st: _Static, items: int, n_ctas: int, item_of, dynamic_
   None: CTA `cta` runs items cta, cta + n_ctas, ...) or the dynamic scheduler (`dynamic_refs`
   = `_dynamic_items`' counter_ref, items_smem, item_bar, item_free).
   -> (first: the CTA's first item (b, h, ci),
-      consumer_loop(tile): runs base = tile(p, (b, h, ci), base, has_next, next (b, h, ci))
-        over the CTA's tiles p = 0, 1, ... (base: the ring steps of the earlier tiles),
+      consumer_loop(tile): runs base = tile(p, (b, h, ci), base, following) over the CTA's
+        tiles p = 0, 1, ... (base: the ring steps of the earlier tiles; following() -> (has
+        next, the next item's (b, h, ci)), computed where it is called: carried as the item
+        number at most, not as 4 values live across the tile's loop - registers the dK/dV
+        kernel does not have),
       producer(ring_tile, stages, free_barriers): the producer warpgroup's ring over the same
         tiles - cnt = ring_tile((b, h, ci), cnt) issues a tile's loads from ring step cnt -
         then the `_drain` of the last `stages` "free" phases)."""
@@ -1004,8 +1007,8 @@ def _persistent_schedule(st: _Static, items: int, n_ctas: int, item_of, dynamic_
     item = lambda k: item_of(cta + k * n_ctas)
 
     def consumer_loop(tile):
-      lax.fori_loop(0, n_local, lambda k, base: tile(k, item(k), base, k + 1 < n_local,
-                                                     item(k + 1)), zero)
+      lax.fori_loop(0, n_local, lambda k, base: tile(
+          k, item(k), base, lambda: (k + 1 < n_local, item(k + 1))), zero)
 
     def producer(ring_tile, stages, free_barriers):
       total = lax.fori_loop(0, n_local, lambda k, cnt: ring_tile(item(k), cnt), zero)
@@ -1019,7 +1022,8 @@ def _persistent_schedule(st: _Static, items: int, n_ctas: int, item_of, dynamic_
     def body(carry):   # the items `take` hands out, until one is past the end
       p, w, base = carry
       w_next = take(p + 1)
-      return p + 1, w_next, tile(p, item_of(w), base, w_next < items, item_of(w_next))
+      return p + 1, w_next, tile(p, item_of(w), base,
+                                 lambda: (w_next < items, item_of(w_next)))
     lax.while_loop(not_done, body, (zero, cta, zero))
 
   def producer(ring_tile, stages, free_barriers):
@@ -1356,13 +1360,14 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           b, h, ci = bhc
           load_q(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
 
-        def tile(p, bhc, base, has_next, nxt):   # local tile p: work item bhc (see schedule)
+        def tile(p, bhc, base, following):   # local tile p: work item bhc (see schedule)
           buf = lax.rem(p, 2)
           b, h, ci = bhc
           r0, n, sections, _ = plan(b, h, ci)
           # The other buffer held tile p - 1's Q, then its out: its O / lse stores (issued at
           # the end of tile p - 1) must have read SMEM before the prefetch overwrites it.
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          has_next, nxt = following()
 
           @pl.when(has_next)
           def _():
@@ -1683,7 +1688,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           b, h, ci = bhc
           load_tile(b, h, ci * (2 * bq) + wg * bq, buf * 2 + wg)
 
-        def tile(p, bhc, base, has_next, nxt):   # local tile p: work item bhc (see schedule)
+        def tile(p, bhc, base, following):   # local tile p: work item bhc (see schedule)
           buf = lax.rem(p, 2)
           b, h, ci = bhc
           r0, n, sections, _ = plan(b, h, ci)
@@ -1693,6 +1698,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
             # Tile p - 1's dQ store (from the Q buffer about to be overwritten) and this
             # tile's delta store (from the lse slot) must have read SMEM.
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            has_next, nxt = following()
 
             @pl.when(has_next)
             def _():
@@ -2076,13 +2082,14 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       def _consumer_persistent():
         plgpu.set_max_registers(cfg.consumer_registers, action="increase")
 
-        def tile(p, bhc, base, has_next, nxt):   # local item p: (b, kvh, ci) (see schedule)
+        def tile(p, bhc, base, following):   # local item p: (b, kvh, ci) (see schedule)
           buf = lax.rem(p, 2)
 
           def prefetch():
             # item p - 1's dK / dV stores (from the buffer about to be overwritten) must have
             # read SMEM
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            has_next, nxt = following()
 
             @pl.when(has_next)
             def _():
