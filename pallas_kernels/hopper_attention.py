@@ -2192,12 +2192,17 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                                     jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), jnp.float32)),
         scratch_types=scratch, grid=grid, grid_names=names, num_threads=3, thread_name="wg",
         compiler_params=_compiler_params(st.cfg), interpret=params)(q, k, v, do, lse2, delta)
-  # Launched with its Ref directly (not through `_kernel_with_ref`'s vmap wrapper: the dQ sum
-  # came back zero from it on the H100 under vmap, eleventh session), so it is not vmappable.
-  dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
-  dk, dv = _launch_with_ref(kernel, (q, k, v, do, lse2, delta), dq_acc, (kv_type, kv_type),
-                            scratch, grid, names, _compiler_params(st.cfg))
-  return dk, dv, jax.freeze(dq_acc)
+  # The dQ sum is a Ref the kernel reduce-adds into. Launched Ref-free (`_without_refs`), so
+  # that `_batch_folded` can take it under vmap: not `_kernel_with_ref`'s per-element lax.map,
+  # because inside a loop (scan / while) the kernel's reduce-adds do not reach the Ref's final
+  # value - it came back zero on the H100, with the Ref created inside the loop body too
+  # (twelfth session, benchmarks/results/logs_s12/probe_fused_vmap.py).
+  def run(*arrays):
+    dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
+    dk, dv = _launch_with_ref(kernel, arrays, dq_acc, (kv_type, kv_type), scratch, grid, names,
+                              _compiler_params(st.cfg))
+    return dk, dv, jax.freeze(dq_acc)
+  return _without_refs(run, q, k, v, do, lse2, delta)
 
 
 def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params):
@@ -2257,6 +2262,27 @@ def _sequential_under_vmap(fn):
   return fn
 
 
+def _batch_folded(call, st: _Static, *arrays):
+  """call(st, *arrays) for arrays (and outputs) whose leading axis is the batch (st.B). Under
+  vmap the mapped axis is folded into the batch - one launch over axis_size * B batch rows
+  (the kernel's CTAs are per batch row), no loop around the kernel - so `call` must carry no
+  Ref effect (`_without_refs`). Unmapped arguments are broadcast. For calls whose `st` has no
+  batch-shaped side data (no segment ids or block lists): the fused backward."""
+  if st.segments or st.sparse:
+    raise ValueError("_batch_folded takes no segment ids or block lists")
+  f = jax.custom_batching.custom_vmap(functools.partial(call, st))
+
+  @f.def_vmap
+  def _rule(axis_size, in_batched, *xs):
+    xs = [x if mapped else jnp.broadcast_to(x, (axis_size,) + x.shape)
+          for x, mapped in zip(xs, in_batched)]
+    out = _batch_folded(call, dataclasses.replace(st, B=axis_size * st.B),
+                        *(x.reshape((-1,) + x.shape[2:]) for x in xs))
+    out = jax.tree.map(lambda o: o.reshape((axis_size, st.B) + o.shape[1:]), out)
+    return out, jax.tree.map(lambda _: True, out)
+  return f(*arrays)
+
+
 def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
   """(grid, names): heads fastest (default) or tiles fastest (`cfg.tiles_fastest`)."""
   if st.cfg.tiles_fastest:
@@ -2314,7 +2340,8 @@ def _core_bwd_impl(st, bwd, res, cts):
     # d lse / d s = p: folds into delta (ds = p * (dp - delta + dlse)); lse2 = lse * log2(e).
     delta = delta - dlse2.astype(jnp.float32) * LOG2E
   if bwd == "fused":
-    dk, dv, dq_acc = _dkv_call(st, q, k, v, do, lse_b, delta, fused=True)
+    dk, dv, dq_acc = _batch_folded(functools.partial(_dkv_call, fused=True), st, q, k, v, do,
+                                   lse_b, delta)
     return (dq_acc * st.scale).astype(q.dtype), dk, dv
   # "xla": a blocked jnp recomputation with the same masking (correct, not fast).
   return _bwd_xla(st, q, k, v, do, lse_b, delta, seg)

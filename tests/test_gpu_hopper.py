@@ -16,6 +16,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -476,13 +477,12 @@ def test_persistent_dynamic_block_mask_backward():
 @pytest.mark.parametrize("what", [
     "dynamic_forward",
     "dynamic_backward",
-    pytest.param("fused_backward", marks=pytest.mark.xfail(
-        strict=True, reason="known limitation: the fused backward's dQ-sum Ref launch has no "
-        "vmap rule (eleventh session, NOTES.md Hopper v13)")),
+    "fused_backward",
 ])
 def test_vmap_of_kernels_with_a_ref(what):
   """The kernels launched with a Ref operand (the dynamic scheduler's counter, the fused
-  backward's dQ sum) under vmap."""
+  backward's dQ sum) under vmap: the dynamic kernels once per element (`lax.map`), the fused
+  backward with the mapped axis folded into the batch (`_batch_folded`)."""
   q, k, v, do, _ = _inputs(3, 512, 512, 4, 2, 128, jnp.bfloat16)
   if what == "dynamic_forward":
     kw = dict(is_causal=True, config=_DYNAMIC)
@@ -505,6 +505,29 @@ def test_vmap_of_kernels_with_a_ref(what):
     got = jax.vmap(jax.grad(loss(ha.hopper_attention)))(q, k, v)
     want = jax.vmap(jax.grad(loss(ref)))(q, k, v)
     assert rel_err(got, want) < 5e-2
+
+
+@requires_hopper
+@pytest.mark.parametrize("backward", ["fused", "mosaic"])
+def test_backward_inside_scan(backward):
+  """Gradients of a 2-layer `lax.scan` through the kernel (a model scanning its layers): the
+  fused backward's dQ sum (a Ref the kernel reduce-adds into) inside an XLA loop; the
+  dynamic scheduler's counter too (the mosaic case with the dynamic config)."""
+  q, k, v, do, _ = _inputs(1, 1024, 1024, 4, 4, 128, jnp.bfloat16, seed=21)
+  cfg = None if backward == "fused" else _DYNAMIC_BOTH
+
+  def loss(fn, **kw):
+    def f(q, k, v):
+      def body(c, _):
+        return fn(c, k, v, **kw).astype(c.dtype), None
+      o, _ = lax.scan(body, q, None, length=2)
+      return jnp.sum(o.astype(jnp.float32) * do)
+    return f
+  got = jax.jit(jax.grad(loss(ha.hopper_attention, backward=backward, config=cfg),
+                         argnums=(0, 1, 2)))(q, k, v)
+  want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got, want):
+    assert rel_err(a, b) < 5e-2
 
 
 # --------------------------------------------------------------------------------------------

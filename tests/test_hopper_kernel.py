@@ -1068,6 +1068,59 @@ def test_ref_kernels_run_without_refs_and_sequentially_under_vmap():
   assert "new_ref" not in jaxpr and "mutable_array" not in jaxpr, jaxpr
 
 
+def test_batch_folded_folds_vmap_into_the_batch():
+  # `_batch_folded` (the fused backward under vmap): the mapped axis is folded into the batch
+  # (one call with st.B = axis_size * B, no loop around the kernel: inside a loop its dQ sum's
+  # reduce-adds came back lost on the H100), unmapped arguments broadcast, nested vmaps too.
+  import dataclasses
+  calls = []
+
+  def call(st, x, y):
+    calls.append((st.B, x.shape, y.shape))
+    assert x.shape[0] == y.shape[0] == st.B
+    return x * 2.0 + y.sum(axis=1, keepdims=True), x[:, :1]
+  st = dataclasses.replace(_st(128, 128, False, 0, 0, None, None), B=2)
+  x = jnp.arange(24.0).reshape(3, 2, 4)
+  y = jnp.arange(10.0).reshape(2, 5)
+  f = jax.jit(jax.vmap(lambda x, y: ha._batch_folded(call, st, x, y), in_axes=(0, None)))
+  out, first = f(x, y)
+  np.testing.assert_allclose(out, x * 2.0 + y.sum(axis=1)[None, :, None])
+  np.testing.assert_allclose(first, x[:, :, :1])
+  assert calls[-1] == (6, (6, 4), (6, 5)), calls   # one call over 3 * 2 batch rows
+  xx = jnp.stack([x, x + 1.0])   # nested: 2 x 3 x 2
+  out, _ = jax.vmap(jax.vmap(lambda x, y: ha._batch_folded(call, st, x, y)),
+                    in_axes=(0, None))(xx, jnp.stack([y] * 3))
+  np.testing.assert_allclose(out, xx * 2.0 + y.sum(axis=1)[None, None, :, None])
+  assert calls[-1][0] == 12, calls
+  with pytest.raises(ValueError, match="segment ids"):
+    ha._batch_folded(call, dataclasses.replace(st, segments=True), x[0], y)
+
+
+@requires_interpret
+def test_interpret_fused_backward_under_vmap():
+  # vmap of the gradient with backward="fused" (interpret mode: the dQ sum as a third output;
+  # on the H100 the Ref launch, tests/test_gpu_hopper.py): the mapped axis folded into the
+  # batch, k / v unmapped; against the reference's per-example gradients.
+  from pallas_kernels.hopper_reference import hopper_attention_reference as ref
+  T, N, D = 128, 2, 64
+  ks = jax.random.split(jax.random.PRNGKey(11), 4)
+  q = jax.random.normal(ks[0], (3, 1, T, N, D), jnp.float16)
+  k = jax.random.normal(ks[1], (1, T, N, D), jnp.float16)
+  v = jax.random.normal(ks[2], (1, T, N, D), jnp.float16)
+  w = jax.random.normal(ks[3], (3, 1, T, N, D), jnp.float32)
+
+  def loss(fn, **extra):
+    return lambda q, k, v, w: jnp.sum(fn(q, k, v, **extra).astype(jnp.float32) * w)
+  got = jax.vmap(jax.grad(loss(ha.hopper_attention, interpret=True, backward="fused"),
+                          argnums=(0, 1, 2)), in_axes=(0, None, None, 0))(q, k, v, w)
+  want = jax.vmap(jax.grad(loss(ref), argnums=(0, 1, 2)), in_axes=(0, None, None, 0))(
+      *(x.astype(jnp.float32) for x in (q, k, v)), w)
+  for a, b in zip(got, want):
+    assert a.shape == b.shape
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.abs(a - b).max() <= 2e-2 * np.abs(b).max()
+
+
 @requires_interpret
 @pytest.mark.parametrize("which", ["out_only", "lse_only"])
 def test_interpret_backward_with_a_symbolic_zero_cotangent(which):
