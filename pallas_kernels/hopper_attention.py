@@ -2194,9 +2194,11 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         compiler_params=_compiler_params(st.cfg), interpret=params)(q, k, v, do, lse2, delta)
   # The dQ sum is a Ref the kernel reduce-adds into. Launched Ref-free (`_without_refs`), so
   # that `_batch_folded` can take it under vmap: not `_kernel_with_ref`'s per-element lax.map,
-  # because inside a loop (scan / while) the kernel's reduce-adds do not reach the Ref's final
-  # value - it came back zero on the H100, with the Ref created inside the loop body too
-  # (twelfth session, benchmarks/results/logs_s12/probe_fused_vmap.py).
+  # because where the raw sum becomes a lax.map / scan's stacked output its reduce-adds are
+  # lost - it came back zero on the H100 however the Ref was made, with XLA's command buffers
+  # on or off - while a fori_loop carrying it and a scan over layers (the sum scaled before it
+  # leaves the body, as `_core_bwd_impl` does) were correct (twelfth session,
+  # benchmarks/results/logs_s12/probe_fused_{vmap,loop}.py; test_backward_inside_scan).
   def run(*arrays):
     dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
     dk, dv = _launch_with_ref(kernel, arrays, dq_acc, (kv_type, kv_type), scratch, grid, names,
