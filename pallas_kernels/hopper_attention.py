@@ -48,8 +48,14 @@ GPU) kernel", for the tuning log):
   on the H100): as the persistent forward - one CTA per SM looping over the (head, q
   tile, batch) work items, the K/V ring and the producer carried across tiles, Q and dO
   double-buffered, the next tile's inputs loaded during the current tile's first KV step,
-  delta / dQ stores not awaited before the next tile. See `_dq_call`. The dK/dV kernel has
-  no persistent mode yet.
+  delta / dQ stores not awaited before the next tile. See `_dq_call`.
+* persistent dK/dV kernel (`HopperConfig(dkv_persistent=True)`, off by default: measured no
+  gain, twelfth session): one CTA per SM looping over the (b, KV head, KV tile) work items,
+  the Q / dO ring carried across items, K / V double-buffered, the next item's K / V loaded
+  during the current one. With `persistent_dynamic` the persistent kernels take their items
+  from a global atomic counter (FA3's scheduler). See `_dkv_call`, `_persistent_schedule`.
+* vmap: the kernels launched with a Ref (the dynamic scheduler's counter) run once per
+  element; the fused backward folds the mapped axis into the batch (`_batch_folded`).
 
 Semantics follow docs/ARCHITECTURE.md for the features this kernel has: causal with static
 offsets (absolute positions `q_offset + i`, `kv_offset + j`), sliding window (left, right),
@@ -156,11 +162,12 @@ class HopperConfig:
   # non-persistent instead (`_fwd_persistent`). The backward kernels ignore `persistent`
   # (the dQ kernel has its own switch, `bwd_persistent`, below).
   persistent: bool = False
-  persistent_ctas: int | None = None   # persistent / bwd_persistent; capped at the work items
+  persistent_ctas: int | None = None   # persistent / bwd_ / dkv_persistent; capped at items
   # persistent: the consumers' extra ping-pong round per tile (True) or once per CTA (False);
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
-  # persistent forward and dQ kernels (`persistent`, `bwd_persistent`): where each CTA's next
+  # persistent forward, dQ and dK/dV kernels (`persistent`, `bwd_persistent`,
+  # `dkv_persistent`): where each CTA's next
   # work item comes from. False: the static split above (cta, cta + n_ctas, ...). True: FA3's
   # dynamic scheduler - the first item is `cta`,
   # each next one is taken by the CTA's producer from a global int32 counter with an atomic
@@ -175,17 +182,20 @@ class HopperConfig:
   # over the dQ work items (the forward's order), the K/V ring and the producer carried across
   # tiles, Q and dO double-buffered and the next tile's loads (Q, dO, O, lse, dlse, row side
   # values) issued during the current tile, the delta and dQ stores not awaited before the
-  # next tile (see `_dq_call`). Applies to the dQ kernel only for now: the dK/dV kernel (and
-  # the "fused" / "xla" backwards) ignore it. Where its buffers do not fit in shared memory
-  # (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel runs
-  # non-persistent. Independent of `persistent` (the forward's).
+  # next tile (see `_dq_call`). Applies to the dQ kernel only: the dK/dV kernel has its own
+  # switch (`dkv_persistent`); the "fused" / "xla" backwards ignore it. Where its buffers do
+  # not fit in shared memory (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the
+  # dQ kernel runs non-persistent. Independent of `persistent` (the forward's).
   bwd_persistent: bool = False
   # backward: the dK/dV kernel persistent (`persistent_ctas` CTAs, one per SM by default, over
   # its (b, KV head, KV tile) work items; with `persistent_dynamic` from the dynamic
   # scheduler): the Q / dO ring and the producer carried across items, K / V double-buffered
   # and the next item's K / V loaded during the current one, the dK / dV stores not awaited
   # before the next item (see `_dkv_call`). Not for the fused backward. Where its buffers do
-  # not fit in shared memory (`_dkv_persistent`) the kernel runs non-persistent.
+  # not fit in shared memory (`_dkv_persistent`) the kernel runs non-persistent. Off by
+  # default: fwd+bwd 0.96 (documents) to 0.99 (dense S=1k) of the non-persistent kernel at
+  # 232 / 40 registers (ptxas: 244 bytes of spills against 132), 0.99-1.01 at 240 / 24
+  # (twelfth session, NOTES.md Hopper v14).
   dkv_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
@@ -1037,6 +1047,16 @@ def _persistent_schedule(st: _Static, items: int, n_ctas: int, item_of, dynamic_
   return item_of(cta), consumer_loop, producer
 
 
+def _prefetch_next(following, issue):
+  """A persistent consumer's prefetch of its next item into the other buffer: the TMA stores
+  it issued from that buffer (the previous item's outputs) must have read SMEM first; then
+  `issue(next (b, h, ci))` if there is a next item (`following`: see `_persistent_schedule`)."""
+  a = _api()
+  a["plgpu"].wait_smem_to_gmem(0, wait_read_only=True)
+  has_next, nxt = following()
+  a["pl"].when(has_next)(lambda: issue(nxt))
+
+
 def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   """seg: None, or (q_seg [B, Tp], kv_seg [B, Sp]) int32 (edge-padded) when st.segments.
   sp: None, or (kv lists, q lists, q side arrays, kv side arrays) when st.sparse.
@@ -1366,12 +1386,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           r0, n, sections, _ = plan(b, h, ci)
           # The other buffer held tile p - 1's Q, then its out: its O / lse stores (issued at
           # the end of tile p - 1) must have read SMEM before the prefetch overwrites it.
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          has_next, nxt = following()
-
-          @pl.when(has_next)
-          def _():
-            prefetch_q(nxt, 1 - buf)
+          _prefetch_next(following, lambda nxt: prefetch_q(nxt, 1 - buf))
           i = buf * 2 + wg
           plgpu.barrier_wait(q_bar.at[i])
           consume(b, h, r0, n, sections, q_smem.at[i], [sm.at[i] for sm in qside_smem], base,
@@ -1697,12 +1712,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
           def prefetch():
             # Tile p - 1's dQ store (from the Q buffer about to be overwritten) and this
             # tile's delta store (from the lse slot) must have read SMEM.
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            has_next, nxt = following()
-
-            @pl.when(has_next)
-            def _():
-              issue(nxt, 1 - buf)
+            _prefetch_next(following, lambda nxt: issue(nxt, 1 - buf))
           i = buf * 2 + wg
           consume(b, h, r0 + wg * bq, n, sections, q_smem.at[i], do_smem.at[i], base,
                   prefetch)
@@ -2088,12 +2098,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           def prefetch():
             # item p - 1's dK / dV stores (from the buffer about to be overwritten) must have
             # read SMEM
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-            has_next, nxt = following()
-
-            @pl.when(has_next)
-            def _():
-              load_kv(*nxt, (1 - buf) * 2 + wg)
+            _prefetch_next(following, lambda nxt: load_kv(*nxt, (1 - buf) * 2 + wg))
           return consume(*bhc, buf * 2 + wg, base, prefetch)
 
         load_kv(*first, wg)
@@ -2421,8 +2426,9 @@ def _fwd_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
 
 def _persistent_ctas(cfg: HopperConfig, items: int) -> int:
   """CTAs of a persistent kernel (the forward with `cfg.persistent`, the dQ kernel with
-  `cfg.bwd_persistent`): `cfg.persistent_ctas`, else the GPU's SM count (132, the H100 SXM's,
-  where it cannot be read), never more than there are work items."""
+  `cfg.bwd_persistent`, the dK/dV kernel with `cfg.dkv_persistent`): `cfg.persistent_ctas`,
+  else the GPU's SM count (132, the H100 SXM's, where it cannot be read), never more than
+  there are work items."""
   n = cfg.persistent_ctas
   if n is None:
     n = 132
@@ -2503,8 +2509,9 @@ def _dkv_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
   bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages
   kv_bufs = 4 if persistent else 2
   dynamic = persistent and cfg.persistent_dynamic
-  bufs = (2 * _smem_alloc(kv_bufs * bkv * D * itemsize) + 2 * _smem_alloc(stages * bq * D * itemsize)
-          + 2 * _smem_alloc(stages * bq * 4))
+  bufs = (2 * _smem_alloc(kv_bufs * bkv * D * itemsize)      # K, V
+          + 2 * _smem_alloc(stages * bq * D * itemsize)      # Q, dO ring
+          + 2 * _smem_alloc(stages * bq * 4))                # lse, delta
   sides = kv_sides * _smem_alloc(kv_bufs * bkv * 4) + q_sides * _smem_alloc(stages * bq * 4)
   barriers = 8 * (2 + 2 * stages + cfg.bwd_schedule_barrier + 4 * dynamic)
   return bufs + sides + barriers + 1024 * dynamic
