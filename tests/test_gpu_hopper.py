@@ -629,7 +629,7 @@ def test_bwd_schedule_barrier():
 # Persistent dQ kernel (HopperConfig(bwd_persistent=True)): one CTA per SM (default count),
 # each looping over (head, q tile, batch) work items; K/V ring and producer carried across
 # tiles, Q / dO double-buffered, the next tile's inputs loaded during the current one, delta /
-# dQ stores not awaited before the next tile. The dK/dV kernel is unchanged.
+# dQ stores not awaited before the next tile. The persistent dK/dV kernel: below.
 # --------------------------------------------------------------------------------------------
 _BWD_PERSISTENT = ha.HopperConfig(bwd_persistent=True)
 
@@ -655,28 +655,6 @@ PERSISTENT_BWD = {
 }
 
 
-@requires_hopper
-@pytest.mark.parametrize("name", sorted(PERSISTENT_BWD))
-def test_persistent_backward(name):
-  c = PERSISTENT_BWD[name]
-  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_BWD_PERSISTENT,
-                 backward="mosaic", **c["kw"])
-
-
-@requires_hopper
-@pytest.mark.parametrize("cfg", [
-    ha.HopperConfig(bwd_persistent=True, persistent_ctas=7),          # many items per CTA
-    ha.HopperConfig(bwd_persistent=True, tiles_fastest=True),
-    ha.HopperConfig(bwd_persistent=True, persistent=True),            # both kernels persistent
-    ha.HopperConfig(bwd_persistent=True, bwd_stages=3),               # D=64 only (SMEM)
-], ids=["ctas7", "tiles_fastest", "with_persistent_forward", "d64_3stages"])
-def test_persistent_backward_configs(cfg):
-  D = 64 if cfg.bwd_stages == 3 else 128
-  check_backward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
-  check_backward(2, 640, 640, 4, 2, D, jnp.bfloat16, config=cfg,
-                 segment_ids=_seg(640, 640, 4, seed=17, orphan=(300, 420)))
-
-
 # The persistent dK/dV kernel (HopperConfig(dkv_persistent=True)): one CTA per SM, each
 # looping over (b, KV head, KV tile) work items; the Q / dO ring and the producer carried across
 # items, K / V double-buffered, the next item's K / V loaded during the current one, the dK / dV
@@ -685,22 +663,29 @@ _DKV_DYNAMIC = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=True)
 
 
 @requires_hopper
+@pytest.mark.parametrize("kernel", ["dq", "dkv"])
 @pytest.mark.parametrize("name", sorted(PERSISTENT_BWD))
-def test_persistent_dkv_backward(name):
+def test_persistent_backward(name, kernel):
   c = PERSISTENT_BWD[name]
-  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=_DKV_DYNAMIC,
-                 backward="mosaic", **c["kw"])
+  cfg = _BWD_PERSISTENT if kernel == "dq" else _DKV_DYNAMIC
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=cfg, backward="mosaic",
+                 **c["kw"])
 
 
 @requires_hopper
 @pytest.mark.parametrize("cfg", [
+    ha.HopperConfig(bwd_persistent=True, persistent_ctas=7),          # many items per CTA
+    ha.HopperConfig(bwd_persistent=True, tiles_fastest=True),
+    ha.HopperConfig(bwd_persistent=True, persistent=True),            # both kernels persistent
+    ha.HopperConfig(bwd_persistent=True, bwd_stages=3),               # D=64 only (SMEM)
     ha.HopperConfig(dkv_persistent=True),                              # static split
-    ha.HopperConfig(dkv_persistent=True, persistent_ctas=7),          # many items per CTA
+    ha.HopperConfig(dkv_persistent=True, persistent_ctas=7),
     dataclasses.replace(_DKV_DYNAMIC, persistent_ctas=7),
     dataclasses.replace(_DKV_DYNAMIC, tiles_fastest=True),
-    dataclasses.replace(_DKV_DYNAMIC, bwd_stages=3),                   # D=64 only (SMEM)
-], ids=["static", "static_ctas7", "dynamic_ctas7", "tiles_fastest", "d64_3stages"])
-def test_persistent_dkv_configs(cfg):
+    dataclasses.replace(_DKV_DYNAMIC, bwd_stages=3),
+], ids=["ctas7", "tiles_fastest", "with_persistent_forward", "d64_3stages", "dkv_static",
+        "dkv_static_ctas7", "dkv_dynamic_ctas7", "dkv_tiles_fastest", "dkv_d64_3stages"])
+def test_persistent_backward_configs(cfg):
   D = 64 if cfg.bwd_stages == 3 else 128
   check_backward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60, config=cfg)
   check_backward(2, 640, 640, 4, 2, D, jnp.bfloat16, config=cfg,
