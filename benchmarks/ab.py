@@ -17,6 +17,8 @@ variant's ratio to the peer.
       --variant "dq64:dq=(64, 64);dq_launch=(4, 2)" [--variant ...] [--variant-base short]
   python3 benchmarks/ab.py --kernel hopper --cells dense1k,dense4k \\
       --variant "persistent:persistent=True" --variant "fused:backward=fused"
+  python3 benchmarks/ab.py --kernel hopper --cells docs,window --variant-base call \\
+      --variant "k:dkv_persistent=True"      # each cell's own config + one change
 """
 
 from __future__ import annotations
@@ -60,14 +62,16 @@ def flash_side(args):
 
 
 def hopper_side(args):
-  del args
-  from bench_hopper import inputs, make
+  """As flash_side; the base config is the plain `default_config(D)`, or with `--variant-base
+  call` a function (kind, B, S) -> the config the call picks by itself for that cell."""
+  from bench_hopper import call_config, inputs, make
   from pallas_kernels.hopper_attention import default_config
   def ours(kind, B, S, cfg):
     cfg, backward = cfg if isinstance(cfg, tuple) else (cfg, None)
     return make("ours", kind, config=cfg, backward=backward, B=B, S=S)
   peer = lambda kind, B, S: make("cudnn", kind) if kind != "docs" else None
-  return default_config(D), ours, "cudnn", peer, inputs
+  base = call_config if args.variant_base == "call" else default_config(D)
+  return base, ours, "cudnn", peer, inputs
 
 
 def main():
@@ -79,8 +83,10 @@ def main():
                   help="NAME:field=value;... (config fields replaced in the base config; "
                        "repeatable). The call's own default is always timed first, as "
                        "'default'")
-  ap.add_argument("--variant-base", choices=("long", "short"), default="long",
-                  help="flash: the table entry variants start from (long / short calls)")
+  ap.add_argument("--variant-base", choices=("long", "short", "call"), default="long",
+                  help="flash: the table entry variants start from (long / short calls); "
+                       "hopper: 'call' starts each cell's variants from the config that call "
+                       "picks by itself (else from the plain default_config)")
   ap.add_argument("--cells", default=",".join(CELLS))
   ap.add_argument("--no-peer", action="store_true")
   ap.add_argument("--out", default=None)
@@ -91,14 +97,23 @@ def main():
   log("jax", jax.__version__, jax.devices()[0].device_kind)
   base, ours, peer_name, peer, make_inputs = (flash_side if args.kernel == "flash"
                                               else hopper_side)(args)
-  table = {"default": None}     # no config: what the call itself picks
   call_args = ("backward",) if args.kernel == "hopper" else ()
-  for spec in args.variant:
-    name, cfg, extra = parse_variant(spec, base, call_args)
-    table[name] = (cfg, extra["backward"]) if extra else cfg
+  if args.variant_base == "call" and args.kernel != "hopper":
+    raise SystemExit("--variant-base call is for --kernel hopper")
+
+  def variants(kind, B, S):
+    table = {"default": None}     # no config: what the call itself picks
+    cell_base = base(kind, B, S) if callable(base) else base
+    for spec in args.variant:
+      name, cfg, extra = parse_variant(spec, cell_base, call_args)
+      table[name] = (cfg, extra["backward"]) if extra else cfg
+    return table
+  for cell in args.cells.split(","):   # every variant parses before anything is timed
+    variants(*CELLS[cell])
   results = {}
   for cell in args.cells.split(","):
     kind, B, S = CELLS[cell]
+    table = variants(kind, B, S)
     q, k, v, do = make_inputs(B, S)
     fns = {n: ours(kind, B, S, cfg) for n, cfg in table.items()}
     peer_fn = None if args.no_peer else peer(kind, B, S)

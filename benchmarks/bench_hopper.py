@@ -58,25 +58,44 @@ def inputs(B, S, dtype=None, seed=0):
   return tuple(jax.random.normal(k, shape, dtype) for k in ks)
 
 
-def make(impl, kind, config=None, backward=None, B=None, S=None):
-  """kind "docs" needs B and S: causal within the N_DOCS documents of bench_common.doc_ids
-  (the same layout FlexAttention is timed on)."""
-  import jax
+def _mask_kw(kind, B, S):
+  """hopper_attention's mask arguments for a cell kind ("docs" needs B and S: causal within
+  the N_DOCS documents of bench_common.doc_ids, the layout FlexAttention is timed on)."""
   import jax.numpy as jnp
+  return dict(is_causal=kind in ("causal", "window", "docs"),
+              sliding_window=(WINDOW - 1, 0) if kind == "window" else None,
+              segment_ids=jnp.asarray(doc_ids(B, S, N_DOCS)) if kind == "docs" else None)
+
+
+def make(impl, kind, config=None, backward=None, B=None, S=None):
+  """Our kernel ("ours", `config` None: the call's own choice) or cuDNN on a cell kind."""
+  import jax
   from pallas_kernels.hopper_attention import hopper_attention
-  causal = kind in ("causal", "window", "docs")
-  window = (WINDOW - 1, 0) if kind == "window" else None
-  seg = jnp.asarray(doc_ids(B, S, N_DOCS)) if kind == "docs" else None
+  kw = _mask_kw(kind, B, S)
   if impl == "ours":
     backward = backward or BACKWARD
-    return lambda q, k, v: hopper_attention(q, k, v, is_causal=causal, sliding_window=window,
-                                            segment_ids=seg, config=config, backward=backward)
+    return lambda q, k, v: hopper_attention(q, k, v, config=config, backward=backward, **kw)
   if impl == "cudnn":
-    kw = dict(is_causal=causal, implementation="cudnn")
-    if window is not None:
-      kw["local_window_size"] = window
-    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, **kw)
+    ckw = dict(is_causal=kw["is_causal"], implementation="cudnn")
+    if kw["sliding_window"] is not None:
+      ckw["local_window_size"] = kw["sliding_window"]
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, **ckw)
   raise ValueError(impl)
+
+
+def call_config(kind, B, S):
+  """The HopperConfig our kernel picks by itself for a cell (what `make("ours", kind)` runs;
+  the base of `ab.py --variant-base call` variants)."""
+  import jax
+  import jax.numpy as jnp
+  from pallas_kernels import hopper_attention as ha
+  picked = []
+
+  def trace(q):   # shapes only: nothing is allocated or run
+    picked.append(ha._prepare(q, q, q, **_mask_kw(kind, B, S))[0].cfg)  # pylint: disable=protected-access
+    return q
+  jax.eval_shape(trace, jax.ShapeDtypeStruct((B, S, H, D), jnp.bfloat16))
+  return picked[0]
 
 
 def make_variant(kind, B, S, spec=None):

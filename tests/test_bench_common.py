@@ -51,3 +51,22 @@ def test_bench_hopper_table_prints_the_example_rows(capsys):
   row_failed = next(ln for ln in out if "causal" in ln)
   assert "1.20" in row_ok and "1.09" in row_ok and "0.91" in row_ok, row_ok
   assert "1.20" in row_failed and " - " in row_failed, row_failed
+
+
+def test_call_config_is_what_each_cell_runs():
+  """`ab.py --variant-base call` starts a cell's variants from `bench_hopper.call_config`: the
+  config the call picks by itself (NOTES.md: the dynamic persistent forward on documents /
+  windows / causal 1k, the static persistent one on dense 1k, the overlap with 240 / 24
+  registers from S=4k)."""
+  from bench_hopper import call_config
+  from pallas_kernels.hopper_attention import default_config
+  docs, window = call_config("docs", 2, 8192), call_config("window", 2, 8192)
+  assert docs.persistent and docs.persistent_dynamic and not docs.overlap_softmax
+  assert window.persistent_dynamic and window.overlap_softmax
+  assert call_config("causal", 16, 1024).persistent_dynamic
+  dense1k = call_config("dense", 16, 1024)
+  assert dense1k.persistent and not dense1k.persistent_dynamic
+  dense4k = call_config("dense", 4, 4096)
+  assert not dense4k.persistent and dense4k.consumer_registers == 240
+  assert dense4k != default_config(128)
+
