@@ -167,9 +167,8 @@ class HopperConfig:
   # both keep the schedule barrier's phases balanced (see `_fwd_call`); to be A/B-timed.
   persistent_sync_per_tile: bool = True
   # persistent forward, dQ and dK/dV kernels (`persistent`, `bwd_persistent`,
-  # `dkv_persistent`): where each CTA's next
-  # work item comes from. False: the static split above (cta, cta + n_ctas, ...). True: FA3's
-  # dynamic scheduler - the first item is `cta`,
+  # `dkv_persistent`): where each CTA's next work item comes from. False: the static split
+  # above (cta, cta + n_ctas, ...). True: FA3's dynamic scheduler - the first item is `cta`,
   # each next one is taken by the CTA's producer from a global int32 counter with an atomic
   # add (one item ahead, handed to the consumers through shared memory), so a CTA that drew
   # short tiles takes more of them and no SM idles at the end while another still has a
@@ -1466,9 +1465,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
     scratch = scratch + (plgpu.SMEM((2,), jnp.int32), plgpu.Barrier(num_barriers=2),
                          plgpu.Barrier(num_arrivals=2, num_barriers=2))
   if counter:
-    outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
-                               grid, names, _compiler_params(st.cfg))
-    return outs
+    return _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
+                            grid, names, _compiler_params(st.cfg))
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch,
       grid=grid, grid_names=names,
@@ -1807,9 +1805,8 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
     grid, names = _grid(st, st.N, n_tiles, "q_seq")
     params = _compiler_params(st.cfg)
   if counter:
-    outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
-                               grid, names, params)
-    return outs
+    return _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32), out_type, scratch,
+                            grid, names, params)
   return plgpu.kernel(
       kernel, out_type=out_type, scratch_types=scratch, grid=grid, grid_names=names,
       num_threads=3, thread_name="wg", compiler_params=params,
@@ -2160,9 +2157,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       grid, names = (n_ctas,), ("cta",)
     params = _compiler_params(st.cfg)
     if counter:
-      outs, _ = _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32),
-                                 (kv_type, kv_type), scratch, grid, names, params)
-      return outs
+      return _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32),
+                              (kv_type, kv_type), scratch, grid, names, params)
     return plgpu.kernel(
         kernel, out_type=(kv_type, kv_type), scratch_types=scratch, grid=grid,
         grid_names=names, num_threads=3, thread_name="wg",
@@ -2228,13 +2224,14 @@ def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params
 
 
 def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, params):
-  """`_launch_with_ref` with a Ref made from `ref_init` -> (outputs, the Ref's final value),
-  as a call that `vmap` runs once per batch element (`_without_refs`,
-  `_sequential_under_vmap`)."""
+  """`_launch_with_ref` with a scratch Ref made from `ref_init` (the dynamic scheduler's
+  counter) -> the outputs, as a call that `vmap` runs once per batch element
+  (`_without_refs`, `_sequential_under_vmap`). The Ref's final value is not returned: inside
+  `lax.map` a kernel's writes to it do not reach it (twelfth session; the fused backward, whose
+  result is its Ref, is folded into the batch instead: `_batch_folded`)."""
   def run(*arrays):
     ref = jax.new_ref(arrays[-1])
-    outs = _launch_with_ref(body, arrays[:-1], ref, out_type, scratch, grid, names, params)
-    return outs, jax.freeze(ref)
+    return _launch_with_ref(body, arrays[:-1], ref, out_type, scratch, grid, names, params)
   return _sequential_under_vmap(functools.partial(_without_refs, run))(*operands, ref_init)
 
 
@@ -2502,8 +2499,8 @@ def _dkv_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
   delta per slot + the int32 side values (key sides per K / V buffer, query sides per slot);
   no reduction scratch (the kernel has no cross-thread reduction, so Mosaic reserves none);
   with the dynamic scheduler its item slots (1 KiB) and 4 barriers. `persistent` None: what
-  the kernel will allocate (`_dkv_persistent`). D=128, bwd_stages=2, persistent: 199760
-  bytes (K / V double-buffered: +64 KiB)."""
+  the kernel will allocate (`_dkv_persistent`). D=128, bwd_stages=2, persistent: 198704
+  bytes (K / V double-buffered: +64 KiB), 199760 with the dynamic scheduler."""
   if persistent is None:
     persistent = _dkv_persistent(cfg, D, itemsize, q_sides, kv_sides)
   bq, bkv, stages = cfg.bwd_block_q, cfg.bwd_block_kv, cfg.bwd_stages

@@ -1266,9 +1266,14 @@ PERSISTENT_DKV_CASES = {
 @pytest.mark.parametrize("name", sorted(PERSISTENT_DKV_CASES))
 def test_interpret_persistent_dkv(name, dynamic):
   case = dict(PERSISTENT_DKV_CASES[name], dynamic=dynamic)
-  B, _, S, _, K = case["shape"][:5]
+  B, _, S, _, K, D = case["shape"]
   items = B * K * -(-S // 128)
   assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
+  sides = 1 if "seg" in case else 0   # segment ids: one query and one key side array
+  cfg = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=dynamic,
+                        bwd_stages=case.get("bwd_stages", 2),
+                        bwd_schedule_barrier=case.get("bwd_sched", False))
+  assert ha._dkv_persistent(cfg, D, 2, sides, sides), "the case would run non-persistent"
   res = _run_case(case)
   assert res["races_bwd"] == 0.0, res
   for key, err in res.items():

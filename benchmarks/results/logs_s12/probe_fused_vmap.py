@@ -1,6 +1,8 @@
 """s12 probe: why the fused backward's dQ sum came back zero through `_kernel_with_ref` under
 vmap (eleventh session). Captures the fused dK/dV kernel's launch arguments for one call and
 runs its dQ sum through several launch paths, each against the direct launch's dQ."""
+# Ran at 4ddef40 (s12 call 6), when `_kernel_with_ref` returned (outputs, the Ref's final
+# value); it now returns the outputs only.
 import functools, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
