@@ -210,8 +210,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # TEMPORARY (thirteenth session A/B): the fused backward's f32 dQ staging tile swizzled.
-  fused_dq_swizzle: bool = True
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -2167,10 +2165,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         compiler_params=params, **_interpret_arg(st))(*operands)
   scratch = scratch + (
       plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
-      # Swizzled like the bf16 tiles: unswizzled, the f32 WGMMA-layout store of a 64-column
-      # dQ part puts a warp's 8 rows (256 bytes apart) on the same 8 banks (8-way conflicts).
-      plgpu.SMEM((2, bq, dq_cols), jnp.float32,
-                 transforms=_smem_transforms(dq_cols, jnp.float32) if cfg.fused_dq_swizzle else ()),
+      plgpu.SMEM((2, bq, dq_cols), jnp.float32),
       plgpu.Barrier(num_arrivals=2),
   )
   if (st.interpret and st.masked_anything
