@@ -210,6 +210,11 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
+  # backward="fused": step t's dK/dV kernel step issues the dQ product of step t - 1 together
+  # with its own dV / dK products, and the consumers meet a step apart (each waits for the
+  # other's end of step t - 1, not for its dS^T tile of step t), so that they need not run in
+  # lockstep: one's exponentials can overlap the other's products (see `_dkv_call`).
+  fused_lagged_dq: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -1853,6 +1858,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   c = st.c
 
   dq_cols = D // 2 if D >= 128 else D   # dQ columns computed by each consumer (D <= 128)
+  dq_parts = D // dq_cols               # consumers that compute dQ columns
+  lagged = fused and cfg.fused_lagged_dq
+  ds_bufs = 3 if lagged else 2          # dS^T tiles by step: t % ds_bufs
   segs, sparse = st.segments, st.sparse
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
@@ -1931,13 +1939,55 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       kv_vecs = [_load_vec(st, sm.at[kb], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
+      def dq_block(w, par, i, h):
+        """fused: consumer w's dQ columns [w*dq_cols, (w+1)*dq_cols) of query block i of head
+        h, from both consumers' dS^T tiles in buffer par, reduce-added into the f32 sum (w: a
+        static int, or traced)."""
+        col0 = w * dq_cols
+        dst = dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)]
+        if st.interpret:
+          # No transposed wgmma operand and no TMA reduce-add there: a jnp product of the
+          # SMEM tiles and a read-modify-write of the f32 sum (the interpreter runs the grid's
+          # CTAs one after another, and the two consumers own disjoint columns, so nothing
+          # else writes these elements meanwhile).
+          dq = sum(lax.dot_general(ds_smem.at[par, u][...],
+                                   lax.dynamic_slice_in_dim(k_smem.at[u][...], col0, dq_cols, 1),
+                                   (((0,), (0,)), ((), ())),
+                                   preferred_element_type=jnp.float32) for u in range(2))
+          dst[...] = dst[...] + dq
+          return
+
+        def dq_fn(acc_ref):
+          for u in range(2):
+            kb = k_smem.at[u]
+            if dq_cols != D:
+              kb = kb.at[:, pl.ds(col0, dq_cols)]
+            plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
+          return acc_ref[...]
+        dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the previous reduce read dq_smem
+        dq_smem.at[w][...] = dq
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(dq_smem.at[w], dst, reduction_op="add")
+
+      def lagged_dq(t, i, h):
+        """fused_lagged_dq, after step t's dV / dK are issued: once the other consumer has
+        ended step t - 1 (its dS^T tile in SMEM, its dQ reads of step t - 2 done), this
+        consumer's dQ columns of step t - 1 (block i, head h)."""
+        plgpu.barrier_wait(pair.at[lax.rem(t + 1, 2)])
+        par = lax.rem(t - 1, ds_bufs)
+        if dq_parts == 2:
+          dq_block(wg, par, i, h)
+        else:
+          pl.when(wg == 0)(lambda: dq_block(0, par, i, h))
+
       def head(g, carry):
         h = kvh * G + g
         n_g, sections = head_walk(g)
-        dk, dv, hbase = carry   # hbase: ring step of this head's first block
+        dk, dv, hbase, prev = carry   # hbase: ring step of this head's first block
 
         def step(u, carry, masked, blk):
-          dk, dv = carry
+          dk, dv, prev = carry   # prev: (block, head) of the previous step (lagged dQ)
           t = hbase + u
           slot = lax.rem(t, stages)
           if masked or fused:   # fused: every step adds its dQ rows at block i
@@ -1966,67 +2016,54 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
           ds16 = dsT.astype(dtype)
           if fused:
-            par = lax.rem(t, 2)    # dS^T tiles are double-buffered by step parity
+            par = lax.rem(t, ds_bufs)    # dS^T tiles by step
             ds_smem.at[par, wg][...] = ds16
             plgpu.commit_smem()
-            plgpu.barrier_arrive(pair)          # my dS^T tile is in SMEM
+            if not lagged:
+              plgpu.barrier_arrive(pair)          # my dS^T tile is in SMEM
 
           p16 = pT.astype(dtype)
           sched_sync()
-          dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])])
+          after_issue = None
+          if lagged:
+            # Step t - 1's dQ runs with this step's dV / dK. Its tiles (buffer (t - 1) % 3) are
+            # rewritten at step t + 2, after the writer has waited for this consumer's end of
+            # step t, i.e. for this product to have read them.
+            after_issue = lambda: pl.when(t > 0)(lambda: lagged_dq(t, *prev))
+          dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])],
+                            after_issue=after_issue)
           plgpu.barrier_arrive(in_free.at[slot])
           if prefetch is not None:
             pl.when(t == base)(prefetch)
+          if lagged:
+            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
+            return dk, dv, (i, h)
           if fused:
             plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
-
-            def dq_part(w):   # consumer w computes dQ columns [w*dq_cols, (w+1)*dq_cols)
-              col0 = w * dq_cols
-
-              def dq_fn(acc_ref):
-                for u in range(2):
-                  kb = k_smem.at[u]
-                  if dq_cols != D:
-                    kb = kb.at[:, pl.ds(col0, dq_cols)]
-                  plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
-                return acc_ref[...]
-              def dst():
-                return dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)]
-              if st.interpret:
-                # No transposed wgmma operand and no TMA reduce-add there: a jnp product of
-                # the SMEM tiles and a read-modify-write of the f32 sum (the interpreter runs
-                # the grid's CTAs one after another, and the two consumers own disjoint
-                # columns, so nothing else writes these elements meanwhile).
-                dq = sum(lax.dot_general(ds_smem.at[par, u][...],
-                                         k_smem.at[u][...][:, col0:col0 + dq_cols],
-                                         (((0,), (0,)), ((), ())),
-                                         preferred_element_type=jnp.float32) for u in range(2))
-                dst()[...] = dst()[...] + dq
-                return
-              dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
-              plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # previous reduce read dq_smem
-              dq_smem.at[w][...] = dq
-              plgpu.commit_smem()
-              plgpu.copy_smem_to_gmem(dq_smem.at[w], dst(), reduction_op="add")
-            for w in range(D // dq_cols):   # static column offsets
-              pl.when(wg == w)(functools.partial(dq_part, w))
+            for w in range(dq_parts):   # static column offsets
+              pl.when(wg == w)(functools.partial(dq_block, w, par, i, h))
             # No second meeting: the tiles of this parity are rewritten at step t + 2, after
             # both consumers have passed step t + 1's meeting, i.e. finished this dq product.
-          return dk, dv
-        dk, dv = _walk(sections, step, (dk, dv))
-        return dk, dv, hbase + n_g
+          return dk, dv, prev
+        dk, dv, prev = _walk(sections, step, (dk, dv, prev))
+        return dk, dv, hbase + n_g, prev
 
       if ping_pong:
         pl.when(wg == 1)(sched_sync)
+      init = (zeros, zeros, base, (jnp.int32(0), jnp.int32(0)))
       if G == 1:
-        dk, dv, end = head(0, (zeros, zeros, base))
+        dk, dv, end, prev = head(0, init)
       else:
-        dk, dv, end = lax.fori_loop(0, G, head, (zeros, zeros, base))
+        dk, dv, end, prev = lax.fori_loop(0, G, head, init)
       if ping_pong:
         pl.when(wg == 0)(sched_sync)
       if prefetch is not None:
         pl.when(end == base)(prefetch)
-      if fused:
+      if lagged:   # the last step's dQ, then the final meeting as "step end"
+        pl.when(end > base)(lambda: lagged_dq(end, *prev))
+        plgpu.barrier_arrive(pair.at[lax.rem(end, 2)])
+        plgpu.barrier_wait(pair.at[lax.rem(end, 2)])
+      elif fused:
         # The other consumer's last dQ product reads my K tile: meet before it becomes dK.
         plgpu.barrier_arrive(pair)
         plgpu.barrier_wait(pair)
@@ -2164,9 +2201,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         grid_names=names, num_threads=3, thread_name="wg",
         compiler_params=params, **_interpret_arg(st))(*operands)
   scratch = scratch + (
-      plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
+      plgpu.SMEM((ds_bufs, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
-      plgpu.Barrier(num_arrivals=2),
+      plgpu.Barrier(num_arrivals=2, num_barriers=2) if lagged else plgpu.Barrier(num_arrivals=2),
   )
   if (st.interpret and st.masked_anything
       and INTERPRET_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").replace(" ", "")):

@@ -474,7 +474,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              dkv_persistent=c.get("dkv_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False),
+                             fused_lagged_dq=c.get("lagged", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -601,6 +602,17 @@ INTERPRET_CASES = {
                                        block_kv=128, window=(30, 30), grad="fused"), 3e-2),
     "fwdbwd_fused_d128": (_case(shape=(1, 128, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused"), 3e-2),
+    # the fused backward with the lagged dQ (HopperConfig.fused_lagged_dq: step t - 1's dQ with
+    # step t's dV / dK, the consumers a step apart, 3 dS^T buffers, 2 pair barriers): the
+    # same GQA / causal / ragged / D = 64 case (consumer 0 alone computes dQ) with the race
+    # detector, and D = 128 (each consumer its half of the columns) over 4 query blocks, with
+    # the race detector too
+    "fwdbwd_fused_lagged_gqa_causal_ragged": (_case(
+        shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        bwd_stages=3, grad="fused", lagged=True, races=True), 3e-2),
+    "fwdbwd_fused_lagged_d128": (_case(shape=(1, 256, 256, 2, 2, 128), dtype="bfloat16",
+                                       block_kv=128, grad="fused", lagged=True, races=True),
+                                 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
