@@ -1939,10 +1939,11 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       kv_vecs = [_load_vec(st, sm.at[kb], "ROW") for sm in kvside_smem]
       zeros = _cast(st, jnp.full((bkv, D), 0.0, jnp.float32), "WGMMA")
 
-      def dq_block(w, par, i, h):
+      def dq_block(w, par, i, h, issued=None):
         """fused: consumer w's dQ columns [w*dq_cols, (w+1)*dq_cols) of query block i of head
         h, from both consumers' dS^T tiles in buffer par, reduce-added into the f32 sum (w: a
-        static int, or traced)."""
+        static int, or traced). issued: compiled only, run once the dQ products are issued
+        and all earlier ones (the step's dV / dK) have completed."""
         col0 = w * dq_cols
         dst = dqacc_ref.at[b, pl.ds(i * bq, bq), h, pl.ds(col0, dq_cols)]
         if st.interpret:
@@ -1963,6 +1964,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             if dq_cols != D:
               kb = kb.at[:, pl.ds(col0, dq_cols)]
             plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
+          if issued is not None:
+            plgpu.wgmma_wait(2)   # the two dQ products (one group each) may still run
+            issued()
           return acc_ref[...]
         dq = pl.run_scoped(dq_fn, plgpu.ACC((bq, dq_cols), jnp.float32))
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)   # the previous reduce read dq_smem
@@ -1970,16 +1974,22 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(dq_smem.at[w], dst, reduction_op="add")
 
-      def lagged_dq(t, i, h):
+      def lagged_dq(t, i, h, release=None):
         """fused_lagged_dq, after step t's dV / dK are issued: once the other consumer has
         ended step t - 1 (its dS^T tile in SMEM, its dQ reads of step t - 2 done), this
-        consumer's dQ columns of step t - 1 (block i, head h)."""
+        consumer's dQ columns of step t - 1 (block i, head h). release: compiled only, run as
+        soon as the dV / dK products have completed (the dQ products still running)."""
         plgpu.barrier_wait(pair.at[lax.rem(t + 1, 2)])
         par = lax.rem(t - 1, ds_bufs)
         if dq_parts == 2:
-          dq_block(wg, par, i, h)
+          dq_block(wg, par, i, h, release)
         else:
-          pl.when(wg == 0)(lambda: dq_block(0, par, i, h))
+          pl.when(wg == 0)(lambda: dq_block(0, par, i, h, release))
+          if release is not None:
+            @pl.when(wg != 0)
+            def _():
+              plgpu.wgmma_wait(0)
+              release()
 
       def head(g, carry):
         h = kvh * G + g
@@ -2025,14 +2035,21 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           p16 = pT.astype(dtype)
           sched_sync()
           after_issue = None
+          release = lambda: plgpu.barrier_arrive(in_free.at[slot])
+          early = lagged and not st.interpret   # no wgmma groups to wait on in interpret mode
           if lagged:
             # Step t - 1's dQ runs with this step's dV / dK. Its tiles (buffer (t - 1) % 3) are
             # rewritten at step t + 2, after the writer has waited for this consumer's end of
-            # step t, i.e. for this product to have read them.
-            after_issue = lambda: pl.when(t > 0)(lambda: lagged_dq(t, *prev))
+            # step t, i.e. for this product to have read them. The ring slot is released as
+            # soon as dV / dK have read it, not after the dQ product and its store.
+            after_issue = lambda: pl.when(t > 0)(
+                lambda: lagged_dq(t, *prev, release if early else None))
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])],
                             after_issue=after_issue)
-          plgpu.barrier_arrive(in_free.at[slot])
+          if early:
+            pl.when(t == 0)(release)
+          else:
+            release()
           if prefetch is not None:
             pl.when(t == base)(prefetch)
           if lagged:
