@@ -1860,7 +1860,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   dq_cols = D // 2 if D >= 128 else D   # dQ columns computed by each consumer (D <= 128)
   dq_parts = D // dq_cols               # consumers that compute dQ columns
   lagged = fused and cfg.fused_lagged_dq
-  ds_bufs = 3 if lagged else 2          # dS^T tiles by step: t % ds_bufs
+  ds_bufs = 2                           # dS^T tiles by step parity
   segs, sparse = st.segments, st.sparse
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
@@ -1974,12 +1974,16 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(dq_smem.at[w], dst, reduction_op="add")
 
+      def wait_other_end(t):
+        """fused_lagged_dq: until the other consumer has ended step t - 1 (its dS^T tile of
+        step t - 1 in SMEM, its dQ product of step t - 2 done reading both tiles of step
+        t - 2, i.e. the buffer step t writes)."""
+        plgpu.barrier_wait(pair.at[lax.rem(t + 1, 2)])
+
       def lagged_dq(t, i, h, release=None):
-        """fused_lagged_dq, after step t's dV / dK are issued: once the other consumer has
-        ended step t - 1 (its dS^T tile in SMEM, its dQ reads of step t - 2 done), this
+        """fused_lagged_dq, after step t's dV / dK are issued (and `wait_other_end(t)`): this
         consumer's dQ columns of step t - 1 (block i, head h). release: compiled only, run as
         soon as the dV / dK products have completed (the dQ products still running)."""
-        plgpu.barrier_wait(pair.at[lax.rem(t + 1, 2)])
         par = lax.rem(t - 1, ds_bufs)
         if dq_parts == 2:
           dq_block(wg, par, i, h, release)
@@ -2026,7 +2030,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
           ds16 = dsT.astype(dtype)
           if fused:
-            par = lax.rem(t, ds_bufs)    # dS^T tiles by step
+            if lagged:
+              pl.when(t > 0)(lambda: wait_other_end(t))
+            par = lax.rem(t, ds_bufs)    # dS^T tiles by step parity
             ds_smem.at[par, wg][...] = ds16
             plgpu.commit_smem()
             if not lagged:
@@ -2038,8 +2044,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           release = lambda: plgpu.barrier_arrive(in_free.at[slot])
           early = lagged and not st.interpret   # no wgmma groups to wait on in interpret mode
           if lagged:
-            # Step t - 1's dQ runs with this step's dV / dK. Its tiles (buffer (t - 1) % 3) are
-            # rewritten at step t + 2, after the writer has waited for this consumer's end of
+            # Step t - 1's dQ runs with this step's dV / dK. Its tiles (parity t - 1) are
+            # rewritten at step t + 1, after the writer has waited for this consumer's end of
             # step t, i.e. for this product to have read them. The ring slot is released as
             # soon as dV / dK have read it, not after the dQ product and its store.
             after_issue = lambda: pl.when(t > 0)(
@@ -2077,7 +2083,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       if prefetch is not None:
         pl.when(end == base)(prefetch)
       if lagged:   # the last step's dQ, then the final meeting as "step end"
-        pl.when(end > base)(lambda: lagged_dq(end, *prev))
+        @pl.when(end > base)
+        def _():
+          wait_other_end(end)
+          lagged_dq(end, *prev)
         plgpu.barrier_arrive(pair.at[lax.rem(end, 2)])
         plgpu.barrier_wait(pair.at[lax.rem(end, 2)])
       elif fused:

@@ -603,7 +603,7 @@ INTERPRET_CASES = {
     "fwdbwd_fused_d128": (_case(shape=(1, 128, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused"), 3e-2),
     # the fused backward with the lagged dQ (HopperConfig.fused_lagged_dq: step t - 1's dQ with
-    # step t's dV / dK, the consumers a step apart, 3 dS^T buffers, 2 pair barriers): the
+    # step t's dV / dK, each consumer waiting for the other's end of step t - 1): the
     # same GQA / causal / ragged / D = 64 case (consumer 0 alone computes dQ) with the race
     # detector, and D = 128 (each consumer its half of the columns) over 4 query blocks, with
     # the race detector too
