@@ -210,11 +210,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # backward="fused": step t's dK/dV kernel step issues the dQ product of step t - 1 together
-  # with its own dV / dK products, and the consumers meet a step apart (each waits for the
-  # other's end of step t - 1, not for its dS^T tile of step t), so that they need not run in
-  # lockstep: one's exponentials can overlap the other's products (see `_dkv_call`).
-  fused_lagged_dq: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -310,10 +305,12 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
 
 
 # The fused backward (dQ by TMA reduce-add inside the dK/dV kernel: 5 products per block pair
-# against 7) measured +4.2% (H100) / +5.3% (H200) fwd+bwd on dense S=16k (seventh session,
-# with the 240 / 24 split; +3% in the first session) and nothing or worse at S=4k (-2%), on
-# causal calls (-0.4 to -8%) and windows (-19%) (NOTES.md Hopper v8).
-_FUSED_MIN_KV = 8192
+# against 7), with its dQ product a step behind (thirteenth session, NOTES.md Hopper v15):
+# fwd+bwd against the two-kernel backward on the H100 dense S=4k +4% (1.049 vs 1.007 of the
+# call's default, same call), dense S=16k +8%; causal S=4k / 16k -1 to -2% (par), window -7%.
+# (Before, meeting on each step's dS^T tiles: dense 16k +4%, dense 4k -2%, causal / windows
+# worse; NOTES.md Hopper v8.)
+_FUSED_MIN_KV = 4096
 
 # What the fused backward needs in XLA_FLAGS to run masked calls in interpret mode (see
 # `_dkv_call`); tests/conftest.py sets it on CPU machines.
@@ -1842,12 +1839,20 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     read SMEM (`wait_smem_to_gmem(0, wait_read_only=True)`); all stores are awaited at the
     end of the CTA.
 
-  fused: each step also computes dQ_blk = dS @ K for the query block: both consumers store
-  their dS^T tile (bf16, double-buffered) into SMEM, meet at a pair barrier while their dV/dK
-  products run, and each computes half of dQ_blk's
-  columns from both tiles (wgmma with a transposed A from SMEM), then adds it into an f32
-  accumulator in GMEM with a TMA reduce-add. 5 matrix products per block pair instead of the
-  7 of the two-kernel backward (no recomputation of S and dP in a dQ kernel).
+  fused: the step's query block also gets its dQ_blk = dS @ K: both consumers store their
+  dS^T tile (bf16, double-buffered by step parity) into SMEM, and each computes half of
+  dQ_blk's columns from both tiles (wgmma with a transposed A from SMEM) and adds it into an
+  f32 sum in GMEM with a TMA reduce-add. 5 matrix products per block pair instead of the 7 of
+  the two-kernel backward (no recomputation of S and dP in a dQ kernel). The dQ product of
+  step t - 1 is issued with step t's dV / dK products, so a consumer never waits for the
+  other's tile of the current step: before storing its step-t tile it waits for the other's
+  end of step t - 1 (tile t - 1 stored, its dQ product of step t - 2 done reading the parity
+  about to be rewritten), and arrives at its own end of step t after its dQ product (a
+  barrier per parity). The consumers can thus drift up to about half a step apart, so that
+  one's exponentials overlap the other's products; meeting on the current step's tiles kept
+  them in lockstep, and the two-kernel backward measured as fast (thirteenth session,
+  NOTES.md Hopper v15). The ring slot is released once dV / dK complete, before the dQ
+  product is awaited; the last step's dQ follows the walk.
   """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
@@ -1859,8 +1864,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
   dq_cols = D // 2 if D >= 128 else D   # dQ columns computed by each consumer (D <= 128)
   dq_parts = D // dq_cols               # consumers that compute dQ columns
-  lagged = fused and cfg.fused_lagged_dq
-  ds_bufs = 2                           # dS^T tiles by step parity
   segs, sparse = st.segments, st.sparse
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
@@ -1975,16 +1978,16 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         plgpu.copy_smem_to_gmem(dq_smem.at[w], dst, reduction_op="add")
 
       def wait_other_end(t):
-        """fused_lagged_dq: until the other consumer has ended step t - 1 (its dS^T tile of
+        """fused: until the other consumer has ended step t - 1 (its dS^T tile of
         step t - 1 in SMEM, its dQ product of step t - 2 done reading both tiles of step
         t - 2, i.e. the buffer step t writes)."""
         plgpu.barrier_wait(pair.at[lax.rem(t + 1, 2)])
 
-      def lagged_dq(t, i, h, release=None):
-        """fused_lagged_dq, after step t's dV / dK are issued (and `wait_other_end(t)`): this
+      def previous_dq(t, i, h, release=None):
+        """fused, after step t's dV / dK are issued (and `wait_other_end(t)`): this
         consumer's dQ columns of step t - 1 (block i, head h). release: compiled only, run as
         soon as the dV / dK products have completed (the dQ products still running)."""
-        par = lax.rem(t - 1, ds_bufs)
+        par = lax.rem(t + 1, 2)
         if dq_parts == 2:
           dq_block(wg, par, i, h, release)
         else:
@@ -2001,7 +2004,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         dk, dv, hbase, prev = carry   # hbase: ring step of this head's first block
 
         def step(u, carry, masked, blk):
-          dk, dv, prev = carry   # prev: (block, head) of the previous step (lagged dQ)
+          dk, dv, prev = carry   # prev: (block, head) of the previous step (fused)
           t = hbase + u
           slot = lax.rem(t, stages)
           if masked or fused:   # fused: every step adds its dQ rows at block i
@@ -2030,26 +2033,23 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
           ds16 = dsT.astype(dtype)
           if fused:
-            if lagged:
-              pl.when(t > 0)(lambda: wait_other_end(t))
-            par = lax.rem(t, ds_bufs)    # dS^T tiles by step parity
+            pl.when(t > 0)(lambda: wait_other_end(t))
+            par = lax.rem(t, 2)    # dS^T tiles by step parity
             ds_smem.at[par, wg][...] = ds16
             plgpu.commit_smem()
-            if not lagged:
-              plgpu.barrier_arrive(pair)          # my dS^T tile is in SMEM
 
           p16 = pT.astype(dtype)
           sched_sync()
           after_issue = None
           release = lambda: plgpu.barrier_arrive(in_free.at[slot])
-          early = lagged and not st.interpret   # no wgmma groups to wait on in interpret mode
-          if lagged:
+          early = fused and not st.interpret   # no wgmma groups to wait on in interpret mode
+          if fused:
             # Step t - 1's dQ runs with this step's dV / dK. Its tiles (parity t - 1) are
             # rewritten at step t + 1, after the writer has waited for this consumer's end of
             # step t, i.e. for this product to have read them. The ring slot is released as
             # soon as dV / dK have read it, not after the dQ product and its store.
             after_issue = lambda: pl.when(t > 0)(
-                lambda: lagged_dq(t, *prev, release if early else None))
+                lambda: previous_dq(t, *prev, release if early else None))
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])],
                             after_issue=after_issue)
           if early:
@@ -2058,15 +2058,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             release()
           if prefetch is not None:
             pl.when(t == base)(prefetch)
-          if lagged:
+          if fused:
             plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
             return dk, dv, (i, h)
-          if fused:
-            plgpu.barrier_wait(pair)            # both dS^T tiles are in SMEM
-            for w in range(dq_parts):   # static column offsets
-              pl.when(wg == w)(functools.partial(dq_block, w, par, i, h))
-            # No second meeting: the tiles of this parity are rewritten at step t + 2, after
-            # both consumers have passed step t + 1's meeting, i.e. finished this dq product.
           return dk, dv, prev
         dk, dv, prev = _walk(sections, step, (dk, dv, prev))
         return dk, dv, hbase + n_g, prev
@@ -2082,17 +2076,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         pl.when(wg == 0)(sched_sync)
       if prefetch is not None:
         pl.when(end == base)(prefetch)
-      if lagged:   # the last step's dQ, then the final meeting as "step end"
+      if fused:   # the last step's dQ, then the final meeting as "step end"
         @pl.when(end > base)
         def _():
           wait_other_end(end)
-          lagged_dq(end, *prev)
+          previous_dq(end, *prev)
         plgpu.barrier_arrive(pair.at[lax.rem(end, 2)])
         plgpu.barrier_wait(pair.at[lax.rem(end, 2)])
-      elif fused:
-        # The other consumer's last dQ product reads my K tile: meet before it becomes dK.
-        plgpu.barrier_arrive(pair)
-        plgpu.barrier_wait(pair)
       ks[...] = (dk * st.scale).astype(dtype)
       vs[...] = dv.astype(dtype)
       plgpu.commit_smem()
@@ -2227,9 +2217,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         grid_names=names, num_threads=3, thread_name="wg",
         compiler_params=params, **_interpret_arg(st))(*operands)
   scratch = scratch + (
-      plgpu.SMEM((ds_bufs, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
+      plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
-      plgpu.Barrier(num_arrivals=2, num_barriers=2) if lagged else plgpu.Barrier(num_arrivals=2),
+      plgpu.Barrier(num_arrivals=2, num_barriers=2),   # "end of step t" by parity
   )
   if (st.interpret and st.masked_anything
       and INTERPRET_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").replace(" ", "")):
