@@ -210,6 +210,10 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
+  # TEMPORARY (thirteenth session A/B): the dK/dV kernel's K / V buffers indexed by an opaque
+  # zero (`_opaque_zero`) in every step, so that their wgmma descriptors are computed in the
+  # step instead of hoisted out of the walk and spilled.
+  bwd_remat_desc: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -770,6 +774,28 @@ def _schedule_round(barrier):
     plgpu = _api()["plgpu"]
     plgpu.barrier_arrive(barrier)
     plgpu.barrier_wait(barrier)
+
+
+def _opaque_zero(st: "_Static"):
+  """An int32 scalar 0 that LLVM can neither fold nor hoist out of a loop (inline PTX with a
+  side effect). Indexing a buffer with it in a loop body makes Mosaic compute that buffer's
+  wgmma descriptors there, rather than once before the loop, keeping 2 x 8 64-bit values
+  per operand live across the whole walk (ptxas spills them and reloads them before every
+  issue: NOTES.md Hopper v15)."""
+  if st.interpret:
+    return jnp.int32(0)
+  a = _api()
+  plgpu, ir, llvm = a["plgpu"], a["ir"], a["llvm"]
+  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
+
+  @plgpu.inline_mgpu(return_type=plgpu.ShapeDtypeStruct(
+      (), jnp.int32, layout=plgpu.Layout.WG_SPLAT(())))
+  def zero(ctx):
+    del ctx
+    z = llvm.inline_asm(ir.IntegerType.get_signless(32), [], "mov.u32 $0, 0;", "=r",
+                        has_side_effects=True)
+    return mgpu.FragmentedArray.splat(z, (), is_signed=True)
+  return zero()
 
 
 def _wait_if(cond, barrier):
@@ -1962,8 +1988,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           return
 
         def dq_fn(acc_ref):
+          z = _opaque_zero(st) if cfg.bwd_remat_desc else 0
           for u in range(2):
-            kb = k_smem.at[u]
+            kb = k_smem.at[u + z]
             if dq_cols != D:
               kb = kb.at[:, pl.ds(col0, dq_cols)]
             plgpu.wgmma(acc_ref, plgpu.transpose_ref(ds_smem.at[par, u], (1, 0)), kb)
@@ -2010,8 +2037,12 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
+          kst, vst = ks, vs
+          if cfg.bwd_remat_desc:
+            z = _opaque_zero(st)
+            kst, vst = k_smem.at[kb + z], v_smem.at[kb + z]
 
-          sT, dpT = _dots_nt(st, [(ks, q_smem.at[slot]), (vs, do_smem.at[slot])],
+          sT, dpT = _dots_nt(st, [(kst, q_smem.at[slot]), (vst, do_smem.at[slot])],
                              between=sched_sync)
           lse = _load_vec(st, lse_smem.at[slot], "COL")
           pT = jnp.exp2(sT * c - lax.broadcast_in_dim(lse, sT.shape, [1]))
