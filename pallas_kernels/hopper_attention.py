@@ -43,7 +43,7 @@ GPU) kernel", for the tuning log):
   The dQ kernel runs first: it also loads the O tile next to dO and writes
   delta = rowsum(dO * O) - dlse for the dK/dV kernel (no separate XLA pass over O and dO).
   `backward="fused"` instead accumulates dQ inside the dK/dV kernel with f32 TMA reduce-adds
-  (5 matrix products instead of 7); the default for long unmasked calls (`default_backward`).
+  (5 matrix products instead of 7); the default wherever it applies (`default_backward`).
 * persistent dQ kernel (`HopperConfig(bwd_persistent=True)`, off by default: measured no gain
   on the H100): as the persistent forward - one CTA per SM looping over the (head, q
   tile, batch) work items, the K/V ring and the producer carried across tiles, Q and dO
@@ -210,10 +210,6 @@ class HopperConfig:
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # TEMPORARY (thirteenth session A/B): the dK/dV kernel's K / V buffers indexed by an opaque
-  # zero (`_opaque_zero`) in every step, so that their wgmma descriptors are computed in the
-  # step instead of hoisted out of the walk and spilled.
-  bwd_remat_desc: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -309,27 +305,35 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
 
 
 # The fused backward (dQ by TMA reduce-add inside the dK/dV kernel: 5 products per block pair
-# against 7), with its dQ product a step behind (thirteenth session, NOTES.md Hopper v15):
-# fwd+bwd against the two-kernel backward on the H100 dense S=4k +4% (1.049 vs 1.007 of the
-# call's default, same call), dense S=16k +8%; causal S=4k / 16k -1 to -2% (par), window -7%.
-# (Before, meeting on each step's dS^T tiles: dense 16k +4%, dense 4k -2%, causal / windows
-# worse; NOTES.md Hopper v8.)
-_FUSED_MIN_KV = 4096
+# against 7), with its dQ product a step behind and its descriptors rebuilt per step
+# (thirteenth session, NOTES.md Hopper v15, v16): fwd+bwd against the two-kernel backward (with
+# the same descriptor change) on the H100 dense S=1k +7%, causal S=4k +6%, causal S=16k +14%,
+# window +2%; dense S=4k / 16k +13% against the two-kernel backward without it. It takes no
+# segment ids or block masks.
 
 # What the fused backward needs in XLA_FLAGS to run masked calls in interpret mode (see
 # `_dkv_call`); tests/conftest.py sets it on CPU machines.
 INTERPRET_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
-def default_backward(head_dim: int, kv_len: int, *, uniform_tiles: bool) -> str:
-  """The backward a call gets when it names none: "fused" for long calls whose tiles all
-  walk every KV block (no causal mask, window, segment ids or block mask), "mosaic" for the
-  rest, "xla" above head_dim 128 (no Mosaic backward)."""
+def default_backward(head_dim: int, *, data_walks: bool = False, masked: bool = False,
+                     interpret: bool = False, config: HopperConfig | None = None) -> str:
+  """The backward a call gets when it names none: "fused" wherever it applies, "mosaic" for
+  calls with segment ids or a block mask (`data_walks`: the fused kernel takes neither), for
+  a `config` that asks for one of the two-kernel backward's own switches (`bwd_persistent`,
+  `dkv_persistent`, `bwd_schedule_barrier`: the fused kernel would drop them) and in
+  interpret mode for masked calls (causal / window: `masked`) unless XLA_FLAGS has
+  INTERPRET_XLA_FLAG (the interpreted fused kernel would hang, see `_dkv_call`); "xla" above
+  head_dim 128 (no Mosaic backward)."""
   if not bwd_kernel_supports(head_dim):
     return "xla"
-  if uniform_tiles and kv_len >= _FUSED_MIN_KV:
-    return "fused"
-  return "mosaic"
+  if data_walks or (config is not None and (config.bwd_persistent or config.dkv_persistent
+                                            or config.bwd_schedule_barrier)):
+    return "mosaic"
+  if (interpret and masked
+      and INTERPRET_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").replace(" ", "")):
+    return "mosaic"
+  return "fused"
 
 
 def _padded_head_dim(d: int) -> int:
@@ -1988,7 +1992,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           return
 
         def dq_fn(acc_ref):
-          z = _opaque_zero(st) if cfg.bwd_remat_desc else 0
+          z = _opaque_zero(st)   # K's descriptors computed here, not kept live (see below)
           for u in range(2):
             kb = k_smem.at[u + z]
             if dq_cols != D:
@@ -2037,10 +2041,12 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
-          kst, vst = ks, vs
-          if cfg.bwd_remat_desc:
-            z = _opaque_zero(st)
-            kst, vst = k_smem.at[kb + z], v_smem.at[kb + z]
+          # K / V indexed by an opaque zero: Mosaic then builds their wgmma descriptors (8 per
+          # operand) in the step instead of once before the walk, where ptxas kept them live
+          # across it and spilled them (132-212 bytes; reloaded before every issue). No spills
+          # with it; fwd+bwd +13% on the fused dense calls (thirteenth session, NOTES.md v16).
+          z = _opaque_zero(st)
+          kst, vst = k_smem.at[kb + z], v_smem.at[kb + z]
 
           sT, dpT = _dots_nt(st, [(kst, q_smem.at[slot]), (vst, do_smem.at[slot])],
                              between=sched_sync)
@@ -2754,7 +2760,9 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   if scale is None:
     scale = 1.0 / math.sqrt(D0)
   if backward is None:
-    backward = default_backward(D0, S, uniform_tiles=uniform)
+    backward = default_backward(D0, data_walks=short_walks == "data",
+                                masked=is_causal or sliding_window is not None,
+                                interpret=bool(interpret), config=cfg)
   if backward in ("mosaic", "fused") and not bwd_kernel_supports(D0):
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):

@@ -312,7 +312,7 @@ def test_default_config_persistent_and_overlap_rules(monkeypatch):
   assert seen and all(x == (False, False, True) for x in seen), seen
 
 
-def test_default_register_split_and_backward_rules():
+def test_default_register_split_and_backward_rules(monkeypatch):
   # 240 / 24 registers only where the overlap runs on static ranges (seventh session)
   long_ = ha.default_config(128, 4096, static_ranges=True)
   assert (long_.consumer_registers, long_.producer_registers) == (240, 24)
@@ -320,12 +320,21 @@ def test_default_register_split_and_backward_rules():
               ha.default_config(128, 1024, static_ranges=True), ha.default_config(128),
               ha.default_config(256, 8192, uniform_tiles=True)):
     assert (cfg.consumer_registers, cfg.producer_registers) == (232, 40), cfg
-  # the fused backward for long calls that walk every block (interpret mode included)
-  assert ha.default_backward(128, 4096, uniform_tiles=True) == "fused"
-  assert ha.default_backward(64, 16384, uniform_tiles=True) == "fused"
-  assert ha.default_backward(128, 2048, uniform_tiles=True) == "mosaic"
-  assert ha.default_backward(128, 8192, uniform_tiles=False) == "mosaic"
-  assert ha.default_backward(256, 8192, uniform_tiles=True) == "xla"
+  # the fused backward wherever it applies (thirteenth session): not with segment ids or a
+  # block mask, nor for masked calls in interpret mode without the XLA flag they need there
+  assert ha.default_backward(128) == "fused"
+  assert ha.default_backward(64, masked=True) == "fused"
+  assert ha.default_backward(128, data_walks=True) == "mosaic"
+  assert ha.default_backward(256) == "xla"
+  # a config with one of the two-kernel backward's own switches keeps that backward
+  for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):
+    assert ha.default_backward(128, config=ha.HopperConfig(**{flag: True})) == "mosaic"
+  assert ha.default_backward(128, config=ha.HopperConfig(persistent=True)) == "fused"
+  assert ha.default_backward(128, masked=True, interpret=True) == "fused"   # conftest's flag
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert ha.default_backward(128, masked=True, interpret=True) == "mosaic"
+  assert ha.default_backward(128, interpret=True) == "fused"
+  monkeypatch.undo()
   # ...resolved by the call from its own arguments
   seen = []
 
@@ -339,10 +348,11 @@ def test_default_register_split_and_backward_rules():
     return seen.pop()
   assert backward_of(8192) == "fused"
   assert backward_of(8192, interpret=True) == "fused"
-  assert backward_of(8192, is_causal=True) == "mosaic"
-  assert backward_of(8192, sliding_window=(128, 128)) == "mosaic"
+  assert backward_of(8192, is_causal=True) == "fused"
+  assert backward_of(8192, sliding_window=(128, 128)) == "fused"
   assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "mosaic"
-  assert backward_of(2048) == "mosaic"
+  assert backward_of(1024) == "fused"
+  assert backward_of(1024, config=ha.HopperConfig(bwd_persistent=True)) == "mosaic"
   assert backward_of(8192, backward="xla") == "xla"
 
 

@@ -68,11 +68,20 @@ DKV_PERSISTENT = ha.HopperConfig(dkv_persistent=True, persistent_ctas=132)
 # name: (B, T, S, N, K, D, dtype), kwargs of hopper_attention, kernels in the forward and in
 # forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
 CASES = {
-    "dense": ((2, 1024, 1024, 8, 8, 128, jnp.bfloat16), {}, 1, 3),
+    "dense": ((2, 1024, 1024, 8, 8, 128, jnp.bfloat16), {}, 1, 2),
     "causal_gqa_offset_ragged": ((2, 300, 517, 8, 2, 128, jnp.bfloat16),
-                                 dict(is_causal=True, q_offset=184), 1, 3),
+                                 dict(is_causal=True, q_offset=184), 1, 2),
     "window_two_sided_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
-                                 dict(sliding_window=(100, 30)), 1, 3),
+                                 dict(sliding_window=(100, 30)), 1, 2),
+    # the two-kernel backward (dQ kernel + dK/dV kernel) on the same calls
+    "dense_mosaic_backward": ((2, 1024, 1024, 8, 8, 128, jnp.bfloat16),
+                              dict(backward="mosaic"), 1, 3),
+    "causal_gqa_offset_ragged_mosaic_backward": ((2, 300, 517, 8, 2, 128, jnp.bfloat16),
+                                                 dict(is_causal=True, q_offset=184,
+                                                      backward="mosaic"), 1, 3),
+    "window_two_sided_f16_d64_mosaic_backward": ((1, 700, 900, 4, 2, 64, jnp.float16),
+                                                 dict(sliding_window=(100, 30),
+                                                      backward="mosaic"), 1, 3),
     "documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
                   dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 0)), 1, 3),
     "d256_xla_backward": ((1, 384, 512, 2, 1, 256, jnp.bfloat16),
@@ -82,10 +91,10 @@ CASES = {
     "fused_backward_d64_f16_ragged": ((1, 300, 517, 4, 2, 64, jnp.float16),
                                       dict(backward="fused"), 1, 2),
     "persistent_dense": ((4, 1024, 1024, 16, 16, 128, jnp.bfloat16),
-                         dict(config=PERSISTENT), 1, 3),
+                         dict(config=PERSISTENT), 1, 2),
     "persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
                                             dict(is_causal=True, q_offset=184,
-                                                 config=PERSISTENT), 1, 3),
+                                                 config=PERSISTENT), 1, 2),
     "persistent_documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
                              dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 1),
                                   config=PERSISTENT), 1, 3),
@@ -93,11 +102,11 @@ CASES = {
         (2, 512, 512, 8, 2, 64, jnp.float16),
         dict(is_causal=True, config=ha.HopperConfig(persistent=True, persistent_ctas=132,
                                                     persistent_sync_per_tile=False,
-                                                    block_kv=64, stages=3)), 1, 3),
+                                                    block_kv=64, stages=3)), 1, 2),
     "persistent_no_schedule_barrier": ((2, 640, 640, 4, 2, 128, jnp.bfloat16),
                                        dict(config=ha.HopperConfig(
                                            persistent=True, persistent_ctas=132,
-                                           schedule_barrier=False)), 1, 3),
+                                           schedule_barrier=False)), 1, 2),
     "persistent_d256_one_stage": ((1, 384, 512, 2, 1, 256, jnp.bfloat16),
                                   dict(sliding_window=(64, None), config=ha.HopperConfig(
                                       block_kv=64, stages=1, persistent=True,
@@ -242,7 +251,7 @@ def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
   T = 512
   shapes = _shapes(2, T, T, 4, 2, D)
   cfg = ha.HopperConfig(bwd_persistent=bwd_persistent, persistent_ctas=132, **config)
-  kw, nq, nkv = dict(config=cfg), 0, 0
+  kw, nq, nkv = dict(config=cfg, backward="mosaic"), 0, 0
   if sides == "segments":
     kw.update(is_causal=True, segment_ids=_docs(2, T, 4, 3))
     nq, nkv = 1, 1
