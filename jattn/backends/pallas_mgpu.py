@@ -62,18 +62,18 @@ MASK_OPS = frozenset({"and", "or", "eq", "ne", "lt", "le", "gt", "add", "sub", "
                       "broadcast_in_dim"})
 
 # Priorities: cudnn is 30 (5 when it needs a dense mask). From BENCHMARKS.md (H100, bf16, D=128,
-# one run side by side with cuDNN, sixth session; ratios ours/cuDNN as fwd | fwd+bwd):
-#   causal S=1k 1.07 (A/B) | 1.24, causal S=4k 1.14 | 1.04, causal S=16k 1.11 | 0.96,
-#   dense S=1k 1.05 | 1.06, dense S=4k 0.99 | 0.94, dense S=16k 1.04 | 0.93,
-#   causal sliding window 1024 at S=8k 1.07 | 1.10; offsets make cuDNN use a dense mask.
-# The selector ranks by the slower of the two (a call that is differentiated pays both), so
-# dense and long causal calls stay with cuDNN.
+# two passes side by side with cuDNN, thirteenth session; ratios ours/cuDNN as fwd | fwd+bwd):
+#   dense S=1k 1.12, 1.11 | 1.17, 1.17; causal S=1k 1.16, 1.20 | 1.22, 1.20;
+#   dense S=4k 1.06, 1.02 | 1.08, 1.12; causal S=4k 1.12, 1.17 | 1.21, 1.19;
+#   dense S=16k 1.02, 1.05 | 1.10, 1.12; causal S=16k 1.13, 1.11 | 1.10, 1.07;
+#   causal sliding window 1024 at S=8k 1.11, 1.19 | 1.19, 1.17; offsets make cuDNN use a
+#   dense mask. The selector ranks by the slower of the two (a call that is differentiated
+#   pays both): ahead of cuDNN on every cell since that session's backward (until then dense
+#   calls and causal calls above S=4k stayed with cuDNN).
 PRIORITY_FAST = 40        # measured faster than cuDNN, forward and forward + backward
-PRIORITY_MIXED = 25       # measured equal / mixed: cuDNN stays first
 PRIORITY_SLOW = 20        # head_dim > 128: the backward is a dense XLA recomputation
 PRIORITY_SLOW_SPARSE = 15  # ... and the call is block-sparse: pallas_flash (20) goes first
 PRIORITY_MASK = 22         # a mask function / BlockMask (see `_priority`)
-FAST_CAUSAL_MAX_KV = 4096
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,11 +134,7 @@ def _priority(call: AttentionCall) -> int:
     # Arbitrary block-sparse masks: above pallas_flash (20), the portable kernel walking the
     # same lists at the Triton rate, and above cuDNN's dense-mask path (5).
     return PRIORITY_MASK
-  if call.features & {"offsets", "sliding_window", "segment_ids"}:
-    return PRIORITY_FAST
-  if "causal" in call.features and call.kv_len <= FAST_CAUSAL_MAX_KV:
-    return PRIORITY_FAST
-  return PRIORITY_MIXED
+  return PRIORITY_FAST
 
 
 def _kernel_args(query, key, *, mask, is_causal, q_offset, kv_offset, sliding_window,
