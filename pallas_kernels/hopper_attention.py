@@ -182,16 +182,18 @@ class HopperConfig:
   # tiles, Q and dO double-buffered and the next tile's loads (Q, dO, O, lse, dlse, row side
   # values) issued during the current tile, the delta and dQ stores not awaited before the
   # next tile (see `_dq_call`). Applies to the dQ kernel only: the dK/dV kernel has its own
-  # switch (`dkv_persistent`); the "fused" / "xla" backwards ignore it. Where its buffers do
-  # not fit in shared memory (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the
-  # dQ kernel runs non-persistent. Independent of `persistent` (the forward's).
+  # switch (`dkv_persistent`); a call naming the "fused" / "xla" backward refuses it (with
+  # none named, the default is then "mosaic" up to head_dim 128). Where its buffers do not fit
+  # in shared memory (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel
+  # runs non-persistent. Independent of `persistent` (the forward's).
   bwd_persistent: bool = False
   # backward: the dK/dV kernel persistent (`persistent_ctas` CTAs, one per SM by default, over
   # its (b, KV head, KV tile) work items; with `persistent_dynamic` from the dynamic
   # scheduler): the Q / dO ring and the producer carried across items, K / V double-buffered
   # and the next item's K / V loaded during the current one, the dK / dV stores not awaited
-  # before the next item (see `_dkv_call`). Not for the fused backward. Where its buffers do
-  # not fit in shared memory (`_dkv_persistent`) the kernel runs non-persistent. Off by
+  # before the next item (see `_dkv_call`). Not for the fused backward (refused, as
+  # `bwd_persistent`). Where its buffers do not fit in shared memory (`_dkv_persistent`) the
+  # kernel runs non-persistent. Off by
   # default: fwd+bwd 0.96 (documents) to 0.99 (dense S=1k) of the non-persistent kernel at
   # 232 / 40 registers (ptxas: 244 bytes of spills against 132), 0.99-1.01 at 240 / 24
   # (twelfth session, NOTES.md Hopper v14).
@@ -205,8 +207,8 @@ class HopperConfig:
   # backward: ping-pong the two consumers of the dQ and dK/dV kernels through a schedule
   # barrier, as the forward does (one consumer's exponentials and dS while the other's
   # products run): two rounds per step, one after S / dP are issued, one before the dQ (dV /
-  # dK) products are. The fused backward's dK/dV kernel ignores it (its pair barrier would
-  # interleave with these rounds and deadlock). Off: correct on the H100 but 3-7% slower
+  # dK) products are. Not for the fused backward (its pair barriers would interleave with these
+  # rounds and deadlock): a call naming it refuses the switch. Off: correct on the H100 but 3-7% slower
   # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
   # consumers do better running free.
   bwd_schedule_barrier: bool = False
@@ -316,6 +318,18 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
 INTERPRET_XLA_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
+def _interpret_flag_set() -> bool:
+  return INTERPRET_XLA_FLAG in os.environ.get("XLA_FLAGS", "").replace(" ", "")
+
+
+# HopperConfig switches that only the two-kernel ("mosaic") backward has.
+_MOSAIC_BWD_SWITCHES = ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier")
+
+
+def _mosaic_bwd_switches(cfg: HopperConfig | None) -> list[str]:
+  return [] if cfg is None else [f for f in _MOSAIC_BWD_SWITCHES if getattr(cfg, f)]
+
+
 def default_backward(head_dim: int, *, data_walks: bool = False, masked: bool = False,
                      interpret: bool = False, config: HopperConfig | None = None) -> str:
   """The backward a call gets when it names none: "fused" wherever it applies, "mosaic" for
@@ -327,11 +341,9 @@ def default_backward(head_dim: int, *, data_walks: bool = False, masked: bool = 
   head_dim 128 (no Mosaic backward)."""
   if not bwd_kernel_supports(head_dim):
     return "xla"
-  if data_walks or (config is not None and (config.bwd_persistent or config.dkv_persistent
-                                            or config.bwd_schedule_barrier)):
+  if data_walks or _mosaic_bwd_switches(config):
     return "mosaic"
-  if (interpret and masked
-      and INTERPRET_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").replace(" ", "")):
+  if interpret and masked and not _interpret_flag_set():
     return "mosaic"
   return "fused"
 
@@ -2258,8 +2270,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
       plgpu.Barrier(num_arrivals=2, num_barriers=2),   # "end of step t" by parity
   )
-  if (st.interpret and st.masked_anything
-      and INTERPRET_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").replace(" ", "")):
+  if st.interpret and st.masked_anything and not _interpret_flag_set():
     # Seen on jax 0.10.2: with masked steps (causal / window) XLA:CPU's concurrency-optimized
     # scheduler orders the interpreter's callbacks so that consumer 1 never starts while the
     # others wait for it; without that scheduler the same calls pass (with the race detector).
@@ -2763,6 +2774,10 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     backward = default_backward(D0, data_walks=short_walks == "data",
                                 masked=is_causal or sliding_window is not None,
                                 interpret=bool(interpret), config=cfg)
+  elif backward in ("fused", "xla") and _mosaic_bwd_switches(cfg):
+    raise ValueError(f"backward={backward!r} cannot honour HopperConfig "
+                     f"{_mosaic_bwd_switches(cfg)} (switches of the two-kernel backward); "
+                     "use backward='mosaic' or drop them")
   if backward in ("mosaic", "fused") and not bwd_kernel_supports(D0):
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):

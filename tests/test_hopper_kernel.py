@@ -330,7 +330,8 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):
     assert ha.default_backward(128, config=ha.HopperConfig(**{flag: True})) == "mosaic"
   assert ha.default_backward(128, config=ha.HopperConfig(persistent=True)) == "fused"
-  assert ha.default_backward(128, masked=True, interpret=True) == "fused"   # conftest's flag
+  monkeypatch.setenv("XLA_FLAGS", ha.INTERPRET_XLA_FLAG)
+  assert ha.default_backward(128, masked=True, interpret=True) == "fused"
   monkeypatch.setenv("XLA_FLAGS", "")
   assert ha.default_backward(128, masked=True, interpret=True) == "mosaic"
   assert ha.default_backward(128, interpret=True) == "fused"
@@ -353,6 +354,11 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "mosaic"
   assert backward_of(1024) == "fused"
   assert backward_of(1024, config=ha.HopperConfig(bwd_persistent=True)) == "mosaic"
+  # ...and a call that names another backward with such a switch is refused, not ignored
+  for named in ("fused", "xla"):
+    for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):
+      with pytest.raises(ValueError, match=f"backward='{named}' cannot honour.*{flag}"):
+        backward_of(1024, backward=named, config=ha.HopperConfig(**{flag: True}))
   assert backward_of(8192, backward="xla") == "xla"
 
 
