@@ -330,18 +330,18 @@ def _mosaic_bwd_switches(cfg: HopperConfig | None) -> list[str]:
   return [] if cfg is None else [f for f in _MOSAIC_BWD_SWITCHES if getattr(cfg, f)]
 
 
-def default_backward(head_dim: int, *, data_walks: bool = False, masked: bool = False,
+def default_backward(head_dim: int, *, block_mask: bool = False, masked: bool = False,
                      interpret: bool = False, config: HopperConfig | None = None) -> str:
   """The backward a call gets when it names none: "fused" wherever it applies, "mosaic" for
-  calls with segment ids or a block mask (`data_walks`: the fused kernel takes neither), for
-  a `config` that asks for one of the two-kernel backward's own switches (`bwd_persistent`,
-  `dkv_persistent`, `bwd_schedule_barrier`: the fused kernel would drop them) and in
-  interpret mode for masked calls (causal / window: `masked`) unless XLA_FLAGS has
-  INTERPRET_XLA_FLAG (the interpreted fused kernel would hang, see `_dkv_call`); "xla" above
-  head_dim 128 (no Mosaic backward)."""
+  calls with a block mask (`block_mask`: the fused kernel takes none), for a `config` that
+  asks for one of the two-kernel backward's own switches (`bwd_persistent`, `dkv_persistent`,
+  `bwd_schedule_barrier`: the fused kernel would drop them) and in interpret mode for masked
+  calls (causal, window or segment ids: `masked`) unless XLA_FLAGS has INTERPRET_XLA_FLAG (the
+  interpreted fused kernel would hang, see `_dkv_call`); "xla" above head_dim 128 (no Mosaic
+  backward)."""
   if not bwd_kernel_supports(head_dim):
     return "xla"
-  if data_walks or _mosaic_bwd_switches(config):
+  if block_mask or _mosaic_bwd_switches(config):
     return "mosaic"
   if interpret and masked and not _interpret_flag_set():
     return "mosaic"
@@ -1909,9 +1909,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   segs, sparse = st.segments, st.sparse
   q_sides, kv_sides = st.q_sides, st.kv_sides
   nqs, nks = len(q_sides), len(kv_sides)
-  if (segs or sparse) and fused:
-    raise NotImplementedError("the fused backward takes neither segment ids nor "
-                              "block_sparsity")
+  if sparse and fused:
+    raise NotImplementedError("the fused backward takes no block_sparsity")
   r = _SPARSE_BLOCK // bq   # kernel steps per listed query block
   # Both consumers walk the same query blocks (the same in_free phases), so the schedule
   # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
@@ -1926,12 +1925,12 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   def kernel(*refs):
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = (next(it) for _ in range(6))
-    dqacc_ref = next(it) if fused else None
     qside_refs = [next(it) for _ in range(nqs)]
     kvside_refs = [next(it) for _ in range(nks)]
     rng_ref = next(it) if segs else None
     lists = tuple(next(it) for _ in range(4)) if sparse else None
     counter_ref = next(it) if counter else None
+    dqacc_ref = next(it) if fused else None   # the launch's Ref operand follows the arrays
     (dk_ref, dv_ref, k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem,
      kv_bar, in_bar, in_free) = (next(it) for _ in range(11))
     if fused:
@@ -2241,18 +2240,19 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   )
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
   grid, names = _grid(st, st.K, n_cta, "kv_seq")
+  side_scratch = tuple(plgpu.SMEM((kv_bufs, bkv), jnp.int32) for _ in range(nks)) + tuple(
+      plgpu.SMEM((stages, bq), jnp.int32) for _ in range(nqs))
+  qside, kvside = _side_operands(st, seg, sp)
+  operands = (q, k, v, do, lse2, delta) + qside + kvside
+  if segs:
+    operands = operands + (_kv_tile_q_table(st, seg, 2 * bkv, bq),)
   if not fused:
     if ping_pong:
       scratch = scratch + (plgpu.Barrier(num_arrivals=2),)
-    scratch = scratch + tuple(plgpu.SMEM((kv_bufs, bkv), jnp.int32) for _ in range(nks)) + tuple(
-        plgpu.SMEM((stages, bq), jnp.int32) for _ in range(nqs))
+    scratch = scratch + side_scratch
     if dynamic:   # the work items' slots and handoff barriers (see `_dynamic_items`)
       scratch = scratch + (plgpu.SMEM((2,), jnp.int32), plgpu.Barrier(num_barriers=2),
                            plgpu.Barrier(num_arrivals=2, num_barriers=2))
-    qside, kvside = _side_operands(st, seg, sp)
-    operands = (q, k, v, do, lse2, delta) + qside + kvside
-    if segs:
-      operands = operands + (_kv_tile_q_table(st, seg, 2 * bkv, bq),)
     if sparse:
       operands = operands + tuple(sp[1])
     if persistent:
@@ -2269,31 +2269,32 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
       plgpu.Barrier(num_arrivals=2, num_barriers=2),   # "end of step t" by parity
-  )
-  if st.interpret and st.masked_anything and not _interpret_flag_set():
+  ) + side_scratch
+  if st.interpret and (st.masked_anything or segs) and not _interpret_flag_set():
     # Seen on jax 0.10.2: with masked steps (causal / window) XLA:CPU's concurrency-optimized
     # scheduler orders the interpreter's callbacks so that consumer 1 never starts while the
     # others wait for it; without that scheduler the same calls pass (with the race detector).
     raise NotImplementedError(
-        "backward='fused' with a causal mask or window hangs in interpret mode under XLA:CPU's "
-        f"default scheduler: set XLA_FLAGS={INTERPRET_XLA_FLAG} before jax starts, or use "
-        "backward='mosaic'")
+        "backward='fused' with a causal mask, window or segment ids hangs in interpret mode "
+        f"under XLA:CPU's default scheduler: set XLA_FLAGS={INTERPRET_XLA_FLAG} before jax "
+        "starts, or use backward='mosaic'")
   if st.interpret:
     # The interpreter takes no Ref operand (pl.kernel's operands have no GMEM memory space
     # there): dQ's f32 sum is a third output, zero-initialised by the interpreter, that the
     # kernel adds into (its CTAs run one after another there).
     params = dataclasses.replace(_interpret_arg(st)["interpret"], uninitialized_memory="zero")
 
+    n_in = len(operands)
+
     def interpret_kernel(*refs):
-      # plgpu.kernel passes (6 inputs, dK, dV, dQ sum, scratch...); `kernel` takes the dQ
-      # sum right after the inputs (where the compiled launch's Ref operand sits; the fused
-      # backward has no side arrays or block lists in between)
-      return kernel(*refs[:6], refs[8], *refs[6:8], *refs[9:])
+      # plgpu.kernel passes (inputs, dK, dV, dQ sum, scratch...); `kernel` takes the dQ sum
+      # right after the inputs, where the compiled launch's Ref operand sits
+      return kernel(*refs[:n_in], refs[n_in + 2], *refs[n_in:n_in + 2], *refs[n_in + 3:])
     return plgpu.kernel(
         interpret_kernel, out_type=(kv_type, kv_type,
                                     jax.ShapeDtypeStruct((st.B, st.Tp, st.N, D), jnp.float32)),
         scratch_types=scratch, grid=grid, grid_names=names, num_threads=3, thread_name="wg",
-        compiler_params=_compiler_params(st.cfg), interpret=params)(q, k, v, do, lse2, delta)
+        compiler_params=_compiler_params(st.cfg), interpret=params)(*operands)
   # The dQ sum is a Ref the kernel reduce-adds into. Launched Ref-free (`_without_refs`), so
   # that `_batch_folded` can take it under vmap: not `_kernel_with_ref`'s per-element lax.map,
   # because where the raw sum becomes a lax.map / scan's stacked output its reduce-adds are
@@ -2306,7 +2307,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     dk, dv = _launch_with_ref(kernel, arrays, dq_acc, (kv_type, kv_type), scratch, grid, names,
                               _compiler_params(st.cfg))
     return dk, dv, jax.freeze(dq_acc)
-  return _without_refs(run, q, k, v, do, lse2, delta)
+  return _without_refs(run, *operands)
 
 
 def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params):
@@ -2371,10 +2372,11 @@ def _batch_folded(call, st: _Static, *arrays):
   """call(st, *arrays) for arrays (and outputs) whose leading axis is the batch (st.B). Under
   vmap the mapped axis is folded into the batch - one launch over axis_size * B batch rows
   (the kernel's CTAs are per batch row), no loop around the kernel - so `call` must carry no
-  Ref effect (`_without_refs`). Unmapped arguments are broadcast. For calls whose `st` has no
-  batch-shaped side data (no segment ids or block lists): the fused backward."""
-  if st.segments or st.sparse:
-    raise ValueError("_batch_folded takes no segment ids or block lists")
+  Ref effect (`_without_refs`). Unmapped arguments are broadcast. Every array must lead with the
+  batch (segment ids do; block lists, [Bm, ...], need not, so they are refused): the fused
+  backward."""
+  if st.sparse:
+    raise ValueError("_batch_folded takes no block lists")
   f = jax.custom_batching.custom_vmap(functools.partial(call, st))
 
   @f.def_vmap
@@ -2445,14 +2447,19 @@ def _core_bwd_impl(st, bwd, res, cts):
     # d lse / d s = p: folds into delta (ds = p * (dp - delta + dlse)); lse2 = lse * log2(e).
     delta = delta - dlse2.astype(jnp.float32) * LOG2E
   if bwd == "fused":
-    dk, dv, dq_acc = _batch_folded(functools.partial(_dkv_call, fused=True), st, q, k, v, do,
-                                   lse_b, delta)
+    dk, dv, dq_acc = _batch_folded(_fused_bwd_call, st, q, k, v, do, lse_b, delta,
+                                   *(seg or ()))
     return (dq_acc * st.scale).astype(q.dtype), dk, dv
   # "xla": a blocked jnp recomputation with the same masking (correct, not fast).
   return _bwd_xla(st, q, k, v, do, lse_b, delta, seg)
 
 
 _core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
+
+
+def _fused_bwd_call(st: _Static, q, k, v, do, lse2, delta, *seg):
+  """The fused backward with the segment ids (if any) as flat trailing arrays (batch-folded)."""
+  return _dkv_call(st, q, k, v, do, lse2, delta, fused=True, seg=tuple(seg) or None)
 
 
 def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta, seg=None):
@@ -2771,8 +2778,9 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   if scale is None:
     scale = 1.0 / math.sqrt(D0)
   if backward is None:
-    backward = default_backward(D0, data_walks=short_walks == "data",
-                                masked=is_causal or sliding_window is not None,
+    backward = default_backward(D0, block_mask=block_sparsity is not None,
+                                masked=(is_causal or sliding_window is not None
+                                        or seg_ids is not None),
                                 interpret=bool(interpret), config=cfg)
   elif backward in ("fused", "xla") and _mosaic_bwd_switches(cfg):
     raise ValueError(f"backward={backward!r} cannot honour HopperConfig "
@@ -2782,8 +2790,6 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):
     raise ValueError(f"backward must be 'mosaic', 'fused' or 'xla', got {backward!r}")
-  if backward == "fused" and seg_ids is not None:
-    raise NotImplementedError("backward='fused' does not take segment_ids; use 'mosaic'")
   tq = 2 * max(cfg.block_q, cfg.bwd_block_q)
   tkv = math.lcm(cfg.block_kv, 2 * cfg.bwd_block_kv, cfg.bwd_block_kv)
   Tp = -(-T // tq) * tq

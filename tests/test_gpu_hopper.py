@@ -267,10 +267,13 @@ def test_segments_forward(name):
 
 
 @requires_hopper
+@pytest.mark.parametrize("backward", ["fused", "mosaic"])
 @pytest.mark.parametrize("name", sorted(SEG_CASES))
-def test_segments_backward(name):
+def test_segments_backward(name, backward):
+  """Both Mosaic backwards with segment ids: the fused one (the default) and the two-kernel
+  one (the dQ kernel's range table, the dK/dV kernel's)."""
   c = SEG_CASES[name]
-  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), **c["kw"])
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), backward=backward, **c["kw"])
 
 
 @requires_hopper
@@ -479,6 +482,7 @@ def test_persistent_dynamic_block_mask_backward():
     "dynamic_forward",
     "dynamic_backward",
     "fused_backward",
+    "fused_backward_segments",
 ])
 def test_vmap_of_kernels_with_a_ref(what):
   """The kernels launched with a Ref operand (the dynamic scheduler's counter, the fused
@@ -499,13 +503,23 @@ def test_vmap_of_kernels_with_a_ref(what):
     want = jax.vmap(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(got, want):
       assert rel_err(a, b) < 5e-2
-  else:
+  elif what == "fused_backward":
     kw = dict(is_causal=True, backward="fused")
     loss = lambda fn: lambda q, k, v: jnp.sum(fn(q[None], k[None], v[None], **kw)[0]
                                               .astype(jnp.float32) * do[0])
     got = jax.vmap(jax.grad(loss(ha.hopper_attention)))(q, k, v)
     want = jax.vmap(jax.grad(loss(ref)))(q, k, v)
     assert rel_err(got, want) < 5e-2
+  else:   # segment ids mapped with q (each element cut into documents elsewhere)
+    ids = _docs(3, 512, 4, seed=30)[:, None]   # [3, 1, 512]
+    loss = lambda fn, **extra: lambda q, k, v, ids: jnp.sum(
+        fn(q[None], k[None], v[None], is_causal=True, segment_ids=ids, **extra)[0]
+        .astype(jnp.float32) * do[0])
+    got = jax.vmap(jax.grad(loss(ha.hopper_attention, backward="fused"), argnums=(0, 1, 2)))(
+        q, k, v, ids)
+    want = jax.vmap(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v, ids)
+    for a, b in zip(got, want):
+      assert rel_err(a, b) < 5e-2
 
 
 @requires_hopper

@@ -320,11 +320,12 @@ def test_default_register_split_and_backward_rules(monkeypatch):
               ha.default_config(128, 1024, static_ranges=True), ha.default_config(128),
               ha.default_config(256, 8192, uniform_tiles=True)):
     assert (cfg.consumer_registers, cfg.producer_registers) == (232, 40), cfg
-  # the fused backward wherever it applies (thirteenth session): not with segment ids or a
-  # block mask, nor for masked calls in interpret mode without the XLA flag they need there
+  # the fused backward wherever it applies (thirteenth session; segment ids from the
+  # fourteenth): not with a block mask, nor for masked calls in interpret mode without the
+  # XLA flag they need there
   assert ha.default_backward(128) == "fused"
   assert ha.default_backward(64, masked=True) == "fused"
-  assert ha.default_backward(128, data_walks=True) == "mosaic"
+  assert ha.default_backward(128, block_mask=True) == "mosaic"
   assert ha.default_backward(256) == "xla"
   # a config with one of the two-kernel backward's own switches keeps that backward
   for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):
@@ -351,7 +352,7 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(8192, interpret=True) == "fused"
   assert backward_of(8192, is_causal=True) == "fused"
   assert backward_of(8192, sliding_window=(128, 128)) == "fused"
-  assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "mosaic"
+  assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "fused"
   assert backward_of(1024) == "fused"
   assert backward_of(1024, config=ha.HopperConfig(bwd_persistent=True)) == "mosaic"
   # ...and a call that names another backward with such a switch is refused, not ignored
@@ -367,7 +368,8 @@ def test_fused_backward_in_interpret_mode_needs_the_scheduler_flag_for_masks(mon
   # trace time, naming the flag; with it (conftest.py sets it on CPU machines) traced
   q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
-  for kw in (dict(is_causal=True), dict(sliding_window=(30, 30))):
+  for kw in (dict(is_causal=True), dict(sliding_window=(30, 30)),
+             dict(segment_ids=jnp.zeros((1, 128), jnp.int32))):
     grad = jax.grad(lambda q, k, v: jnp.sum(ha.hopper_attention(
         q, k, v, backward="fused", interpret=True, **kw).astype(jnp.float32)))
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
@@ -621,6 +623,12 @@ INTERPRET_CASES = {
                                        block_kv=128, window=(30, 30), grad="fused"), 3e-2),
     "fwdbwd_fused_d128": (_case(shape=(1, 256, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused", races=True), 3e-2),
+    # the fused backward with segment ids (the dK/dV kernel's per-tile query-block range
+    # table, the documents mask on masked steps): the documents case above, race detector on
+    "fwdbwd_fused_documents_causal": (_case(
+        shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, grad="fused", races=True,
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
@@ -1112,15 +1120,18 @@ def test_batch_folded_folds_vmap_into_the_batch():
                     in_axes=(0, None))(xx, jnp.stack([y] * 3))
   np.testing.assert_allclose(out, xx * 2.0 + y.sum(axis=1)[None, None, :, None])
   assert calls[-1][0] == 12, calls
-  with pytest.raises(ValueError, match="segment ids"):
-    ha._batch_folded(call, dataclasses.replace(st, segments=True), x[0], y)
+  with pytest.raises(ValueError, match="block lists"):
+    ha._batch_folded(call, dataclasses.replace(st, sparse=True), x[0], y)
 
 
 @requires_interpret
-def test_interpret_fused_backward_under_vmap():
+@pytest.mark.parametrize("segments", [False, True])
+def test_interpret_fused_backward_under_vmap(segments):
   # vmap of the gradient with backward="fused" (interpret mode: the dQ sum as a third output;
   # on the H100 the Ref launch, tests/test_gpu_hopper.py): the mapped axis folded into the
-  # batch, k / v unmapped; against the reference's per-example gradients.
+  # batch, k / v unmapped; against the reference's per-example gradients. With segment ids
+  # mapped too (each example cut into documents elsewhere): their range tables are folded
+  # into the batch with them.
   from pallas_kernels.hopper_reference import hopper_attention_reference as ref
   T, N, D = 128, 2, 64
   ks = jax.random.split(jax.random.PRNGKey(11), 4)
@@ -1128,13 +1139,18 @@ def test_interpret_fused_backward_under_vmap():
   k = jax.random.normal(ks[1], (1, T, N, D), jnp.float16)
   v = jax.random.normal(ks[2], (1, T, N, D), jnp.float16)
   w = jax.random.normal(ks[3], (3, 1, T, N, D), jnp.float32)
+  cuts = [[30, 90], [64], [100]] if segments else [[], [], []]
+  seg = jnp.asarray([_doc_ids(1, T, [c]) for c in cuts], jnp.int32)   # [3, 1, T]
 
   def loss(fn, **extra):
-    return lambda q, k, v, w: jnp.sum(fn(q, k, v, **extra).astype(jnp.float32) * w)
+    def f(q, k, v, w, seg):
+      kw = dict(segment_ids=seg) if segments else {}
+      return jnp.sum(fn(q, k, v, **kw, **extra).astype(jnp.float32) * w)
+    return f
   got = jax.vmap(jax.grad(loss(ha.hopper_attention, interpret=True, backward="fused"),
-                          argnums=(0, 1, 2)), in_axes=(0, None, None, 0))(q, k, v, w)
-  want = jax.vmap(jax.grad(loss(ref), argnums=(0, 1, 2)), in_axes=(0, None, None, 0))(
-      *(x.astype(jnp.float32) for x in (q, k, v)), w)
+                          argnums=(0, 1, 2)), in_axes=(0, None, None, 0, 0))(q, k, v, w, seg)
+  want = jax.vmap(jax.grad(loss(ref), argnums=(0, 1, 2)), in_axes=(0, None, None, 0, 0))(
+      *(x.astype(jnp.float32) for x in (q, k, v)), w, seg)
   for a, b in zip(got, want):
     assert a.shape == b.shape
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
