@@ -152,6 +152,11 @@ class HopperConfig:
   reduction_scratch_bytes: int | None = None   # Mosaic's SMEM scratch (default 2048)
   consumer_registers: int = 232   # 2*128*232 + 128*40 <= 64K registers per SM
   producer_registers: int = 40
+  # The fused backward's own (consumer, producer) register split: its consumers hold dK, dV,
+  # S^T / dP^T and (masked steps) the mask's index and id vectors; at 232 / 40 its documents
+  # kernel spilled 144 bytes, at 240 / 24 none, fwd+bwd +6% (fourteenth session, NOTES.md
+  # Hopper v17). The forward and the two-kernel backward use the two fields above.
+  fused_registers: tuple = (240, 24)
   # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
   # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
   # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
@@ -224,6 +229,13 @@ class HopperConfig:
     if 2 * self.consumer_registers + self.producer_registers > 512:
       raise ValueError("2 * consumer_registers + producer_registers must be <= 512 (64K "
                        "registers per SM over 3 warpgroups of 128 threads)")
+    fr = self.fused_registers
+    if (not isinstance(fr, tuple) or len(fr) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in fr)):
+      raise ValueError(f"fused_registers must be a (consumer, producer) tuple of ints, got {fr!r}")
+    if 2 * fr[0] + fr[1] > 512 or min(fr) < 24 or any(x % 8 for x in fr):
+      raise ValueError(f"fused_registers {fr}: each a multiple of 8, >= 24, and "
+                       "2 * consumer + producer <= 512")
     if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
                                              not isinstance(self.persistent_ctas, int) or
                                              self.persistent_ctas < 1):
@@ -2211,16 +2223,18 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
     bhc = (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("kv_seq"))
 
+    regs = cfg.fused_registers if fused else (cfg.consumer_registers, cfg.producer_registers)
+
     @pl.when(wg < 2)
     def _consumer():
-      plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+      plgpu.set_max_registers(regs[0], action="increase")
       load_kv(*bhc, wg)
       consume(*bhc, wg, jnp.int32(0), None)
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
-      plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+      plgpu.set_max_registers(regs[1], action="decrease")
       total = ring_tile(bhc, jnp.int32(0))
       _drain(total, stages, (in_free,))
 
