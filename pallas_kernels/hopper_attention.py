@@ -43,7 +43,8 @@ GPU) kernel", for the tuning log):
   The dQ kernel runs first: it also loads the O tile next to dO and writes
   delta = rowsum(dO * O) - dlse for the dK/dV kernel (no separate XLA pass over O and dO).
   `backward="fused"` instead accumulates dQ inside the dK/dV kernel with f32 TMA reduce-adds
-  (5 matrix products instead of 7); the default wherever it applies (`default_backward`).
+  (5 matrix products instead of 7; segment ids too, from the same range table as the dK/dV
+  kernel's); the default wherever it applies (`default_backward`: not block_sparsity).
 * persistent dQ kernel (`HopperConfig(bwd_persistent=True)`, off by default: measured no gain
   on the H100): as the persistent forward - one CTA per SM looping over the (head, q
   tile, batch) work items, the K/V ring and the producer carried across tiles, Q and dO
@@ -322,8 +323,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
 # against 7), with its dQ product a step behind and its descriptors rebuilt per step
 # (thirteenth session, NOTES.md Hopper v15, v16): fwd+bwd against the two-kernel backward (with
 # the same descriptor change) on the H100 dense S=1k +7%, causal S=4k +6%, causal S=16k +14%,
-# window +2%; dense S=4k / 16k +13% against the two-kernel backward without it. It takes no
-# segment ids or block masks.
+# window +2%; dense S=4k / 16k +13% against the two-kernel backward without it. With segment ids
+# (fourteenth session, NOTES.md Hopper v17) 8 documents at S=8k +10%. It takes no block masks.
 
 # What the fused backward needs in XLA_FLAGS to run masked calls in interpret mode (see
 # `_dkv_call`); tests/conftest.py sets it on CPU machines.
@@ -2706,7 +2707,8 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   that also accumulates dQ with TMA reduce-adds; head dims <= 128; in interpret mode with a
   causal mask or window it needs `INTERPRET_XLA_FLAG` in XLA_FLAGS) or "xla" (a dense jnp
   recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
-  ("fused" for long dense calls, "mosaic" where it applies, else "xla"). `interpret=True`
+  ("fused" wherever it applies - segment ids included -, "mosaic" for block_sparsity and for
+  configs with the two-kernel backward's own switches, "xla" above head_dim 128). `interpret=True`
   runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
