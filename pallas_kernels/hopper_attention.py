@@ -344,17 +344,21 @@ def _mosaic_bwd_switches(cfg: HopperConfig | None) -> list[str]:
 
 
 def default_backward(head_dim: int, *, block_mask: bool = False, masked: bool = False,
-                     interpret: bool = False, config: HopperConfig | None = None) -> str:
+                     interpret: bool = False, config: HopperConfig | None = None,
+                     segments: bool = False) -> str:
   """The backward a call gets when it names none: "fused" wherever it applies, "mosaic" for
   calls with a block mask (`block_mask`: the fused kernel takes none), for a `config` that
   asks for one of the two-kernel backward's own switches (`bwd_persistent`, `dkv_persistent`,
-  `bwd_schedule_barrier`: the fused kernel would drop them) and in interpret mode for masked
-  calls (causal, window or segment ids: `masked`) unless XLA_FLAGS has INTERPRET_XLA_FLAG (the
-  interpreted fused kernel would hang, see `_dkv_call`); "xla" above head_dim 128 (no Mosaic
-  backward)."""
+  `bwd_schedule_barrier`: the fused kernel would drop them) or whose fused kernel would not fit
+  in shared memory (e.g. bwd_stages=3 at head_dim 128 with `segments`), and in interpret mode
+  for masked calls (causal, window or segment ids: `masked`) unless XLA_FLAGS has
+  INTERPRET_XLA_FLAG (the interpreted fused kernel would hang, see `_dkv_call`); "xla" above
+  head_dim 128 (no Mosaic backward)."""
   if not bwd_kernel_supports(head_dim):
     return "xla"
   if block_mask or _mosaic_bwd_switches(config):
+    return "mosaic"
+  if config is not None and not _fused_fits(config, head_dim, segments):
     return "mosaic"
   if interpret and masked and not _interpret_flag_set():
     return "mosaic"
@@ -2637,6 +2641,22 @@ def _dkv_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
   return bufs + sides + barriers + 1024 * dynamic
 
 
+def _fused_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False) -> int:
+  """The fused backward's SMEM: the non-persistent dK/dV kernel's (segment ids: one query and
+  one key side buffer) + the two consumers' dS^T tiles by step parity, the f32 dQ staging
+  tiles and the 2 "end of step" barriers. D=128, bwd_stages=2: 198720 bytes (200768 with
+  segment ids); bwd_stages=3 with segment ids does not fit (233552)."""
+  bq, bkv = cfg.bwd_block_q, cfg.bwd_block_kv
+  dq_cols = D // 2 if D >= 128 else D
+  sides = int(segments)
+  return (_dkv_smem_bytes(cfg, D, itemsize, sides, sides, persistent=False)
+          + _smem_alloc(2 * 2 * bkv * bq * itemsize) + _smem_alloc(2 * bq * dq_cols * 4) + 16)
+
+
+def _fused_fits(cfg: HopperConfig, head_dim: int, segments: bool) -> bool:
+  return _fused_smem_bytes(cfg, _padded_head_dim(head_dim), 2, segments) <= _SMEM_LIMIT
+
+
 def _dkv_persistent(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
                     kv_sides: int = 0) -> bool:
   """Whether the (non-fused) dK/dV kernel runs persistent: `cfg.dkv_persistent`, unless its
@@ -2797,7 +2817,8 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     backward = default_backward(D0, block_mask=block_sparsity is not None,
                                 masked=(is_causal or sliding_window is not None
                                         or seg_ids is not None),
-                                interpret=bool(interpret), config=cfg)
+                                interpret=bool(interpret), config=cfg,
+                                segments=seg_ids is not None)
   elif backward in ("fused", "xla") and _mosaic_bwd_switches(cfg):
     raise ValueError(f"backward={backward!r} cannot honour HopperConfig "
                      f"{_mosaic_bwd_switches(cfg)} (switches of the two-kernel backward); "
@@ -2806,6 +2827,11 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):
     raise ValueError(f"backward must be 'mosaic', 'fused' or 'xla', got {backward!r}")
+  if backward == "fused" and not _fused_fits(cfg, D0, seg_ids is not None):
+    need = _fused_smem_bytes(cfg, D, 2, seg_ids is not None)
+    raise ValueError(f"backward='fused' with {cfg} needs ~{need} bytes of shared memory at "
+                     f"head_dim {D}{' with segment_ids' if seg_ids is not None else ''} (limit "
+                     f"{_SMEM_LIMIT}); use bwd_stages=2 or backward='mosaic'")
   tq = 2 * max(cfg.block_q, cfg.bwd_block_q)
   tkv = math.lcm(cfg.block_kv, 2 * cfg.bwd_block_kv, cfg.bwd_block_kv)
   Tp = -(-T // tq) * tq

@@ -273,6 +273,13 @@ def test_segments_backward(name, backward):
   """Both Mosaic backwards with segment ids: the fused one (the default) and the two-kernel
   one (the dQ kernel's range table, the dK/dV kernel's)."""
   c = SEG_CASES[name]
+  cfg = c["kw"].get("config") or ha.HopperConfig()
+  if backward == "fused" and not ha._fused_fits(cfg, c["shape"][-1], True):  # pylint: disable=protected-access
+    # bwd_stages=3 at D=128: the fused kernel would need 233552 bytes of shared memory; refused
+    # by name at trace time (the default takes the two-kernel backward there)
+    with pytest.raises(ValueError, match="backward='fused'.*shared memory"):
+      check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), backward=backward, **c["kw"])
+    return
   check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), backward=backward, **c["kw"])
 
 

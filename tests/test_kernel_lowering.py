@@ -410,3 +410,43 @@ def test_bwd_schedule_barrier_lowers_for_cuda(which):
                                                            **kw).astype(jnp.float32)),
                     argnums=(0, 1, 2))(q, k, v)
   assert len(_lower(fwdbwd, *shapes)) == 3
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("segments", [False, True])
+@pytest.mark.parametrize("bwd_stages", [2, 3])
+def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages):
+  """`_fused_smem_bytes` (which decides whether the fused backward fits: the default falls back
+  to the two-kernel one, an explicit backward='fused' is refused) against Mosaic GPU's count
+  for the fused kernel; where it does not fit (D=128, 3 stages, segment ids: 233552 bytes,
+  which failed to launch on the H100 in the fourteenth session) the default is "mosaic"."""
+  from jax.experimental.mosaic.gpu import core as mgpu_core
+  T = 512
+  cfg = ha.HopperConfig(bwd_stages=bwd_stages)
+  kw = dict(config=cfg)
+  if segments:
+    kw.update(is_causal=True, segment_ids=_docs(2, T, 4, 3))
+  want = ha._fused_smem_bytes(cfg, D, 2, segments)   # pylint: disable=protected-access
+  fits = want <= ha._SMEM_LIMIT   # pylint: disable=protected-access
+  assert fits == (not (D == 128 and segments and bwd_stages == 3)), want
+  assert ha.default_backward(D, config=cfg, segments=segments) == ("fused" if fits else "mosaic")
+  fwdbwd = lambda **extra: lambda q, k, v: jax.grad(lambda *a: jnp.sum(ha.hopper_attention(
+      *a, interpret=False, **kw, **extra).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+  shapes = _shapes(2, T, T, 4, 2, D)
+  if not fits:
+    with pytest.raises(ValueError, match=r"backward='fused'.*shared memory.*bwd_stages=2"):
+      _lower(fwdbwd(backward="fused"), *shapes)
+    assert len(_lower(fwdbwd(), *shapes)) == 3   # the default: forward, dQ, dK/dV
+    return
+  seen = []
+  count = mgpu_core._smem_tree_size   # pylint: disable=protected-access
+
+  def record(tree):
+    seen.append(count(tree))
+    return seen[-1]
+  mgpu_core._smem_tree_size = record   # pylint: disable=protected-access
+  try:
+    assert len(_lower(fwdbwd(backward="fused"), *shapes)) == 2
+  finally:
+    mgpu_core._smem_tree_size = count   # pylint: disable=protected-access
+  assert len(seen) == 2 and seen[1] == want, (seen, want)   # forward, fused dK/dV/dQ
