@@ -262,6 +262,14 @@ _OVERLAP_MIN_KV = 2048
 # +7.6%), never more than 1.3% slower (NOTES.md Hopper v8). The other calls keep 232 / 40:
 # windows and documents measured within the noise there.
 _OVERLAP_REGISTERS = dict(consumer_registers=240, producer_registers=24)
+# ...and a 512-byte Mosaic reduction scratch instead of its default 2048 (the kernels here reduce
+# within warps; the persistent dQ kernel reserves none): forward / the same config with 2048,
+# in three A/B calls on the H100 (thirteenth session call 11, fourteenth calls 9, 10; NOTES.md
+# Hopper v17) dense 4k 1.055 / 1.025 / 1.013, dense 16k 1.021 / 0.988 / 1.013, causal 4k
+# 1.010 / 1.028, causal 16k 1.017 / 1.023; fwd+bwd 0.99-1.02. Small, but 8 of 10 readings up;
+# it also brings the forward's shared memory (~164 KiB with the 1 KiB reservation) under the
+# 164 KB carveout step.
+_OVERLAP_SCRATCH = dict(reduction_scratch_bytes=512)
 # ...and without the consumers' ping-pong (`schedule_barrier=False`): with the overlap the two
 # consumers do as well or better running free (ninth session, NOTES.md Hopper v11: two A/B
 # calls, forward dense 4k 0.98 / 1.03, dense 16k 1.02 / 1.03, causal 4k 1.02 / 1.01, causal
@@ -315,7 +323,7 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
                               **_OVERLAP_SCHEDULE)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
-                              **_OVERLAP_SCHEDULE)
+                              **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH)
   return cfg
 
 

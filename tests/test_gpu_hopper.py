@@ -620,8 +620,10 @@ def test_overlap_registers_240_block_mask_and_backward():
 @pytest.mark.parametrize("case", ["dense_8k", "causal_2k_gqa_ragged"])
 def test_default_long_calls(case, D):
   """What a long call gets with no config / backward named (seventh session): the overlap
-  with 240 / 24 registers, and the fused backward (`default_backward`)."""
+  with 240 / 24 registers and (fourteenth) a 512-byte reduction scratch, and the fused
+  backward (`default_backward`)."""
   assert ha.default_backward(D) == "fused"
+  assert ha.default_config(D, 2100, static_ranges=True).reduction_scratch_bytes == 512
   if case == "dense_8k":
     check_forward(1, 8192, 8192, 2, 1, D, jnp.bfloat16)
     check_backward(1, 8192, 8192, 2, 1, D, jnp.bfloat16)

@@ -316,6 +316,9 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   # 240 / 24 registers only where the overlap runs on static ranges (seventh session)
   long_ = ha.default_config(128, 4096, static_ranges=True)
   assert (long_.consumer_registers, long_.producer_registers) == (240, 24)
+  # ...with the 512-byte reduction scratch (fourteenth session); the others keep Mosaic's
+  assert long_.reduction_scratch_bytes == 512
+  assert ha.default_config(128, 1024, uniform_tiles=True).reduction_scratch_bytes is None
   for cfg in (ha.default_config(128, 1024, uniform_tiles=True), ha.default_config(128, 8192),
               ha.default_config(128, 1024, static_ranges=True), ha.default_config(128),
               ha.default_config(256, 8192, uniform_tiles=True)):

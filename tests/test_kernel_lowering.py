@@ -91,6 +91,12 @@ CASES = {
     "documents_mosaic_backward": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
                                   dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 0),
                                        backward="mosaic"), 1, 3),
+    # kv >= 2048 with static ranges: the overlapped forward at 240 / 24 with the 512-byte
+    # reduction scratch (`default_config`); both backwards under that config
+    "causal_4k_overlap_config": ((1, 4096, 4096, 2, 2, 128, jnp.bfloat16),
+                                 dict(is_causal=True), 1, 2),
+    "causal_4k_overlap_config_mosaic_backward": ((1, 4096, 4096, 2, 2, 128, jnp.bfloat16),
+                                                 dict(is_causal=True, backward="mosaic"), 1, 3),
     "d256_xla_backward": ((1, 384, 512, 2, 1, 256, jnp.bfloat16),
                           dict(sliding_window=(64, None), kv_offset=7), 1, 1),
     "fused_backward": ((2, 1024, 1024, 8, 2, 128, jnp.bfloat16),
