@@ -2732,8 +2732,9 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   mask_fn); needs HopperConfig.block_kv in (64, 128) and backward="mosaic".
 
   `backward`: "mosaic" (the dQ and dK/dV kernels; head dims <= 128), "fused" (one dK/dV kernel
-  that also accumulates dQ with TMA reduce-adds; head dims <= 128; in interpret mode with a
-  causal mask or window it needs `INTERPRET_XLA_FLAG` in XLA_FLAGS) or "xla" (a dense jnp
+  that also accumulates dQ with TMA reduce-adds; head dims <= 128; refused where its shared
+  memory would not fit, e.g. bwd_stages=3 at head_dim 128 with segment ids; in interpret mode
+  with a causal mask, window or segment ids it needs `INTERPRET_XLA_FLAG` in XLA_FLAGS) or "xla" (a dense jnp
   recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
   ("fused" wherever it applies - segment ids included -, "mosaic" for block_sparsity and for
   configs with the two-kernel backward's own switches, "xla" above head_dim 128). `interpret=True`
