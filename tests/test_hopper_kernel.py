@@ -211,6 +211,14 @@ def test_config_validation():
     ha.HopperConfig(block_kv=96)
   with pytest.raises(ValueError):
     ha.HopperConfig(consumer_registers=240, producer_registers=40)
+  # the fused backward's own split: a hashable (consumer, producer) pair that setmaxnreg takes
+  assert ha.HopperConfig().fused_registers == (240, 24)
+  assert ha.HopperConfig(fused_registers=(232, 40)).fused_registers == (232, 40)
+  for bad, msg in (([240, 24], "tuple of ints"), ((240,), "tuple of ints"),
+                   ((True, 24), "tuple of ints"), ((244, 24), "multiple of 8"),
+                   ((240, 16), ">= 24"), ((248, 24), "<= 512")):
+    with pytest.raises(ValueError, match=f"fused_registers.*{msg}"):
+      ha.HopperConfig(fused_registers=bad)
   assert ha.default_config(256).block_kv == 64
   # measured on the H100: (128, 3 stages) at D=128 overflows shared memory by 120 bytes
   big = ha.HopperConfig(block_kv=128, stages=3)

@@ -12,6 +12,7 @@ fast (about a second per call); no kernel runs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -456,3 +457,31 @@ def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages):
   finally:
     mgpu_core._smem_tree_size = count   # pylint: disable=protected-access
   assert len(seen) == 2 and seen[1] == want, (seen, want)   # forward, fused dK/dV/dQ
+
+
+def test_fused_backward_runs_at_its_own_register_split(monkeypatch):
+  """`HopperConfig.fused_registers` reaches the fused kernel's setmaxnreg (the forward keeps
+  consumer_registers / producer_registers): a documents call, whose config is 232 / 40."""
+  plgpu = ha._api()["plgpu"]   # pylint: disable=protected-access
+  seen = []
+  plain = plgpu.set_max_registers
+
+  def record(n, *, action):
+    seen.append((n, action))
+    return plain(n, action=action)
+  monkeypatch.setattr(plgpu, "set_max_registers", record)
+  kw = dict(is_causal=True, segment_ids=_docs(2, 512, 4, 6))
+  cfg = ha.default_config(128, 512, short_walks="data")
+  assert (cfg.consumer_registers, cfg.producer_registers) == (232, 40)
+
+  def fwdbwd(fused_registers):
+    c = dataclasses.replace(cfg, fused_registers=fused_registers)
+    return lambda q, k, v: jax.grad(lambda *a: jnp.sum(ha.hopper_attention(
+        *a, interpret=False, config=c, **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+  for fr in ((240, 24), (232, 40), (224, 56)):
+    seen.clear()
+    assert len(_lower(fwdbwd(fr), *_shapes(2, 512, 512, 4, 2, 128))) == 2
+    assert {(232, "increase"), (40, "decrease")} <= set(seen), seen   # the forward
+    assert {(fr[0], "increase"), (fr[1], "decrease")} <= set(seen), (fr, seen)
+    if fr != (232, 40):
+      assert len(set(seen)) == 4, seen
