@@ -227,16 +227,18 @@ class HopperConfig:
       raise ValueError(f"block_kv must be a multiple of 64, got {self.block_kv}")
     if self.stages < 1 or self.bwd_stages < 1:
       raise ValueError("stages must be >= 1")
-    if 2 * self.consumer_registers + self.producer_registers > 512:
-      raise ValueError("2 * consumer_registers + producer_registers must be <= 512 (64K "
-                       "registers per SM over 3 warpgroups of 128 threads)")
     fr = self.fused_registers
     if (not isinstance(fr, tuple) or len(fr) != 2
         or not all(isinstance(x, int) and not isinstance(x, bool) for x in fr)):
       raise ValueError(f"fused_registers must be a (consumer, producer) tuple of ints, got {fr!r}")
-    if 2 * fr[0] + fr[1] > 512 or min(fr) < 24 or any(x % 8 for x in fr):
-      raise ValueError(f"fused_registers {fr}: each a multiple of 8, >= 24, and "
-                       "2 * consumer + producer <= 512")
+    for name, split in (("consumer_registers / producer_registers",
+                         (self.consumer_registers, self.producer_registers)),
+                        ("fused_registers", fr)):
+      # setmaxnreg takes multiples of 8 in [24, 256]; 64K registers per SM over 3
+      # warpgroups of 128 threads
+      if 2 * split[0] + split[1] > 512 or min(split) < 24 or any(x % 8 for x in split):
+        raise ValueError(f"{name} {split}: each a multiple of 8, >= 24, and "
+                         "2 * consumer + producer <= 512")
     if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
                                              not isinstance(self.persistent_ctas, int) or
                                              self.persistent_ctas < 1):

@@ -209,8 +209,10 @@ def test_config_validation():
     ha.HopperConfig(block_q=128)
   with pytest.raises(ValueError):
     ha.HopperConfig(block_kv=96)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="consumer_registers / producer_registers.*<= 512"):
     ha.HopperConfig(consumer_registers=240, producer_registers=40)
+  with pytest.raises(ValueError, match="consumer_registers / producer_registers.*multiple of 8"):
+    ha.HopperConfig(consumer_registers=236)
   # the fused backward's own split: a hashable (consumer, producer) pair that setmaxnreg takes
   assert ha.HopperConfig().fused_registers == (240, 24)
   assert ha.HopperConfig(fused_registers=(232, 40)).fused_registers == (232, 40)

@@ -12,6 +12,7 @@ fast (about a second per call); no kernel runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 
@@ -44,6 +45,24 @@ def _triton_calls(fn, *shapes):
     calls.append((get("name = ", r'"([^"]*)"'), int(get("num_warps = ", r"(\d+)")),
                   int(get("num_stages = ", r"(\d+)"))))
   return calls
+
+
+@contextlib.contextmanager
+def _smem_sizes():
+  """Inside: the shared memory (bytes) of every Mosaic GPU kernel lowered, in order, as Mosaic
+  GPU itself counts it (`_smem_tree_size`)."""
+  from jax.experimental.mosaic.gpu import core as mgpu_core
+  seen = []
+  count = mgpu_core._smem_tree_size   # pylint: disable=protected-access
+
+  def record(tree):
+    seen.append(count(tree))
+    return seen[-1]
+  mgpu_core._smem_tree_size = record   # pylint: disable=protected-access
+  try:
+    yield seen
+  finally:
+    mgpu_core._smem_tree_size = count   # pylint: disable=protected-access
 
 
 def _shapes(B, T, S, N, K, D, dtype=jnp.bfloat16):
@@ -260,7 +279,6 @@ def test_dkv_smem_bytes_is_what_mosaic_allocates(D, dynamic, sides):
 
 
 def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
-  from jax.experimental.mosaic.gpu import core as mgpu_core
   from pallas_kernels import from_dense
   T = 512
   shapes = _shapes(2, T, T, 4, 2, D)
@@ -276,21 +294,11 @@ def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
               kv_side=(ids, jnp.ones((1, T), jnp.int32)),
               mask_fn=lambda b, h, q, kv, qv, kvv: (qv[0] == kvv[0]) & (kvv[1] != 0))
     nq, nkv = 1, 2
-  seen = []
-  count = mgpu_core._smem_tree_size   # pylint: disable=protected-access
-
-  def record(tree):
-    seen.append(count(tree))
-    return seen[-1]
-
   def fwdbwd(q, k, v):
     return jax.grad(lambda *a: jnp.sum(ha.hopper_attention(*a, interpret=False, **kw).astype(
         jnp.float32)), argnums=(0, 1, 2))(q, k, v)
-  mgpu_core._smem_tree_size = record   # pylint: disable=protected-access
-  try:
+  with _smem_sizes() as seen:
     assert len(_lower(fwdbwd, *shapes)) == 3
-  finally:
-    mgpu_core._smem_tree_size = count   # pylint: disable=protected-access
   persistent = ha._dq_persistent(cfg, D, 2, nq, nkv)   # pylint: disable=protected-access
   assert persistent == (bwd_persistent and not (D == 128 and sides == "side_arrays"))
   want = ha._dq_smem_bytes(cfg, D, 2, q_sides=nq, kv_sides=nkv)   # pylint: disable=protected-access
@@ -427,7 +435,6 @@ def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages):
   to the two-kernel one, an explicit backward='fused' is refused) against Mosaic GPU's count
   for the fused kernel; where it does not fit (D=128, 3 stages, segment ids: 233552 bytes,
   which failed to launch on the H100 in the fourteenth session) the default is "mosaic"."""
-  from jax.experimental.mosaic.gpu import core as mgpu_core
   T = 512
   cfg = ha.HopperConfig(bwd_stages=bwd_stages)
   kw = dict(config=cfg)
@@ -445,17 +452,8 @@ def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages):
       _lower(fwdbwd(backward="fused"), *shapes)
     assert len(_lower(fwdbwd(), *shapes)) == 3   # the default: forward, dQ, dK/dV
     return
-  seen = []
-  count = mgpu_core._smem_tree_size   # pylint: disable=protected-access
-
-  def record(tree):
-    seen.append(count(tree))
-    return seen[-1]
-  mgpu_core._smem_tree_size = record   # pylint: disable=protected-access
-  try:
+  with _smem_sizes() as seen:
     assert len(_lower(fwdbwd(backward="fused"), *shapes)) == 2
-  finally:
-    mgpu_core._smem_tree_size = count   # pylint: disable=protected-access
   assert len(seen) == 2 and seen[1] == want, (seen, want)   # forward, fused dK/dV/dQ
 
 
