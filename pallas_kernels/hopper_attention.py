@@ -911,9 +911,17 @@ def _producer_delta(st: "_Static", o_smem, do_smem, lse_smem, delta_smem, slot):
             "add.u64 pa, oa, q;", "ld.shared.v4.b32 {a0, a1, a2, a3}, [pa];",
             "add.u64 pa, da, q;", "ld.shared.v4.b32 {b0, b1, b2, b3}, [pa];"]
     for j in range(4):
-      ptx += [f"mov.b32 {{al, ah}}, a{j};", f"mov.b32 {{bl, bh}}, b{j};",
-              f"cvt.f32.{cvt} fa, al;", f"cvt.f32.{cvt} fb, bl;", "fma.rn.f32 acc, fa, fb, acc;",
-              f"cvt.f32.{cvt} fa, ah;", f"cvt.f32.{cvt} fb, bh;", "fma.rn.f32 acc, fa, fb, acc;"]
+      if cvt == "bf16":
+        # a bf16 is the top half of its float32: shifts and masks on the integer pipe, not
+        # conversions, which share the exp2 unit with the consumers' softmax
+        ptx += [f"shl.b32 fa, a{j}, 16;", f"shl.b32 fb, b{j}, 16;",
+                "fma.rn.f32 acc, fa, fb, acc;",
+                f"and.b32 fa, a{j}, 0xffff0000;", f"and.b32 fb, b{j}, 0xffff0000;",
+                "fma.rn.f32 acc, fa, fb, acc;"]
+      else:
+        ptx += [f"mov.b32 {{al, ah}}, a{j};", f"mov.b32 {{bl, bh}}, b{j};",
+                "cvt.f32.f16 fa, al;", "cvt.f32.f16 fb, bl;", "fma.rn.f32 acc, fa, fb, acc;",
+                "cvt.f32.f16 fa, ah;", "cvt.f32.f16 fb, bh;", "fma.rn.f32 acc, fa, fb, acc;"]
   ptx += [
       "shfl.sync.bfly.b32 oth, acc, 1, 31, 0xffffffff;",
       "add.f32 acc, acc, oth;",
