@@ -158,13 +158,6 @@ class HopperConfig:
   # kernel spilled 144 bytes, at 240 / 24 none, fwd+bwd +6% (fourteenth session, NOTES.md
   # Hopper v17). The forward and the two-kernel backward use the two fields above.
   fused_registers: tuple = (240, 24)
-  # The fused backward's delta = rowsum(O * dO) (and lse's -inf -> +inf for rows with no kept
-  # key) computed by its producer warpgroup from an O tile it streams next to Q / dO, instead
-  # of by XLA before the launch: two passes over [B, T, N] arrays (~50 us at B*T = 16k, N = 16,
-  # D = 128: 4-6% of a short call's fwd+bwd; fifteenth session, NOTES.md Hopper v18). Costs
-  # one O tile of shared memory; where that does not fit (`_fused_smem_bytes`), or the call
-  # has an lse cotangent (folded into delta), XLA computes delta as before.
-  fused_delta: bool = True
   # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
   # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
   # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
@@ -848,112 +841,6 @@ def _opaque_zero(st: "_Static"):
                         has_side_effects=True)
     return mgpu.FragmentedArray.splat(z, (), is_signed=True)
   return zero()
-
-
-def _producer_delta(st: "_Static", o_smem, do_smem, lse_smem, delta_smem, slot):
-  """The fused backward's producer warpgroup (`HopperConfig.fused_delta`), once ring slot
-  `slot`'s loads have landed: delta[slot] = rowsum(O * dO) of its query block in float32 (O:
-  the one O tile, dO: do_smem[slot]), and lse[slot]'s -inf (rows with no kept key) -> +inf in
-  place, so that p = exp2(s - lse) is 0 there. Then the consumers may read both.
-
-  Both tiles have the layout of `_smem_transforms`: 8 x 64-element tiles whose rows are
-  128-byte lines, the 16-byte chunks of a line permuted by the swizzle. A row's dot product is
-  the sum, over its lines' chunks, of the two tiles' products at the same addresses, whatever
-  the permutation - so no layout conversion: two threads per row, each on half of its chunks
-  (16-byte shared loads, visited in an order that keeps a quarter-warp on distinct banks), one
-  shuffle, no cross-warp reduction, and few registers (the producer runs at 24). Inline PTX,
-  so that nothing here depends on Mosaic's register layouts."""
-  if st.interpret:
-    o = o_smem[...].astype(jnp.float32)
-    d = do_smem.at[slot][...].astype(jnp.float32)
-    delta_smem.at[slot][...] = jnp.sum(o * d, axis=1)
-    lse = lse_smem.at[slot][...]
-    lse_smem.at[slot][...] = jnp.where(lse == _NEG_INF, jnp.inf, lse)
-    return
-  a = _api()
-  plgpu, ir, llvm, arith = a["plgpu"], a["ir"], a["llvm"], a["arith"]
-  mu = a["mgpu_utils"]
-  bq, D, isz = st.cfg.bwd_block_q, st.D, jnp.dtype(st.dtype).itemsize
-  lines = D * isz // 128   # 128-byte lines per row
-  if bq != 64 or lines not in (1, 2) or _smem_transforms(D, st.dtype)[1].swizzle != 128:
-    raise NotImplementedError(f"kernel delta for bwd_block_q={bq}, head_dim={D}")
-  cvt = "bf16" if jnp.dtype(st.dtype) == jnp.bfloat16 else "f16"
-  ptx = [
-      "{",
-      ".reg .u32 tid, r, h, y, t, u;",
-      ".reg .u64 oa, da, pa, q;",
-      ".reg .b32 a0, a1, a2, a3, b0, b1, b2, b3;",
-      ".reg .b16 al, ah, bl, bh;",
-      ".reg .f32 acc, fa, fb, oth, lv;",
-      ".reg .pred p0, p1;",
-      "mov.u32 tid, %tid.x;",
-      "and.b32 tid, tid, 127;",
-      "shr.u32 r, tid, 1;",          # row of the query block
-      "and.b32 h, tid, 1;",          # which half of the row's chunks
-      "and.b32 y, r, 7;",
-      "shl.b32 t, h, 2;",
-      "xor.b32 y, y, t;",            # chunk k of this thread sits at physical chunk k ^ y
-      # the row's first line (its half h when a row has 2 lines): tile (r / 8, line), row r % 8
-      "shr.u32 t, r, 3;",
-  ]
-  if lines == 2:
-    ptx += ["shl.b32 t, t, 1;", "add.u32 t, t, h;"]
-  ptx += [
-      "shl.b32 t, t, 3;",
-      "and.b32 u, r, 7;",
-      "add.u32 t, t, u;",
-      "shl.b32 t, t, 7;",
-      "cvt.u64.u32 q, t;",
-      "add.u64 oa, $0, q;",
-      "add.u64 da, $1, q;",
-      "mov.f32 acc, 0f00000000;",
-  ]
-  for k in range(4 * lines):
-    ptx += [f"xor.b32 t, y, {k};", "shl.b32 t, t, 4;", "cvt.u64.u32 q, t;",
-            "add.u64 pa, oa, q;", "ld.shared.v4.b32 {a0, a1, a2, a3}, [pa];",
-            "add.u64 pa, da, q;", "ld.shared.v4.b32 {b0, b1, b2, b3}, [pa];"]
-    for j in range(4):
-      if cvt == "bf16":
-        # a bf16 is the top half of its float32: shifts and masks on the integer pipe, not
-        # conversions, which share the exp2 unit with the consumers' softmax
-        ptx += [f"shl.b32 fa, a{j}, 16;", f"shl.b32 fb, b{j}, 16;",
-                "fma.rn.f32 acc, fa, fb, acc;",
-                f"and.b32 fa, a{j}, 0xffff0000;", f"and.b32 fb, b{j}, 0xffff0000;",
-                "fma.rn.f32 acc, fa, fb, acc;"]
-      else:
-        ptx += [f"mov.b32 {{al, ah}}, a{j};", f"mov.b32 {{bl, bh}}, b{j};",
-                "cvt.f32.f16 fa, al;", "cvt.f32.f16 fb, bl;", "fma.rn.f32 acc, fa, fb, acc;",
-                "cvt.f32.f16 fa, ah;", "cvt.f32.f16 fb, bh;", "fma.rn.f32 acc, fa, fb, acc;"]
-  ptx += [
-      "shfl.sync.bfly.b32 oth, acc, 1, 31, 0xffffffff;",
-      "add.f32 acc, acc, oth;",
-      "setp.eq.u32 p0, h, 0;",
-      "shl.b32 t, r, 2;",
-      "cvt.u64.u32 q, t;",
-      "add.u64 pa, $3, q;",
-      "@p0 st.shared.f32 [pa], acc;",
-      "add.u64 pa, $2, q;",
-      "@p0 ld.shared.f32 lv, [pa];",
-      "setp.eq.and.f32 p1, lv, 0fFF800000, p0;",
-      "@p1 st.shared.f32 [pa], 0f7F800000;",
-      "}",
-  ]
-  text = "\n".join(ptx)
-
-  tiled = plgpu.RefType(transforms=_smem_transforms(D, st.dtype))   # the raw tiled buffers
-  @plgpu.inline_mgpu(arg_types=(tiled, tiled, plgpu.RefType(), plgpu.RefType(),
-                                plgpu.Layout.WG_SPLAT(())))
-  def body(ctx, o_ref, do_ref, lse_ref, dl_ref, slot_fa):
-    del ctx
-    i64 = ir.IntegerType.get_signless(64)
-    slot64 = arith.extui(i64, slot_fa.registers.flat[0])
-    addr = lambda ref: llvm.ptrtoint(i64, mu.memref_ptr(ref))
-    at = lambda ref, nbytes: arith.addi(addr(ref), arith.muli(slot64, mu.c(nbytes, i64)))
-    llvm.inline_asm(ir.Type.parse("!llvm.void"),
-                    [addr(o_ref), at(do_ref, bq * D * isz), at(lse_ref, bq * 4),
-                     at(dl_ref, bq * 4)],
-                    text, "l,l,l,l", has_side_effects=True)
-  body(o_smem, do_smem, lse_smem, delta_smem, slot)
 
 
 def _wait_if(cond, barrier):
@@ -2002,8 +1889,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
 # --------------------------------------------------------------------------------------------
 # Backward: dK/dV kernel (grid over KV tiles; loops over the GQA group's query heads).
 # --------------------------------------------------------------------------------------------
-def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=None, sp=None,
-              kernel_delta: bool = False):
+def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=None, sp=None):
   """dK, dV (and with `fused`, dQ too: returns (dk, dv, dq)).
 
   Non-persistent: one CTA per (KV head, KV tile, batch); each consumer holds bkv of the tile's
@@ -2038,14 +1924,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   them in lockstep, and the two-kernel backward measured as fast (thirteenth session,
   NOTES.md Hopper v15). The ring slot is released once dV / dK complete, before the dQ
   product is awaited; the last step's dQ follows the walk.
-
-  kernel_delta (fused only; `HopperConfig.fused_delta`): `delta` is O, and `lse2` the forward's
-  (with -inf on rows with no kept key). The producer streams O's query block into one O tile
-  next to Q / dO (on the same barrier) and, before issuing step t's loads, computes step
-  t - 1's delta into its slot and patches its lse (`_producer_delta`), then arrives on that
-  slot's `delta_bar`, which the consumers wait on before they read lse. Step t - 1's O tile
-  has been read by then, so one O tile serves every step; its loads landed a step earlier, so
-  the consumers do not wait for it.
   """
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
@@ -2055,7 +1933,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   n_cta = st.Sp // (2 * bkv)
   c = st.c
 
-  kd = fused and kernel_delta
   dq_cols = D // 2 if D >= 128 else D   # dQ columns computed by each consumer (D <= 128)
   dq_parts = D // dq_cols               # consumers that compute dQ columns
   segs, sparse = st.segments, st.sparse
@@ -2076,7 +1953,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
   def kernel(*refs):
     it = iter(refs)
-    # delta_ref: O where the producer computes delta (kd)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref = (next(it) for _ in range(6))
     qside_refs = [next(it) for _ in range(nqs)]
     kvside_refs = [next(it) for _ in range(nks)]
@@ -2088,8 +1964,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
      kv_bar, in_bar, in_free) = (next(it) for _ in range(11))
     if fused:
       ds_smem, dq_smem, pair = (next(it) for _ in range(3))
-    if kd:
-      o_smem, delta_bar = next(it), next(it)
     sched = next(it) if ping_pong else None
     kvside_smem = [next(it) for _ in range(nks)]
     qside_smem = [next(it) for _ in range(nqs)]
@@ -2207,8 +2081,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
           plgpu.barrier_wait(in_bar.at[slot])
-          if kd:   # the producer's delta and patched lse of this slot
-            plgpu.barrier_wait(delta_bar.at[slot])
           # K / V indexed by an opaque zero: Mosaic then builds their wgmma descriptors (8 per
           # operand) in the step instead of once before the walk, where ptxas kept them live
           # across it and spilled them (132-212 bytes; reloaded before every issue). No spills
@@ -2302,10 +2174,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], in_bar.at[slot])
       plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], in_bar.at[slot])
       plgpu.copy_gmem_to_smem(lse_ref.at[vec], lse_smem.at[slot], in_bar.at[slot])
-      if kd:
-        plgpu.copy_gmem_to_smem(delta_ref.at[rows], o_smem, in_bar.at[slot])
-      else:
-        plgpu.copy_gmem_to_smem(delta_ref.at[vec], delta_smem.at[slot], in_bar.at[slot])
+      plgpu.copy_gmem_to_smem(delta_ref.at[vec], delta_smem.at[slot], in_bar.at[slot])
       for ref, sm, hb in zip(qside_refs, qside_smem, q_sides):
         plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), pl.ds(i * bq, bq)], sm.at[slot],
                                 in_bar.at[slot])
@@ -2333,24 +2202,12 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
       n1 = jnp.maximum(n, 1)
 
-      def delta_of(t):   # kd: step t's delta and lse, once its loads have landed
-        slot = lax.rem(t, stages)
-        plgpu.barrier_wait(in_bar.at[slot])
-        _producer_delta(st, o_smem, do_smem, lse_smem, delta_smem, slot)
-        # the next TMA load overwrites the O tile just read (and a slot written here)
-        plgpu.commit_smem()
-        plgpu.barrier_arrive(delta_bar.at[slot])
-
       def body(t, carry):
         slot = lax.rem(cnt + t, stages)
-        if kd:
-          pl.when(t > 0)(lambda: delta_of(cnt + t - 1))
         _wait_if(cnt + t >= stages, in_free.at[slot])
         load_block(b, kvh * G + lax.div(t, n1), lo + lax.rem(t, n1), slot)
         return carry
       lax.fori_loop(0, n * G, body, None)
-      if kd:
-        pl.when(n * G > 0)(lambda: delta_of(cnt + n * G - 1))
       return cnt + n * G
 
     if persistent:
@@ -2443,8 +2300,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
       plgpu.Barrier(num_arrivals=2, num_barriers=2),   # "end of step t" by parity
-  ) + ((plgpu.SMEM((bq, D), dtype, transforms=tr),     # kd: O of the step being loaded
-        plgpu.Barrier(num_arrivals=1, num_barriers=stages)) if kd else ()) + side_scratch
+  ) + side_scratch
   if st.interpret and (st.masked_anything or segs) and not _interpret_flag_set():
     # Seen on jax 0.10.2: with masked steps (causal / window) XLA:CPU's concurrency-optimized
     # scheduler orders the interpreter's callbacks so that consumer 1 never starts while the
@@ -2607,12 +2463,6 @@ def _core_bwd_impl(st, bwd, res, cts):
   q, k, v, seg, sp, out, lse2 = res
   do, dlse2 = cts
   do = do.astype(q.dtype)
-  if bwd == "fused" and not st.sparse and _fused_kernel_delta(st.cfg, st.D, jnp.dtype(q.dtype).itemsize,
-                                            seg is not None, dlse2 is not None):
-    # the kernel's producer computes delta from O and turns lse's -inf into +inf itself
-    dk, dv, dq_acc = _batch_folded(functools.partial(_fused_bwd_call, kernel_delta=True), st,
-                                   q, k, v, do, lse2, out, *(seg or ()))
-    return (dq_acc * st.scale).astype(q.dtype), dk, dv
   # Rows with no kept key: lse = -inf would give p = exp2(s + inf); +inf gives p = 0.
   lse_b = jnp.where(lse2 == _NEG_INF, jnp.inf, lse2)
   if bwd == "mosaic":
@@ -2638,11 +2488,9 @@ def _core_bwd_impl(st, bwd, res, cts):
 _core.defvjp(_core_fwd, _core_bwd, symbolic_zeros=True)
 
 
-def _fused_bwd_call(st: _Static, q, k, v, do, lse2, delta, *seg, kernel_delta=False):
-  """The fused backward with the segment ids (if any) as flat trailing arrays (batch-folded);
-  with `kernel_delta`, `delta` is O (see `_dkv_call`)."""
-  return _dkv_call(st, q, k, v, do, lse2, delta, fused=True, seg=tuple(seg) or None,
-                   kernel_delta=kernel_delta)
+def _fused_bwd_call(st: _Static, q, k, v, do, lse2, delta, *seg):
+  """The fused backward with the segment ids (if any) as flat trailing arrays (batch-folded)."""
+  return _dkv_call(st, q, k, v, do, lse2, delta, fused=True, seg=tuple(seg) or None)
 
 
 def _bwd_xla(st: _Static, q, k, v, do, lse_b, delta, seg=None):
@@ -2805,29 +2653,16 @@ def _dkv_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, q_sides: int = 0,
   return bufs + sides + barriers + 1024 * dynamic
 
 
-def _fused_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False,
-                      kernel_delta: bool = False) -> int:
+def _fused_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool = False) -> int:
   """The fused backward's SMEM: the non-persistent dK/dV kernel's (segment ids: one query and
   one key side buffer) + the two consumers' dS^T tiles by step parity, the f32 dQ staging
-  tiles and the 2 "end of step" barriers (+ with `kernel_delta` the O tile and a barrier per
-  ring slot). D=128, bwd_stages=2: 198720 bytes (200768 with segment ids), 215120 / 217168
-  with kernel delta; bwd_stages=3 with segment ids does not fit (233552), nor bwd_stages=3
-  with kernel delta (247888)."""
+  tiles and the 2 "end of step" barriers. D=128, bwd_stages=2: 198720 bytes (200768 with
+  segment ids); bwd_stages=3 with segment ids does not fit (233552)."""
   bq, bkv = cfg.bwd_block_q, cfg.bwd_block_kv
   dq_cols = D // 2 if D >= 128 else D
   sides = int(segments)
-  delta = _smem_alloc(bq * D * itemsize) + 8 * cfg.bwd_stages if kernel_delta else 0
   return (_dkv_smem_bytes(cfg, D, itemsize, sides, sides, persistent=False)
-          + _smem_alloc(2 * 2 * bkv * bq * itemsize) + _smem_alloc(2 * bq * dq_cols * 4) + 16
-          + delta)
-
-
-def _fused_kernel_delta(cfg: HopperConfig, D: int, itemsize: int, segments: bool,
-                        dlse: bool) -> bool:
-  """Whether the fused backward computes delta itself (`HopperConfig.fused_delta`): not for a
-  call with an lse cotangent (XLA folds it into delta), nor where the O tile does not fit."""
-  return (cfg.fused_delta and not dlse
-          and _fused_smem_bytes(cfg, D, itemsize, segments, kernel_delta=True) <= _SMEM_LIMIT)
+          + _smem_alloc(2 * 2 * bkv * bq * itemsize) + _smem_alloc(2 * bq * dq_cols * 4) + 16)
 
 
 def _fused_fits(cfg: HopperConfig, head_dim: int, segments: bool) -> bool:

@@ -67,15 +67,10 @@ def check_forward(B, T, S, N, K, D, dtype, **kw):
     assert np.all(np.asarray(o, np.float32).transpose(0, 2, 1, 3)[empty] == 0)
 
 
-def check_backward(B, T, S, N, K, D, dtype, lse_loss=True, **kw):
-  """Gradients of sum(o * do) (+ sum(lse * dl) with `lse_loss`) against the reference's.
-  Without the lse term its cotangent is a symbolic zero, as in training, and the fused
-  backward computes delta itself (`HopperConfig.fused_delta`)."""
+def check_backward(B, T, S, N, K, D, dtype, **kw):
   q, k, v, do, dl = _inputs(B, T, S, N, K, D, dtype, seed=1)
 
   def loss(fn, q, k, v):
-    if not lse_loss:
-      return jnp.sum(fn(q, k, v, **kw).astype(jnp.float32) * do)
     o, l = fn(q, k, v, return_lse=True, **kw)
     return (jnp.sum(o.astype(jnp.float32) * do)
             + jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0) * dl))
@@ -188,51 +183,6 @@ def test_backward_fused_features():
                  sliding_window=(150, None), backward="fused")
   check_backward(1, 256, 256, 2, 2, 64, jnp.bfloat16, is_causal=True, kv_offset=100,
                  backward="fused")
-
-
-# The fused backward's delta computed by its producer (a loss on the output alone): bf16 and
-# f16 (the producer's conversions), D = 64 (one 128-byte line per row) and 128 (two), GQA,
-# causal with offsets and ragged lengths, rows no key meets (kv_offset; documents with
-# orphan rows), a window, documents; and the same calls with fused_delta=False.
-KERNEL_DELTA = {
-    "gqa_causal_d128": dict(shape=(2, 512, 512, 4, 2, 128), kw=dict(is_causal=True)),
-    "dense_f16_d64": dict(shape=(2, 384, 384, 4, 4, 64), dtype=jnp.float16, kw=dict()),
-    "offsets_window_ragged_f16": dict(shape=(2, 333, 517, 8, 2, 128), dtype=jnp.float16,
-                                      kw=dict(is_causal=True, q_offset=184,
-                                              sliding_window=(150, None))),
-    "empty_rows_d64": dict(shape=(1, 256, 256, 2, 2, 64), kw=dict(is_causal=True,
-                                                                  kv_offset=100)),
-}
-
-
-@requires_hopper
-@pytest.mark.parametrize("fused_delta", [True, False])
-@pytest.mark.parametrize("name", sorted(KERNEL_DELTA))
-def test_backward_fused_kernel_delta(name, fused_delta, monkeypatch):
-  c = KERNEL_DELTA[name]
-  calls = _count_producer_delta(monkeypatch)
-  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), lse_loss=False, backward="fused",
-                 config=ha.HopperConfig(fused_delta=fused_delta), **c["kw"])
-  assert bool(calls) == fused_delta, calls   # the producer's delta was (not) compiled in
-
-
-@requires_hopper
-def test_segments_backward_kernel_delta(monkeypatch):
-  c = SEG_CASES["docs_empty_rows_f16"]
-  calls = _count_producer_delta(monkeypatch)
-  check_backward(*c["shape"], c["dtype"], lse_loss=False, backward="fused", **c["kw"])
-  assert calls
-
-
-def _count_producer_delta(monkeypatch):
-  calls = []
-  traced = ha._producer_delta   # pylint: disable=protected-access
-
-  def spy(*a, **kw):
-    calls.append(1)
-    return traced(*a, **kw)
-  monkeypatch.setattr(ha, "_producer_delta", spy)
-  return calls
 
 
 BWD_FEATURES = {

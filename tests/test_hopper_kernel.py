@@ -421,21 +421,6 @@ _CASE_SCRIPT = textwrap.dedent("""
       o, l = jattn.attention(q, k, v, return_lse=True, implementation="pallas_mgpu",
                              hopper_config=cfg, **kw)
       o2, l2 = jattn.attention(q, k, v, return_lse=True, implementation="reference", **kw)
-    elif c["grad"] and c.get("out_only"):
-      # a loss on the output alone: the lse cotangent is a symbolic zero, so the fused backward
-      # computes delta in its producer (HopperConfig.fused_delta); lse from the reference only
-      traced = ha._producer_delta
-      def spy(*a, **k):
-        res["n_kernel_delta"] = res.get("n_kernel_delta", 0) + 1
-        return traced(*a, **k)
-      ha._producer_delta = spy
-      o, kern_vjp = jax.vjp(
-          lambda q, k, v: ha.hopper_attention(q, k, v, interpret=True, config=cfg,
-                                              backward=c["grad"], **kw), q, k, v)
-      if c.get("races"):
-        res["races"] = races_found()
-      o2, l2 = ref(q, k, v, return_lse=True, **kw)
-      l = l2
     elif c["grad"]:
       # one interpret-mode forward serves the outputs and the backward (a second forward under
       # jax.grad would double the case's run time)
@@ -459,13 +444,9 @@ _CASE_SCRIPT = textwrap.dedent("""
     if c["grad"]:
       def loss(fn, q, k, v, **extra):
         o, l = fn(q, k, v, return_lse=True, **kw, **extra)
-        if c.get("out_only"):
-          return jnp.sum(o.astype(jnp.float32) * do)
         return (jnp.sum(o.astype(jnp.float32) * do)
                 + jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0) * dl))
-      if c.get("out_only"):
-        g = kern_vjp(do.astype(o.dtype))
-      elif c.get("via_jattn"):
+      if c.get("via_jattn"):
         g = jax.grad(lambda *a: loss(ha.hopper_attention, *a, interpret=True, config=cfg,
                                      backward=c["grad"]), argnums=(0, 1, 2))(q, k, v)
       else:   # the cotangents of `loss`: do (cast like o's convert) and dl where lse is finite
@@ -663,24 +644,6 @@ INTERPRET_CASES = {
         shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, grad="fused", races=True,
         seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
                  kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
-    # the fused backward computing delta = rowsum(O dO) in its producer warpgroup (a loss on
-    # the output alone, as training has: HopperConfig.fused_delta; the producer also turns
-    # the lse of rows with no kept key from -inf to +inf): GQA + causal + query offset +
-    # ragged lengths with a 3-slot ring at D = 64 (one O tile for every slot), documents with
-    # rows no key meets (f16; zero dQ there), and a two-sided window at D = 128 (two
-    # 128-byte lines per row); race detector on (the O tile rewritten by the next step's load
-    # after the producer has read it; delta and lse written after the TMA landed and before
-    # the consumers read them)
-    "fwdbwd_fused_delta_gqa_causal_ragged": (_case(
-        shape=(1, 100, 130, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
-        bwd_stages=3, grad="fused", races=True, out_only=True), 3e-2),
-    "fwdbwd_fused_delta_documents_empty_rows": (_case(
-        shape=(2, 200, 200, 2, 1, 64), dtype="float16", causal=True, grad="fused", races=True,
-        out_only=True, seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                                kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
-    "fwdbwd_fused_delta_window_d128": (_case(
-        shape=(1, 128, 128, 2, 2, 128), dtype="bfloat16", block_kv=128, window=(30, 30),
-        grad="fused", races=True, out_only=True), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
@@ -701,8 +664,6 @@ def test_interpret_mode(name):
       assert err <= tol, (name, key, err, res)
   if "documents" in name:   # the case must really have fully masked rows
     assert res["n_empty_rows"] > 0, res
-  if "fused_delta" in name:   # the producer computed delta (not XLA)
-    assert res.get("n_kernel_delta", 0) > 0, res
 
 
 _DELTA_SCRIPT = textwrap.dedent("""

@@ -430,16 +430,13 @@ def test_bwd_schedule_barrier_lowers_for_cuda(which):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("segments", [False, True])
 @pytest.mark.parametrize("bwd_stages", [2, 3])
-@pytest.mark.parametrize("fused_delta", [True, False])
-def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages, fused_delta):
+def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages):
   """`_fused_smem_bytes` (which decides whether the fused backward fits: the default falls back
-  to the two-kernel one, an explicit backward='fused' is refused; and whether it computes
-  delta itself, `HopperConfig.fused_delta`, with one more O tile) against Mosaic GPU's count
+  to the two-kernel one, an explicit backward='fused' is refused) against Mosaic GPU's count
   for the fused kernel; where it does not fit (D=128, 3 stages, segment ids: 233552 bytes,
-  which failed to launch on the H100 in the fourteenth session) the default is "mosaic";
-  where the O tile does not fit (D=128, 3 stages) XLA computes delta."""
+  which failed to launch on the H100 in the fourteenth session) the default is "mosaic"."""
   T = 512
-  cfg = ha.HopperConfig(bwd_stages=bwd_stages, fused_delta=fused_delta)
+  cfg = ha.HopperConfig(bwd_stages=bwd_stages)
   kw = dict(config=cfg)
   if segments:
     kw.update(is_causal=True, segment_ids=_docs(2, T, 4, 3))
@@ -447,11 +444,6 @@ def test_fused_smem_bytes_is_what_mosaic_allocates(D, segments, bwd_stages, fuse
   fits = want <= ha._SMEM_LIMIT   # pylint: disable=protected-access
   assert fits == (not (D == 128 and segments and bwd_stages == 3)), want
   assert ha.default_backward(D, config=cfg, segments=segments) == ("fused" if fits else "mosaic")
-  # the loss below has no lse term (a symbolic zero lse cotangent): the kernel may take delta
-  kd = ha._fused_kernel_delta(cfg, D, 2, segments, dlse=False)   # pylint: disable=protected-access
-  assert kd == (fused_delta and not (D == 128 and bwd_stages == 3)), (D, segments, bwd_stages)
-  if kd:
-    want = ha._fused_smem_bytes(cfg, D, 2, segments, kernel_delta=True)   # pylint: disable=protected-access
   fwdbwd = lambda **extra: lambda q, k, v: jax.grad(lambda *a: jnp.sum(ha.hopper_attention(
       *a, interpret=False, **kw, **extra).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
   shapes = _shapes(2, T, T, 4, 2, D)
