@@ -158,11 +158,6 @@ class HopperConfig:
   # kernel spilled 144 bytes, at 240 / 24 none, fwd+bwd +6% (fourteenth session, NOTES.md
   # Hopper v17). The forward and the two-kernel backward use the two fields above.
   fused_registers: tuple = (240, 24)
-  # A CTA's last act: wait for its last TMA stores to have *read* shared memory (which its exit
-  # frees), not for their writes to land - the grid's completion covers those, as CUTLASS's
-  # and FA3's epilogues assume - so the next CTA on the SM starts sooner. False: wait for the
-  # writes too (what every kernel here did before the fifteenth session; kept for A/B).
-  exit_wait_read_only: bool = True
   # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
   # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
   # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
@@ -848,12 +843,6 @@ def _opaque_zero(st: "_Static"):
   return zero()
 
 
-def _exit_wait(cfg: HopperConfig):
-  """A consumer warpgroup's wait for its TMA stores at the end of the kernel (see
-  `HopperConfig.exit_wait_read_only`)."""
-  _api()["plgpu"].wait_smem_to_gmem(0, wait_read_only=cfg.exit_wait_read_only)
-
-
 def _wait_if(cond, barrier):
   """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
   traced, or a Python bool when the step is known statically)."""
@@ -1482,7 +1471,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         consumer_loop(tile)
         if not cfg.persistent_sync_per_tile:
           pl.when(wg == 0)(sched_sync)
-        _exit_wait(cfg)
+        plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
       def _producer_persistent():
@@ -1505,7 +1494,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       plgpu.barrier_wait(q_bar.at[wg])
       consume(b, h, r0, n, sections, q_smem.at[wg], [sm.at[wg] for sm in qside_smem], None,
               sync_per_tile=True)
-      _exit_wait(cfg)
+      plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
@@ -1802,7 +1791,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
 
         issue(first, 0)
         consumer_loop(tile)
-        _exit_wait(cfg)
+        plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
       def _producer_persistent():
@@ -1826,7 +1815,7 @@ def _dq_call(st: _Static, q, k, v, do, out, lse2, dlse2=None, seg=None, sp=None)
       load_tile(b, h, q_base, wg)
       plgpu.barrier_wait(q_bar.at[wg])
       consume(b, h, q_base, n, sections, q_smem.at[wg], do_smem.at[wg], None, None)
-      _exit_wait(cfg)
+      plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
@@ -2241,7 +2230,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
         load_kv(*first, wg)
         consumer_loop(tile)
-        _exit_wait(cfg)
+        plgpu.wait_smem_to_gmem(0)
 
       @pl.when(wg == 2)
       def _producer_persistent():
@@ -2258,7 +2247,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.set_max_registers(regs[0], action="increase")
       load_kv(*bhc, wg)
       consume(*bhc, wg, jnp.int32(0), None)
-      _exit_wait(cfg)
+      plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
