@@ -158,12 +158,6 @@ class HopperConfig:
   # kernel spilled 144 bytes, at 240 / 24 none, fwd+bwd +6% (fourteenth session, NOTES.md
   # Hopper v17). The forward and the two-kernel backward use the two fields above.
   fused_registers: tuple = (240, 24)
-  # The fused backward on causal / window calls: a masked step in which one consumer's keys
-  # keep no pair of the query block (the first block of a causal tile's diagonal for consumer
-  # 1, a window's last block for consumer 0) runs without that consumer's products (see
-  # `_dkv_call`). False: every step computes both consumers' tiles (before the fifteenth
-  # session; for A/B).
-  bwd_skip_empty: bool = True
   # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
   # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
   # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
@@ -464,18 +458,6 @@ def _right_reach(causal: bool, right):
   if causal:
     return 0 if right is None else min(0, right)
   return right
-
-
-def _band_empty(st: "_Static", q0, k0, bq: int, bkv: int):
-  """Whether the causal / window band keeps no pair of the tile of queries [q0, q0 + bq) and
-  keys [k0, k0 + bkv) (absolute positions; traced scalars), or None when the call has no band."""
-  empty = None
-  if st.r_eff is not None:   # every key right of the last query's reach
-    empty = k0 > q0 + (bq - 1) + st.r_eff
-  if st.left is not None:    # every key left of the first query's window
-    left_of = k0 + (bkv - 1) < q0 - st.left
-    empty = left_of if empty is None else empty | left_of
-  return empty
 
 
 # Block ranges. All inputs are int32 scalars (traced inside kernels) or Python ints; divisions
@@ -2093,42 +2075,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         dk, dv, hbase, prev = carry   # hbase: ring step of this head's first block
 
         def step(u, carry, masked, blk):
-          if masked and fused and not (segs or sparse) and cfg.bwd_skip_empty:
-            # A KV tile of 2 x bkv keys meets the band's edges in query blocks where one
-            # consumer's bkv keys keep no pair (causal: consumer 1 on the diagonal's first
-            # block; a window's far edge: consumer 0 on the last): that consumer runs the
-            # step's protocol without its products (`empty_step`).
-            empty = _band_empty(st, st.q_off + blk(u) * bq, st.kv_off + kv_base, bq, bkv)
-            if empty is not None:
-              return lax.cond(empty, lambda c: empty_step(u, c, blk),
-                              lambda c: full_step(u, c, masked, blk), carry)
-          return full_step(u, carry, masked, blk)
-
-        def empty_step(u, carry, blk):
-          """fused: a step of which this consumer keeps no pair - no products, no dK / dV
-          change; a zero dS^T tile for the other consumer's dQ product, and the rest of the
-          step's protocol as `full_step` runs it (the slot's phase observed, the other's end of
-          the previous step awaited, the previous step's dQ, the slot released, this step's
-          end)."""
-          dk, dv, prev = carry
-          t = hbase + u
-          slot = lax.rem(t, stages)
-          i = blk(u)
-          plgpu.barrier_wait(in_bar.at[slot])
-          pl.when(t > 0)(lambda: wait_other_end(t))
-          ds_smem.at[lax.rem(t, 2), wg][...] = _cast(st, jnp.zeros((bkv, bq), dtype), "WGMMA")
-          plgpu.commit_smem()
-          release = lambda: plgpu.barrier_arrive(in_free.at[slot])
-          early = not st.interpret
-          pl.when(t > 0)(lambda: previous_dq(t, *prev, release if early else None))
-          if early:
-            pl.when(t == 0)(release)
-          else:
-            release()
-          plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])
-          return dk, dv, (i, h)
-
-        def full_step(u, carry, masked, blk):
           dk, dv, prev = carry   # prev: (block, head) of the previous step (fused)
           t = hbase + u
           slot = lax.rem(t, stages)

@@ -638,17 +638,6 @@ INTERPRET_CASES = {
                                        block_kv=128, window=(30, 30), grad="fused"), 3e-2),
     "fwdbwd_fused_d128": (_case(shape=(1, 256, 256, 2, 2, 128), dtype="bfloat16",
                                 block_kv=128, grad="fused", races=True), 3e-2),
-    # the fused backward's steps where one consumer's 64 keys keep no pair of the query block
-    # (HopperConfig.bwd_skip_empty): causal and tile-aligned, so consumer 1 skips the first
-    # block of every diagonal (D = 64: consumer 0 computes all of dQ, from a zero tile of
-    # consumer 1); a causal window whose far edge consumer 0 skips (D = 128: each consumer
-    # computes half of dQ's columns). The skipped consumer's keys are real, so a wrong dS^T
-    # tile there would reach dQ.
-    "fwdbwd_fused_skip_causal_gqa": (_case(shape=(1, 256, 256, 2, 1, 64), dtype="bfloat16",
-                                           causal=True, grad="fused", races=True), 3e-2),
-    "fwdbwd_fused_skip_window_d128": (_case(shape=(1, 384, 384, 2, 2, 128), dtype="bfloat16",
-                                            block_kv=128, causal=True, window=(100, None),
-                                            grad="fused", races=True), 3e-2),
     # the fused backward with segment ids (the dK/dV kernel's per-tile query-block range
     # table, the documents mask on masked steps): the documents case above, race detector on
     "fwdbwd_fused_documents_causal": (_case(
