@@ -158,7 +158,6 @@ class HopperConfig:
   # kernel spilled 144 bytes, at 240 / 24 none, fwd+bwd +6% (fourteenth session, NOTES.md
   # Hopper v17). The forward and the two-kernel backward use the two fields above.
   fused_registers: tuple = (240, 24)
-  bwd_early_p16: bool = True   # A/B (fifteenth session): P^T's bf16 copy between the dS^T store and its fence
   # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
   # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
   # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
@@ -2114,11 +2113,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             pl.when(t > 0)(lambda: wait_other_end(t))
             par = lax.rem(t, 2)    # dS^T tiles by step parity
             ds_smem.at[par, wg][...] = ds16
-            if cfg.bwd_early_p16:
-              p16 = pT.astype(dtype)
             plgpu.commit_smem()
-          if not (fused and cfg.bwd_early_p16):
-            p16 = pT.astype(dtype)
+
+          p16 = pT.astype(dtype)
           sched_sync()
           after_issue = None
           release = lambda: plgpu.barrier_arrive(in_free.at[slot])
