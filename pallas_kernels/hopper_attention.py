@@ -2842,8 +2842,9 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     raise ValueError(f"backward must be 'mosaic', 'fused' or 'xla', got {backward!r}")
   if backward == "fused" and not _fused_fits(cfg, D0, seg_ids is not None):
     need = _fused_smem_bytes(cfg, D, 2, seg_ids is not None)
+    dims = f"head_dim {D0}" + (f" (padded to {D})" if D != D0 else "")
     raise ValueError(f"backward='fused' with {cfg} needs ~{need} bytes of shared memory at "
-                     f"head_dim {D}{' with segment_ids' if seg_ids is not None else ''} (limit "
+                     f"{dims}{' with segment_ids' if seg_ids is not None else ''} (limit "
                      f"{_SMEM_LIMIT}); use bwd_stages=2 or backward='mosaic'")
   tq = 2 * max(cfg.block_q, cfg.bwd_block_q)
   tkv = math.lcm(cfg.block_kv, 2 * cfg.bwd_block_kv, cfg.bwd_block_kv)
