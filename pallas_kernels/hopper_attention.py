@@ -199,10 +199,11 @@ class HopperConfig:
   # and the next item's K / V loaded during the current one, the dK / dV stores not awaited
   # before the next item (see `_dkv_call`). Not for the fused backward (refused, as
   # `bwd_persistent`). Where its buffers do not fit in shared memory (`_dkv_persistent`) the
-  # kernel runs non-persistent. Off by
-  # default: fwd+bwd 0.96 (documents) to 0.99 (dense S=1k) of the non-persistent kernel at
-  # 232 / 40 registers (ptxas: 244 bytes of spills against 132), 0.99-1.01 at 240 / 24
-  # (twelfth session, NOTES.md Hopper v14).
+  # kernel runs non-persistent. Twelfth session (NOTES.md Hopper v14, before v16's per-step
+  # descriptors): fwd+bwd 0.96-1.01 of the non-persistent kernel. Sixteenth (v19): its
+  # kernel span 7-12% shorter than the non-persistent one's on short walks (per-item clock
+  # stamps: the K / V wait and the gap between CTAs gone), and with it the two-kernel backward
+  # is the default for short causal calls (`default_config`); off otherwise.
   dkv_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
@@ -288,6 +289,13 @@ _OVERLAP_SCHEDULE = dict(schedule_barrier=False)
 # from S=4k 0.89-1.00 and dense S=1k 0.96-0.97 (against the static persistent split), so those
 # keep their kernels. A window counts as a short walk up to this band (keys per query row):
 _DYNAMIC_MAX_BAND = 2048
+# ...and causal calls up to _PERSISTENT_MAX_KV keys take the two-kernel backward with the
+# persistent dK/dV kernel (dynamic scheduler) instead of the fused one: fwd+bwd 1.061 / 1.045 /
+# 1.067 of the fused default at causal S=1k over three A/B readings (3, 3, 5 rounds); at
+# causal 4k 0.898, on the window 0.97-1.01, documents 0.93-0.95, dense S=1k 0.95, so those keep
+# the fused kernel (sixteenth session, NOTES.md Hopper v19). The tiles of a short causal call
+# walk 1-16 query blocks: the fused kernel's ~4.5 us per CTA outside the walk weighs most there.
+_SHORT_CAUSAL_BWD = dict(dkv_persistent=True)
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
@@ -299,7 +307,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     blocks: `short_walks="data"` (segment ids or a block mask: the plain loop, ping-pong per
     tile), `short_walks="band"` (a sliding window whose band spans <= _DYNAMIC_MAX_BAND keys)
     and causal calls (`static_ranges`) with kv_len <= _PERSISTENT_MAX_KV (both with the
-    overlapped softmax, one ping-pong round per CTA and no ping-pong);
+    overlapped softmax, one ping-pong round per CTA and no ping-pong; the latter also with the
+    persistent dK/dV kernel, so that `default_backward` gives them the two-kernel backward);
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
@@ -325,6 +334,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True,
                               persistent_sync_per_tile=False, overlap_softmax=True,
                               **_OVERLAP_SCHEDULE)
+    if short_walks != "band":
+      cfg = dataclasses.replace(cfg, **_SHORT_CAUSAL_BWD)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
                               **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH)
@@ -361,7 +372,8 @@ def default_backward(head_dim: int, *, block_mask: bool = False, masked: bool = 
   """The backward a call gets when it names none: "fused" wherever it applies, "mosaic" for
   calls with a block mask (`block_mask`: the fused kernel takes none), for a `config` that
   asks for one of the two-kernel backward's own switches (`bwd_persistent`, `dkv_persistent`,
-  `bwd_schedule_barrier`: the fused kernel would drop them) or whose fused kernel would not fit
+  `bwd_schedule_barrier`: the fused kernel would drop them; `default_config` gives causal calls
+  of up to _PERSISTENT_MAX_KV keys `dkv_persistent`) or whose fused kernel would not fit
   in shared memory (e.g. bwd_stages=3 at head_dim 128 with `segments`), and in interpret mode
   for masked calls (causal, window or segment ids: `masked`) unless XLA_FLAGS has
   INTERPRET_XLA_FLAG (the interpreted fused kernel would hang, see `_dkv_call`); "xla" above
@@ -2740,8 +2752,11 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   memory would not fit, e.g. bwd_stages=3 at head_dim 128 with segment ids; in interpret mode
   with a causal mask, window or segment ids it needs `INTERPRET_XLA_FLAG` in XLA_FLAGS) or "xla" (a dense jnp
   recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
-  ("fused" wherever it applies - segment ids included -, "mosaic" for block_sparsity and for
-  configs with the two-kernel backward's own switches, "xla" above head_dim 128). `interpret=True`
+  ("fused" wherever it applies - segment ids included -, "mosaic" for block_sparsity, for
+  configs with the two-kernel backward's own switches and for causal calls of up to 1024 keys,
+  whose default config has the persistent dK/dV kernel; "xla" above head_dim 128). Naming
+  "fused" or "xla" with no `config` drops those switches from the default config.
+  `interpret=True`
   runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
@@ -2812,6 +2827,10 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
       short_walks = "band"
   cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static,
                                  short_walks=short_walks)
+  if config is None and backward in ("fused", "xla"):
+    # The default config's two-kernel switches come with its default backward; a call that
+    # names another one keeps the rest of that config.
+    cfg = dataclasses.replace(cfg, **{f: False for f in _MOSAIC_BWD_SWITCHES})
   q_side, kv_side = tuple(q_side), tuple(kv_side)
   if block_sparsity is None and (mask_fn is not None or q_side or kv_side):
     raise ValueError("mask_fn / q_side / kv_side need a block_sparsity (without one every "

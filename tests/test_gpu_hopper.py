@@ -633,6 +633,22 @@ def test_default_long_calls(case, D):
 
 
 @requires_hopper
+@pytest.mark.parametrize("D", [64, 128])
+def test_default_short_causal_calls(D):
+  """What a causal call of up to 1024 keys gets with no config / backward named (sixteenth
+  session): the dynamic persistent forward and the two-kernel backward with the persistent
+  dK/dV kernel (dynamic scheduler); GQA, ragged lengths, an offset. Naming the fused backward
+  drops that switch from the default config."""
+  cfg = ha.default_config(D, 1000, static_ranges=True)
+  assert cfg.dkv_persistent and cfg.persistent_dynamic
+  assert ha.default_backward(D, masked=True, config=cfg) == "mosaic"
+  check_forward(4, 900, 1000, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=100)
+  check_backward(4, 900, 1000, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=100)
+  check_backward(2, 1024, 1024, 4, 4, D, jnp.float16, is_causal=True)
+  check_backward(2, 1024, 1024, 4, 4, D, jnp.bfloat16, is_causal=True, backward="fused")
+
+
+@requires_hopper
 def test_bwd_schedule_barrier():
   """The backward kernels' ping-pong (HopperConfig(bwd_schedule_barrier=True): dQ and dK/dV;
   off by default: slower on the H100): GQA head loop + causal + offset + ragged, documents

@@ -17,6 +17,7 @@ raises, the others block on their barriers forever, which would hang pytest.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -370,6 +371,39 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(8192, segment_ids=jnp.zeros((1, 8192), jnp.int32)) == "fused"
   assert backward_of(1024) == "fused"
   assert backward_of(1024, config=ha.HopperConfig(bwd_persistent=True)) == "mosaic"
+  # short causal calls: the two-kernel backward with the persistent dK/dV kernel (sixteenth
+  # session), from their default config; up to 1024 keys, not with a window / segment ids
+  short_causal = ha.default_config(128, 1024, static_ranges=True)
+  assert short_causal.dkv_persistent and not short_causal.bwd_persistent
+  for cfg in (ha.default_config(128, 2048, static_ranges=True),
+              ha.default_config(128, 1024, uniform_tiles=True),
+              ha.default_config(128, 1024, short_walks="band"),
+              ha.default_config(128, 1024, short_walks="data"), ha.default_config(128)):
+    assert not cfg.dkv_persistent, cfg
+  assert backward_of(1024, is_causal=True) == "mosaic"
+  assert backward_of(512, is_causal=True, q_offset=128) == "mosaic"
+  assert backward_of(2048, is_causal=True) == "fused"
+  assert backward_of(1024, is_causal=True, sliding_window=(100, 0)) == "fused"
+  assert backward_of(1024, is_causal=True, segment_ids=jnp.zeros((1, 1024), jnp.int32)) == "fused"
+  # ...and naming the fused / XLA backward drops the switch from that default config (no
+  # refusal: the call asked for no config)
+  cfgs = []
+
+  def named_of(backward):
+    def f(q, k, v):
+      st, bwd = ha._prepare(q, k, v, is_causal=True, backward=backward)[:2]
+      cfgs.append((bwd, st.cfg))
+      return q
+    q = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 1024, 1, 128), jnp.bfloat16)
+    jax.eval_shape(f, q, kv, kv)
+    return cfgs.pop()
+  for named in ("fused", "xla"):
+    bwd, cfg = named_of(named)
+    assert bwd == named and not cfg.dkv_persistent
+    assert cfg == dataclasses.replace(short_causal, dkv_persistent=False)
+  bwd, cfg = named_of("mosaic")
+  assert bwd == "mosaic" and cfg == short_causal
   # ...and a call that names another backward with such a switch is refused, not ignored
   for named in ("fused", "xla"):
     for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):

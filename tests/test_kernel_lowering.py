@@ -89,8 +89,12 @@ DKV_PERSISTENT = ha.HopperConfig(dkv_persistent=True, persistent_ctas=132)
 # forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
 CASES = {
     "dense": ((2, 1024, 1024, 8, 8, 128, jnp.bfloat16), {}, 1, 2),
+    # a causal call of <= 1024 keys: by default the two-kernel backward (persistent dK/dV)
     "causal_gqa_offset_ragged": ((2, 300, 517, 8, 2, 128, jnp.bfloat16),
-                                 dict(is_causal=True, q_offset=184), 1, 2),
+                                 dict(is_causal=True, q_offset=184), 1, 3),
+    "causal_gqa_offset_ragged_fused": ((2, 300, 517, 8, 2, 128, jnp.bfloat16),
+                                       dict(is_causal=True, q_offset=184, backward="fused"), 1,
+                                       2),
     "window_two_sided_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
                                  dict(sliding_window=(100, 30)), 1, 2),
     # the two-kernel backward (dQ kernel + dK/dV kernel) on the same calls
