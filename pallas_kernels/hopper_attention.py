@@ -289,17 +289,19 @@ _OVERLAP_SCHEDULE = dict(schedule_barrier=False)
 # from S=4k 0.89-1.00 and dense S=1k 0.96-0.97 (against the static persistent split), so those
 # keep their kernels. A window counts as a short walk up to this band (keys per query row):
 _DYNAMIC_MAX_BAND = 2048
-# ...and causal calls up to _PERSISTENT_MAX_KV keys take the two-kernel backward with the
-# persistent dK/dV kernel (dynamic scheduler) instead of the fused one: fwd+bwd 1.061 / 1.045 /
-# 1.067 of the fused default at causal S=1k over three A/B readings (3, 3, 5 rounds); at
-# causal 4k 0.898, on the window 0.97-1.01, documents 0.93-0.95, dense S=1k 0.95, so those keep
-# the fused kernel (sixteenth session, NOTES.md Hopper v19). The tiles of a short causal call
-# walk 1-16 query blocks: the fused kernel's ~4.5 us per CTA outside the walk weighs most there.
+# ...and causal calls up to _PERSISTENT_MAX_KV keys and queries take the two-kernel backward
+# with the persistent dK/dV kernel (dynamic scheduler) instead of the fused one. fwd+bwd against the
+# fused backward on the H100 (sixteenth session, NOTES.md Hopper v19): causal S=1k 1.036-1.067
+# over four A/B readings, D=64 S=1k 1.05, S=512 1.26 (D=64: 1.13); causal 4k 0.898, window
+# 0.97-1.01, documents 0.93-0.95, dense S=1k 0.95, so those keep the fused kernel. The tiles of
+# a short causal call walk 1-16 query blocks: the fused kernel's ~4.5 us per CTA outside its
+# walk weighs most there, and the persistent kernel has none of it.
 _SHORT_CAUSAL_BWD = dict(dkv_persistent=True)
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
-                   static_ranges: bool = False, short_walks: str | None = None) -> HopperConfig:
+                   static_ranges: bool = False, short_walks: str | None = None,
+                   q_len: int | None = None) -> HopperConfig:
   """Tiles for `head_dim`. With `kv_len`, the per-call choice:
   * the persistent forward when the kv length is short and `uniform_tiles` (no causal mask,
     window, segment ids or block mask: every query tile walks every KV block);
@@ -307,8 +309,10 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     blocks: `short_walks="data"` (segment ids or a block mask: the plain loop, ping-pong per
     tile), `short_walks="band"` (a sliding window whose band spans <= _DYNAMIC_MAX_BAND keys)
     and causal calls (`static_ranges`) with kv_len <= _PERSISTENT_MAX_KV (both with the
-    overlapped softmax, one ping-pong round per CTA and no ping-pong; the latter also with the
-    persistent dK/dV kernel, so that `default_backward` gives them the two-kernel backward);
+    overlapped softmax, one ping-pong round per CTA and no ping-pong; the latter, where the
+    query length `q_len` (None: kv_len) is that short too, also with the persistent dK/dV
+    kernel, so that `default_backward` gives them the two-kernel backward: measured at
+    q_len = kv_len only, and many queries on few keys make long dK/dV walks);
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
@@ -334,7 +338,7 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True,
                               persistent_sync_per_tile=False, overlap_softmax=True,
                               **_OVERLAP_SCHEDULE)
-    if short_walks != "band":
+    if short_walks != "band" and (q_len or kv_len) <= _PERSISTENT_MAX_KV:
       cfg = dataclasses.replace(cfg, **_SHORT_CAUSAL_BWD)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
@@ -373,9 +377,9 @@ def default_backward(head_dim: int, *, block_mask: bool = False, masked: bool = 
   calls with a block mask (`block_mask`: the fused kernel takes none), for a `config` that
   asks for one of the two-kernel backward's own switches (`bwd_persistent`, `dkv_persistent`,
   `bwd_schedule_barrier`: the fused kernel would drop them; `default_config` gives causal calls
-  of up to _PERSISTENT_MAX_KV keys `dkv_persistent`) or whose fused kernel would not fit
-  in shared memory (e.g. bwd_stages=3 at head_dim 128 with `segments`), and in interpret mode
-  for masked calls (causal, window or segment ids: `masked`) unless XLA_FLAGS has
+  of up to _PERSISTENT_MAX_KV keys and queries `dkv_persistent`) or whose fused kernel would
+  not fit in shared memory (e.g. bwd_stages=3 at head_dim 128 with `segments`), and in
+  interpret mode for masked calls (causal, window or segment ids: `masked`) unless XLA_FLAGS has
   INTERPRET_XLA_FLAG (the interpreted fused kernel would hang, see `_dkv_call`); "xla" above
   head_dim 128 (no Mosaic backward)."""
   if not bwd_kernel_supports(head_dim):
@@ -2753,8 +2757,9 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   with a causal mask, window or segment ids it needs `INTERPRET_XLA_FLAG` in XLA_FLAGS) or "xla" (a dense jnp
   recomputation from the kernel's residuals: correct, not fast). Default: `default_backward`
   ("fused" wherever it applies - segment ids included -, "mosaic" for block_sparsity, for
-  configs with the two-kernel backward's own switches and for causal calls of up to 1024 keys,
-  whose default config has the persistent dK/dV kernel; "xla" above head_dim 128). Naming
+  configs with the two-kernel backward's own switches and for causal calls of up to 1024 keys
+  and queries, whose default config has the persistent dK/dV kernel; "xla" above head_dim
+  128). Naming
   "fused" or "xla" with no `config` drops those switches from the default config.
   `interpret=True`
   runs the kernels in Mosaic GPU interpret mode (CPU).
@@ -2826,7 +2831,7 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     if left is not None and r_eff is not None and left + r_eff + 1 <= _DYNAMIC_MAX_BAND:
       short_walks = "band"
   cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static,
-                                 short_walks=short_walks)
+                                 short_walks=short_walks, q_len=T)
   if config is None and backward in ("fused", "xla"):
     # The default config's two-kernel switches come with its default backward; a call that
     # names another one keeps the rest of that config.

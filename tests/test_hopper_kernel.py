@@ -383,6 +383,9 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(1024, is_causal=True) == "mosaic"
   assert backward_of(512, is_causal=True, q_offset=128) == "mosaic"
   assert backward_of(2048, is_causal=True) == "fused"
+  # ...measured at q_len = kv_len: many queries on few keys keep the fused backward
+  assert not ha.default_config(128, 1024, static_ranges=True, q_len=4096).dkv_persistent
+  assert ha.default_config(128, 1024, static_ranges=True, q_len=256).dkv_persistent
   assert backward_of(1024, is_causal=True, sliding_window=(100, 0)) == "fused"
   assert backward_of(1024, is_causal=True, segment_ids=jnp.zeros((1, 1024), jnp.int32)) == "fused"
   # ...and naming the fused / XLA backward drops the switch from that default config (no
