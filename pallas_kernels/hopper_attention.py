@@ -2759,10 +2759,8 @@ def hopper_attention(q, k, v, *, scale: float | None = None, is_causal: bool = F
   ("fused" wherever it applies - segment ids included -, "mosaic" for block_sparsity, for
   configs with the two-kernel backward's own switches and for causal calls of up to 1024 keys
   and queries, whose default config has the persistent dK/dV kernel; "xla" above head_dim
-  128). Naming
-  "fused" or "xla" with no `config` drops those switches from the default config.
-  `interpret=True`
-  runs the kernels in Mosaic GPU interpret mode (CPU).
+  128). Naming "fused" or "xla" with no `config` drops those switches from the default config.
+  `interpret=True` runs the kernels in Mosaic GPU interpret mode (CPU).
   Returns `out`, or `(out, lse [B,N,T] float32)` with `return_lse`.
   """
   st, backward, (qp, kp, vp, seg, sp), pad = _prepare(
