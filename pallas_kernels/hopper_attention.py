@@ -205,6 +205,15 @@ class HopperConfig:
   # stamps: the K / V wait and the gap between CTAs gone), and with it the two-kernel backward
   # is the default for short causal calls (`default_config`); off otherwise.
   dkv_persistent: bool = False
+  # backward: the fused kernel persistent (`persistent_ctas` CTAs over its (b, KV head, KV
+  # tile) work items; with `persistent_dynamic` from the dynamic scheduler), against the ~4.5
+  # us each of its CTAs spends outside its walk (K / V wait, epilogue, launch gap: sixteenth
+  # session, NOTES.md Hopper v19). A second K / V buffer does not fit beside the fused kernel's
+  # dS^T and dQ tiles, so the next item's K / V are loaded into the same buffer once the
+  # consumers' final meeting has seen every product that reads it done, and dK / dV are stored
+  # from registers straight to GMEM (no SMEM staging) while that load is in flight; the Q / dO
+  # ring and the producer run on across items. Only the fused backward reads it.
+  fused_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
   # the previous block's P V (the defaults turn the consumers' ping-pong off with it). Costs a
@@ -1961,7 +1970,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
   # consumer 0's (per work item when persistent).
   ping_pong = cfg.bwd_schedule_barrier and not fused
-  persistent = not fused and _dkv_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks)
+  fused_persistent = fused and cfg.fused_persistent
+  persistent = fused_persistent or (
+      not fused and _dkv_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks))
   items = st.B * st.K * n_cta
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
   dynamic = persistent and cfg.persistent_dynamic
@@ -2014,12 +2025,17 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
         plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), sl[1]], sm.at[kb], kv_bar.at[wg])
 
-    def consume(b, kvh, ci, kb, base, prefetch):
+    def consume(b, kvh, ci, kb, base, prefetch, pair0=0, after_meeting=None):
       """A consumer's part of work item (b, kvh, ci) once its K / V load is issued into
       buffer kb: the walk over the group's query blocks from ring step `base`, dK / dV staged
       through the K / V buffer and TMA-stored (not awaited) -> base + the item's steps.
       prefetch: None, or what to run once at the end of the item's first step (after the
-      walk if it has none)."""
+      walk if it has none).
+      fused: pair0 is the number of earlier items (the persistent kernel's p): the pair
+      barriers count the steps and one final meeting per item, so step t is pair step
+      t + pair0. after_meeting: run once the final meeting has seen both consumers' products
+      done (the persistent kernel's next K / V load into this buffer); dK / dV then go from
+      registers to GMEM (`fused_persistent`)."""
       head_walk, _, _ = plan(b, kvh, ci)
       kv_base = ci * (2 * bkv) + wg * bkv
       ks, vs = k_smem.at[kb], v_smem.at[kb]
@@ -2093,6 +2109,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         def step(u, carry, masked, blk):
           dk, dv, prev = carry   # prev: (block, head) of the previous step (fused)
           t = hbase + u
+          s = t + pair0   # the pair barriers' step (fused)
           slot = lax.rem(t, stages)
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
@@ -2126,8 +2143,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
           ds16 = dsT.astype(dtype)
           if fused:
-            pl.when(t > 0)(lambda: wait_other_end(t))
-            par = lax.rem(t, 2)    # dS^T tiles by step parity
+            pl.when(t > base)(lambda: wait_other_end(s))
+            par = lax.rem(s, 2)    # dS^T tiles by step parity
             ds_smem.at[par, wg][...] = ds16
             plgpu.commit_smem()
 
@@ -2141,18 +2158,18 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             # rewritten at step t + 1, after the writer has waited for this consumer's end of
             # step t, i.e. for this product to have read them. The ring slot is released as
             # soon as dV / dK have read it, not after the dQ product and its store.
-            after_issue = lambda: pl.when(t > 0)(
-                lambda: previous_dq(t, *prev, release if early else None))
+            after_issue = lambda: pl.when(t > base)(
+                lambda: previous_dq(s, *prev, release if early else None))
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])],
                             after_issue=after_issue)
           if early:
-            pl.when(t == 0)(release)
+            pl.when(t == base)(release)
           else:
             release()
           if prefetch is not None:
             pl.when(t == base)(prefetch)
           if fused:
-            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
+            plgpu.barrier_arrive(pair.at[lax.rem(s, 2)])   # my end of step t
             return dk, dv, (i, h)
           return dk, dv, prev
         dk, dv, prev = _walk(sections, step, (dk, dv, prev))
@@ -2170,16 +2187,24 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       if prefetch is not None:
         pl.when(end == base)(prefetch)
       if fused:   # the last step's dQ, then the final meeting as "step end"
+        s_end = end + pair0
+
         @pl.when(end > base)
         def _():
-          wait_other_end(end)
-          previous_dq(end, *prev)
-        plgpu.barrier_arrive(pair.at[lax.rem(end, 2)])
-        plgpu.barrier_wait(pair.at[lax.rem(end, 2)])
+          wait_other_end(s_end)
+          previous_dq(s_end, *prev)
+        plgpu.barrier_arrive(pair.at[lax.rem(s_end, 2)])
+        plgpu.barrier_wait(pair.at[lax.rem(s_end, 2)])
+      if after_meeting is not None:
+        after_meeting()
+      sl = kv_rows(b, kvh, ci)
+      if fused_persistent:   # the K / V buffer is taking the next item's K / V already
+        dk_ref.at[sl][...] = (dk * st.scale).astype(dtype)
+        dv_ref.at[sl][...] = dv.astype(dtype)
+        return end
       ks[...] = (dk * st.scale).astype(dtype)
       vs[...] = dv.astype(dtype)
       plgpu.commit_smem()
-      sl = kv_rows(b, kvh, ci)
       plgpu.copy_smem_to_gmem(ks, dk_ref.at[sl])
       plgpu.copy_smem_to_gmem(vs, dv_ref.at[sl])
       return end
@@ -2226,6 +2251,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       lax.fori_loop(0, n * G, body, None)
       return cnt + n * G
 
+    regs = cfg.fused_registers if fused else (cfg.consumer_registers, cfg.producer_registers)
     if persistent:
       first, consumer_loop, producer = _persistent_schedule(
           st, items, n_ctas, lambda w: _dkv_work_item(st, w, n_cta),
@@ -2233,9 +2259,14 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
       @pl.when(wg < 2)
       def _consumer_persistent():
-        plgpu.set_max_registers(cfg.consumer_registers, action="increase")
+        plgpu.set_max_registers(regs[0], action="increase")
 
         def tile(p, bhc, base, following):   # local item p: (b, kvh, ci) (see schedule)
+          if fused:
+            def next_kv():   # into the one K / V buffer, freed by the final meeting
+              has_next, nxt = following()
+              pl.when(has_next)(lambda: load_kv(*nxt, wg))
+            return consume(*bhc, wg, base, None, pair0=p, after_meeting=next_kv)
           buf = lax.rem(p, 2)
 
           def prefetch():
@@ -2250,13 +2281,11 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
       @pl.when(wg == 2)
       def _producer_persistent():
-        plgpu.set_max_registers(cfg.producer_registers, action="decrease")
+        plgpu.set_max_registers(regs[1], action="decrease")
         producer(ring_tile, stages, (in_free,))
       return
 
     bhc = (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("kv_seq"))
-
-    regs = cfg.fused_registers if fused else (cfg.consumer_registers, cfg.producer_registers)
 
     @pl.when(wg < 2)
     def _consumer():
@@ -2272,7 +2301,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       _drain(total, stages, (in_free,))
 
   tr = _smem_transforms(D, dtype)
-  kv_bufs = 4 if persistent else 2   # index buf * 2 + wg (persistent) or wg
+  kv_bufs = 4 if persistent and not fused else 2   # index buf * 2 + wg (persistent) or wg
   scratch = (
       plgpu.SMEM((kv_bufs, bkv, D), dtype, transforms=tr),
       plgpu.SMEM((kv_bufs, bkv, D), dtype, transforms=tr),
@@ -2287,6 +2316,11 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   )
   kv_type = jax.ShapeDtypeStruct((st.B, st.Sp, st.K, D), dtype)
   grid, names = _grid(st, st.K, n_cta, "kv_seq")
+  if persistent:
+    grid, names = (n_ctas,), ("cta",)
+  # the dynamic scheduler's work item slots and handoff barriers (see `_dynamic_items`)
+  item_scratch = (plgpu.SMEM((2,), jnp.int32), plgpu.Barrier(num_barriers=2),
+                  plgpu.Barrier(num_arrivals=2, num_barriers=2)) if dynamic else ()
   side_scratch = tuple(plgpu.SMEM((kv_bufs, bkv), jnp.int32) for _ in range(nks)) + tuple(
       plgpu.SMEM((stages, bq), jnp.int32) for _ in range(nqs))
   qside, kvside = _side_operands(st, seg, sp)
@@ -2296,14 +2330,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   if not fused:
     if ping_pong:
       scratch = scratch + (plgpu.Barrier(num_arrivals=2),)
-    scratch = scratch + side_scratch
-    if dynamic:   # the work items' slots and handoff barriers (see `_dynamic_items`)
-      scratch = scratch + (plgpu.SMEM((2,), jnp.int32), plgpu.Barrier(num_barriers=2),
-                           plgpu.Barrier(num_arrivals=2, num_barriers=2))
+    scratch = scratch + side_scratch + item_scratch
     if sparse:
       operands = operands + tuple(sp[1])
-    if persistent:
-      grid, names = (n_ctas,), ("cta",)
     params = _compiler_params(st.cfg)
     if counter:
       return _kernel_with_ref(kernel, operands, jnp.zeros((1,), jnp.int32),
@@ -2316,7 +2345,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       plgpu.SMEM((2, 2, bkv, bq), dtype, transforms=_smem_transforms(bq, dtype)),
       plgpu.SMEM((2, bq, dq_cols), jnp.float32),
       plgpu.Barrier(num_arrivals=2, num_barriers=2),   # "end of step t" by parity
-  ) + side_scratch
+  ) + side_scratch + item_scratch
   if st.interpret and (st.masked_anything or segs) and not _interpret_flag_set():
     # Seen on jax 0.10.2: with masked steps (causal / window) XLA:CPU's concurrency-optimized
     # scheduler orders the interpreter's callbacks so that consumer 1 never starts while the
@@ -2351,15 +2380,17 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   # benchmarks/results/logs_s12/probe_fused_{vmap,loop}.py; test_backward_inside_scan).
   def run(*arrays):
     dq_acc = jax.new_ref(jnp.zeros((st.B, st.Tp, st.N, D), jnp.float32))
-    dk, dv = _launch_with_ref(kernel, arrays, dq_acc, (kv_type, kv_type), scratch, grid, names,
-                              _compiler_params(st.cfg))
+    # the dynamic scheduler's counter precedes the dQ sum (see `kernel`)
+    refs = (jax.new_ref(jnp.zeros((1,), jnp.int32)),) if counter else ()
+    dk, dv = _launch_with_ref(kernel, arrays, refs + (dq_acc,), (kv_type, kv_type), scratch,
+                              grid, names, _compiler_params(st.cfg))
     return dk, dv, jax.freeze(dq_acc)
   return _without_refs(run, *operands)
 
 
 def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params):
-  """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand, passed right after
-  `operands` (aliased in and out). plgpu.kernel's custom_vmap wrapper does not accept Refs, so
+  """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand (or a tuple of them),
+  passed right after `operands` (aliased in and out). plgpu.kernel's custom_vmap wrapper does not accept Refs, so
   this goes one level down, to `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself
   calls); that has no vmap rule (see `_kernel_with_ref`)."""
   a = _api()
@@ -2368,8 +2399,9 @@ def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params
   def kernel_body(*refs):
     pl.run_scoped(functools.partial(body, *refs), *scratch, collective_axes="wg")
   mesh = plgpu.Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
+  refs = ref if isinstance(ref, tuple) else (ref,)
   return pl.kernel(kernel_body, out_type=out_type, mesh=mesh,
-                   compiler_params=params)(*operands, ref)
+                   compiler_params=params)(*operands, *refs)
 
 
 def _kernel_with_ref(body, operands, ref_init, out_type, scratch, grid, names, params):
@@ -2677,8 +2709,10 @@ def _fused_smem_bytes(cfg: HopperConfig, D: int, itemsize: int, segments: bool =
   bq, bkv = cfg.bwd_block_q, cfg.bwd_block_kv
   dq_cols = D // 2 if D >= 128 else D
   sides = int(segments)
+  items = (1024 + 32) if cfg.fused_persistent and cfg.persistent_dynamic else 0
   return (_dkv_smem_bytes(cfg, D, itemsize, sides, sides, persistent=False)
-          + _smem_alloc(2 * 2 * bkv * bq * itemsize) + _smem_alloc(2 * bq * dq_cols * 4) + 16)
+          + _smem_alloc(2 * 2 * bkv * bq * itemsize) + _smem_alloc(2 * bq * dq_cols * 4) + 16
+          + items)
 
 
 def _fused_fits(cfg: HopperConfig, head_dim: int, segments: bool) -> bool:

@@ -700,16 +700,34 @@ PERSISTENT_BWD = {
 # items, K / V double-buffered, the next item's K / V loaded during the current one, the dK / dV
 # stores not awaited. With the dynamic scheduler (the default pairing) and the static split.
 _DKV_DYNAMIC = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=True)
+# The persistent fused backward (HopperConfig(fused_persistent=True)): one K / V buffer reloaded
+# after each item's final meeting, dK / dV stored from registers.
+_FUSED_DYNAMIC = ha.HopperConfig(fused_persistent=True, persistent_dynamic=True)
 
 
 @requires_hopper
-@pytest.mark.parametrize("kernel", ["dq", "dkv"])
+@pytest.mark.parametrize("kernel", ["dq", "dkv", "fused"])
 @pytest.mark.parametrize("name", sorted(PERSISTENT_BWD))
 def test_persistent_backward(name, kernel):
   c = PERSISTENT_BWD[name]
-  cfg = _BWD_PERSISTENT if kernel == "dq" else _DKV_DYNAMIC
-  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=cfg, backward="mosaic",
-                 **c["kw"])
+  cfg = {"dq": _BWD_PERSISTENT, "dkv": _DKV_DYNAMIC, "fused": _FUSED_DYNAMIC}[kernel]
+  check_backward(*c["shape"], c.get("dtype", jnp.bfloat16), config=cfg,
+                 backward="fused" if kernel == "fused" else "mosaic", **c["kw"])
+
+
+@requires_hopper
+@pytest.mark.parametrize("cfg", [
+    ha.HopperConfig(fused_persistent=True),                            # static split
+    ha.HopperConfig(fused_persistent=True, persistent_ctas=7),
+    dataclasses.replace(_FUSED_DYNAMIC, persistent_ctas=7),
+    dataclasses.replace(_FUSED_DYNAMIC, tiles_fastest=True),
+], ids=["static", "static_ctas7", "dynamic_ctas7", "dynamic_tiles_fastest"])
+def test_persistent_fused_backward_configs(cfg):
+  for D in (64, 128):
+    check_backward(2, 640, 700, 4, 2, D, jnp.bfloat16, is_causal=True, q_offset=60,
+                   config=cfg, backward="fused")
+  check_backward(2, 640, 640, 4, 2, 128, jnp.bfloat16, config=cfg, backward="fused",
+                 segment_ids=_seg(640, 640, 4, seed=17, orphan=(300, 420)))
 
 
 @requires_hopper

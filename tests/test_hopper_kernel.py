@@ -542,6 +542,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              persistent_dynamic=c.get("dynamic", False),
                              bwd_persistent=c.get("bwd_persistent", False),
                              dkv_persistent=c.get("dkv_persistent", False),
+                             fused_persistent=c.get("fused_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
                              bwd_schedule_barrier=c.get("bwd_sched", False))
@@ -1347,6 +1348,48 @@ PERSISTENT_DKV_CASES = {
     "zero_step_items_ping_pong": _dkvcase(4, shape=(2, 128, 384, 2, 1, 64), causal=True,
                                           unseen_keys_from=128, bwd_sched=True),
 }
+
+
+# The persistent fused backward (HopperConfig(fused_persistent=True, persistent_ctas=n)): the
+# same items as above through the fused kernel - one K / V buffer reloaded after each item's
+# final meeting, dK / dV stored from registers, the pair barriers counting one meeting per
+# item on top of the ring's steps. Race detector on.
+def _fusedcase(ctas, **kw):
+  return _case(fused_persistent=True, persistent_ctas=ctas, races=True, grad="fused",
+               dtype="bfloat16", **kw)
+
+
+PERSISTENT_FUSED_CASES = {
+    # causal + q offset + left window, ragged lengths, GQA (the head loop inside an item),
+    # 3-slot ring (items start mid-ring, odd steps per item: pair parities cross items)
+    "causal_gqa_window_ragged": _fusedcase(2, shape=(1, 300, 330, 2, 1, 64), causal=True,
+                                           q_offset=40, window=(90, None), bwd_stages=3),
+    "documents_empty_rows": _fusedcase(
+        3, shape=(2, 200, 200, 2, 1, 64), causal=True,
+        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
+                 kv=_doc_ids(2, 200, [[37, 150], [90]]))),
+    "zero_step_items": _fusedcase(4, shape=(2, 128, 384, 2, 1, 64), causal=True,
+                                  unseen_keys_from=128),
+    # D = 128: both consumers compute dQ columns (dq_parts = 2)
+    "dense_d128": _fusedcase(3, shape=(1, 256, 512, 2, 2, 128), block_kv=128),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", sorted(PERSISTENT_FUSED_CASES))
+def test_interpret_persistent_fused(name, dynamic):
+  case = dict(PERSISTENT_FUSED_CASES[name], dynamic=dynamic)
+  B, _, S, _, K, D = case["shape"]
+  items = B * K * -(-S // 128)
+  assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
+  res = _run_case(case)
+  assert res["races_bwd"] == 0.0, res
+  for key, err in res.items():
+    if not key.startswith("n_"):
+      assert err <= 3e-2, (name, key, err, res)
+  if name.startswith("zero_step_items"):
+    assert res["dkv_unseen"] == 0.0, res
 
 
 @requires_interpret

@@ -84,6 +84,9 @@ BWD_PERSISTENT = ha.HopperConfig(bwd_persistent=True, persistent_ctas=132)
 DYNAMIC = ha.HopperConfig(persistent=True, bwd_persistent=True, dkv_persistent=True,
                           persistent_dynamic=True, persistent_ctas=132)
 DKV_PERSISTENT = ha.HopperConfig(dkv_persistent=True, persistent_ctas=132)
+FUSED_PERSISTENT = ha.HopperConfig(fused_persistent=True, persistent_ctas=132)
+FUSED_DYNAMIC = ha.HopperConfig(fused_persistent=True, persistent_dynamic=True,
+                                persistent_ctas=132)
 
 # name: (B, T, S, N, K, D, dtype), kwargs of hopper_attention, kernels in the forward and in
 # forward + backward (forward, dQ, dK/dV; an XLA backward for D > 128)
@@ -167,6 +170,18 @@ CASES = {
     "dkv_persistent_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
                                       dict(sliding_window=(100, 30), kv_offset=300,
                                            config=DKV_PERSISTENT), 1, 3),
+    # the persistent fused backward (HopperConfig(fused_persistent=True)): dK / dV stored
+    # from registers; with the dynamic scheduler its counter is a second Ref operand
+    "fused_persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
+                                                  dict(is_causal=True, q_offset=184,
+                                                       backward="fused",
+                                                       config=FUSED_PERSISTENT), 1, 2),
+    "fused_dynamic_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
+                                     dict(sliding_window=(100, 30), kv_offset=300,
+                                          config=FUSED_DYNAMIC), 1, 2),
+    "fused_dynamic_documents": ((2, 1000, 1000, 8, 2, 128, jnp.bfloat16),
+                                dict(is_causal=True, segment_ids=_docs(2, 1000, 5, 2),
+                                     config=FUSED_DYNAMIC), 1, 2),
     # the dynamic scheduler (HopperConfig(persistent_dynamic=True)) in the persistent forward,
     # dQ and dK/dV kernels: its atomic (inline Mosaic GPU) and the Ref operand; documents with an
     # lse cotangent: the dQ kernel's item slots do not fit there (non-persistent dQ)
@@ -280,6 +295,31 @@ def test_dkv_smem_bytes_is_what_mosaic_allocates(D, dynamic, sides):
   _check_dq_smem_bytes(D, False, sides, dkv_persistent=True, persistent_dynamic=dynamic)
   cfg = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=dynamic)
   assert ha._dkv_persistent(cfg, D, 2, 1, 2)   # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("segments", [False, True])
+def test_fused_smem_bytes_is_what_mosaic_allocates(D, dynamic, segments):
+  """`_fused_smem_bytes` (which decides whether the fused backward fits) against Mosaic GPU's
+  count, non-persistent and persistent (HopperConfig(fused_persistent=True): the same
+  buffers, plus the dynamic scheduler's item slots and barriers)."""
+  T = 512
+  shapes = _shapes(2, T, T, 4, 2, D)
+  for cfg in (ha.HopperConfig(persistent_dynamic=dynamic),
+              ha.HopperConfig(fused_persistent=True, persistent_dynamic=dynamic,
+                              persistent_ctas=132)):
+    kw = dict(config=cfg, backward="fused")
+    if segments:
+      kw.update(is_causal=True, segment_ids=_docs(2, T, 4, 3))
+
+    def fwdbwd(q, k, v):
+      return jax.grad(lambda *a: jnp.sum(ha.hopper_attention(
+          *a, interpret=False, **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+    with _smem_sizes() as seen:
+      assert len(_lower(fwdbwd, *shapes)) == 2
+    want = ha._fused_smem_bytes(cfg, D, 2, segments)   # pylint: disable=protected-access
+    assert seen[1] == want and want <= ha._SMEM_LIMIT, (cfg, seen, want)   # pylint: disable=protected-access
 
 
 def _check_dq_smem_bytes(D, bwd_persistent, sides, **config):
