@@ -2025,19 +2025,26 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
         plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), sl[1]], sm.at[kb], kv_bar.at[wg])
 
-    def consume(b, kvh, ci, kb, base, prefetch, pair0=0, after_meeting=None):
+    def consume(b, kvh, ci, kb, base, prefetch, after_meeting=None):
       """A consumer's part of work item (b, kvh, ci) once its K / V load is issued into
       buffer kb: the walk over the group's query blocks from ring step `base`, dK / dV staged
       through the K / V buffer and TMA-stored (not awaited) -> base + the item's steps.
       prefetch: None, or what to run once at the end of the item's first step (after the
       walk if it has none).
-      fused: pair0 is the number of earlier items (the persistent kernel's p): the pair
-      barriers count the steps and one final meeting per item, so step t is pair step
-      t + pair0. after_meeting: run once the final meeting has seen both consumers' products
-      done (the persistent kernel's next K / V load into this buffer); dK / dV then go from
-      registers to GMEM (`fused_persistent`)."""
+      fused: after_meeting: run once the final meeting has seen both consumers' products
+      done (the persistent kernel's next K / V load into this buffer; dK / dV then go out
+      through the dS^T tiles). The next item's first step arrives on the barrier of the
+      meeting again (both are "step end" in pair-barrier terms): each consumer still waits
+      every phase of both barriers in order - the first step waits none (no previous dQ) and
+      the second waits the first's - and neither can arrive twice before the other has seen
+      the meeting, which it must pass first."""
       head_walk, _, _ = plan(b, kvh, ci)
       kv_base = ci * (2 * bkv) + wg * bkv
+      # The item's first ring step, where the fused kernel has no previous dQ: a Python 0
+      # when not persistent, as before the persistent kernel (jax 0.11.2 failed to lower the
+      # non-persistent kernel's steps compared with the traced base: "Shaped arrays must be
+      # represented by ir.Values, got: 0")
+      first = base if persistent else 0
       ks, vs = k_smem.at[kb], v_smem.at[kb]
       plgpu.barrier_wait(kv_bar.at[wg])
       # Rows of the transposed tiles (S^T, dP^T: [bkv, bq]) are this consumer's keys.
@@ -2109,7 +2116,6 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         def step(u, carry, masked, blk):
           dk, dv, prev = carry   # prev: (block, head) of the previous step (fused)
           t = hbase + u
-          s = t + pair0   # the pair barriers' step (fused)
           slot = lax.rem(t, stages)
           if masked or fused:   # fused: every step adds its dQ rows at block i
             i = blk(u)
@@ -2143,8 +2149,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           dsT = pT * (dpT - lax.broadcast_in_dim(dlt, dpT.shape, [1]))
           ds16 = dsT.astype(dtype)
           if fused:
-            pl.when(t > base)(lambda: wait_other_end(s))
-            par = lax.rem(s, 2)    # dS^T tiles by step parity
+            pl.when(t > first)(lambda: wait_other_end(t))
+            if fused_persistent:   # the previous item's dK / dV stores read these tiles
+              pl.when(t == first)(lambda: plgpu.wait_smem_to_gmem(0, wait_read_only=True))
+            par = lax.rem(t, 2)    # dS^T tiles by step parity
             ds_smem.at[par, wg][...] = ds16
             plgpu.commit_smem()
 
@@ -2158,18 +2166,18 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             # rewritten at step t + 1, after the writer has waited for this consumer's end of
             # step t, i.e. for this product to have read them. The ring slot is released as
             # soon as dV / dK have read it, not after the dQ product and its store.
-            after_issue = lambda: pl.when(t > base)(
-                lambda: previous_dq(s, *prev, release if early else None))
+            after_issue = lambda: pl.when(t > first)(
+                lambda: previous_dq(t, *prev, release if early else None))
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])],
                             after_issue=after_issue)
           if early:
-            pl.when(t == base)(release)
+            pl.when(t == first)(release)
           else:
             release()
           if prefetch is not None:
             pl.when(t == base)(prefetch)
           if fused:
-            plgpu.barrier_arrive(pair.at[lax.rem(s, 2)])   # my end of step t
+            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
             return dk, dv, (i, h)
           return dk, dv, prev
         dk, dv, prev = _walk(sections, step, (dk, dv, prev))
@@ -2187,20 +2195,35 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       if prefetch is not None:
         pl.when(end == base)(prefetch)
       if fused:   # the last step's dQ, then the final meeting as "step end"
-        s_end = end + pair0
-
         @pl.when(end > base)
         def _():
-          wait_other_end(s_end)
-          previous_dq(s_end, *prev)
-        plgpu.barrier_arrive(pair.at[lax.rem(s_end, 2)])
-        plgpu.barrier_wait(pair.at[lax.rem(s_end, 2)])
+          wait_other_end(end)
+          previous_dq(end, *prev)
+        plgpu.barrier_arrive(pair.at[lax.rem(end, 2)])
+        plgpu.barrier_wait(pair.at[lax.rem(end, 2)])
       if after_meeting is not None:
         after_meeting()
       sl = kv_rows(b, kvh, ci)
-      if fused_persistent:   # the K / V buffer is taking the next item's K / V already
-        dk_ref.at[sl][...] = (dk * st.scale).astype(dtype)
-        dv_ref.at[sl][...] = dv.astype(dtype)
+      if fused_persistent:
+        # The K / V buffer is taking the next item's K / V already: dK / dV go out through
+        # this consumer's two dS^T tiles (no product reads them after the meeting), bq columns
+        # at a time - at D = 128 in two rounds (dK, then dV once dK's stores have read SMEM).
+        # The next item's first step waits for the last round's reads before its dS^T store.
+        pieces = [(x[:, c0:c0 + bq] if D > bq else x, ref, c0)
+                  for x, ref in (((dk * st.scale).astype(dtype), dk_ref),
+                                 (dv.astype(dtype), dv_ref))
+                  for c0 in range(0, D, bq)]
+        pl.when(end == base)(   # a zero-step item: no first step waited for the last stores
+            lambda: plgpu.wait_smem_to_gmem(0, wait_read_only=True))
+        for r in range(0, len(pieces), 2):
+          if r:
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          for j, (x, _, _) in enumerate(pieces[r:r + 2]):
+            ds_smem.at[j, wg][...] = x
+          plgpu.commit_smem()
+          for j, (_, ref, c0) in enumerate(pieces[r:r + 2]):
+            plgpu.copy_smem_to_gmem(ds_smem.at[j, wg],
+                                    ref.at[b, sl[1], kvh, pl.ds(c0, bq)] if D > bq else ref.at[sl])
         return end
       ks[...] = (dk * st.scale).astype(dtype)
       vs[...] = dv.astype(dtype)
@@ -2266,7 +2289,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             def next_kv():   # into the one K / V buffer, freed by the final meeting
               has_next, nxt = following()
               pl.when(has_next)(lambda: load_kv(*nxt, wg))
-            return consume(*bhc, wg, base, None, pair0=p, after_meeting=next_kv)
+            return consume(*bhc, wg, base, None, after_meeting=next_kv)
           buf = lax.rem(p, 2)
 
           def prefetch():
