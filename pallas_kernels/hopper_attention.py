@@ -160,7 +160,7 @@ class HopperConfig:
   fused_registers: tuple = (240, 24)
   # forward: persistent CTAs. A 1-D grid of `persistent_ctas` CTAs (default: the GPU's SM
   # count, 132 where it cannot be read) each loops over the (head, q tile, batch) work items
-  # cta, cta + n_ctas, ... (in the order of the non-persistent grid), so that the K/V ring, the
+  # cta, cta + n_ctas, ... (`_fwd_work_item`'s order), so that the K/V ring, the
   # ping-pong and the producer run on across tiles: the next tile's K/V stream in while the
   # consumers finish the current one, its Q is prefetched into a second Q buffer, and the
   # O / lse stores are not awaited before the next tile. Costs a second Q buffer (2*64*D*2
@@ -206,13 +206,19 @@ class HopperConfig:
   # is the default for short causal calls (`default_config`); off otherwise.
   dkv_persistent: bool = False
   # backward: the fused kernel persistent (`persistent_ctas` CTAs over its (b, KV head, KV
-  # tile) work items; with `persistent_dynamic` from the dynamic scheduler), against the ~4.5
-  # us each of its CTAs spends outside its walk (K / V wait, epilogue, launch gap: sixteenth
-  # session, NOTES.md Hopper v19). A second K / V buffer does not fit beside the fused kernel's
-  # dS^T and dQ tiles, so the next item's K / V are loaded into the same buffer once the
-  # consumers' final meeting has seen every product that reads it done, and dK / dV are stored
-  # from registers straight to GMEM (no SMEM staging) while that load is in flight; the Q / dO
-  # ring and the producer run on across items. Only the fused backward reads it.
+  # tile) work items; with `persistent_dynamic` from the dynamic scheduler), against the time
+  # each of its CTAs spends outside its walk (K / V wait, epilogue, launch gap: ~8% of the
+  # kernel on short walks). A second K / V buffer does not fit beside the fused kernel's dS^T
+  # and dQ tiles, so the next item's K / V are loaded into the same buffer once the consumers'
+  # final meeting has seen every product that reads it done, and dK / dV leave through each
+  # consumer's two dS^T tiles while that load is in flight; the Q / dO ring and the producer
+  # run on across items (see `_dkv_call`). Only the fused backward has it: a call naming
+  # another backward refuses it (with no config given, the default's is dropped). Seventeenth
+  # session (NOTES.md Hopper v20): per-item clock stamps show the K / V wait and the launch
+  # gap gone, and dense walks as fast, so `default_config` gives it to dense calls of up to
+  # _PERSISTENT_MAX_KV keys and queries; but with masked steps (causal, window, documents) the
+  # walks ran 8-24% slower in its code (more live state: a window spilled), so those keep the
+  # non-persistent kernel.
   fused_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
@@ -251,6 +257,9 @@ class HopperConfig:
       if 2 * split[0] + split[1] > 504 or min(split) < 24 or any(x % 8 for x in split):
         raise ValueError(f"{name} {split}: each a multiple of 8, >= 24, and "
                          "2 * consumer + producer <= 504 (168 registers x 3 warpgroups)")
+    if self.fused_persistent and _mosaic_bwd_switches(self):
+      raise ValueError(f"fused_persistent (the fused backward) excludes "
+                       f"{_mosaic_bwd_switches(self)} (switches of the two-kernel backward)")
     if self.persistent_ctas is not None and (isinstance(self.persistent_ctas, bool) or
                                              not isinstance(self.persistent_ctas, int) or
                                              self.persistent_ctas < 1):
@@ -306,6 +315,12 @@ _DYNAMIC_MAX_BAND = 2048
 # a short causal call walk 1-16 query blocks: the fused kernel's ~4.5 us per CTA outside its
 # walk weighs most there, and the persistent kernel has none of it.
 _SHORT_CAUSAL_BWD = dict(dkv_persistent=True)
+# ...and dense calls (`uniform_tiles`) of up to _PERSISTENT_MAX_KV keys and queries the
+# persistent fused backward (`HopperConfig.fused_persistent`, static split: every item walks
+# the same query blocks). fwd+bwd against the non-persistent fused kernel on the H100
+# (seventeenth session, NOTES.md Hopper v20): dense S=1k 1.046 (static), 1.024-1.076 with the
+# dynamic scheduler over three more A/B calls; <SIZES>.
+_SHORT_DENSE_BWD = dict(fused_persistent=True)
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
@@ -313,7 +328,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
                    q_len: int | None = None) -> HopperConfig:
   """Tiles for `head_dim`. With `kv_len`, the per-call choice:
   * the persistent forward when the kv length is short and `uniform_tiles` (no causal mask,
-    window, segment ids or block mask: every query tile walks every KV block);
+    window, segment ids or block mask: every query tile walks every KV block), and where the
+    query length `q_len` is that short too, the persistent fused backward;
   * the persistent forward with the dynamic scheduler where tiles walk few and unequal KV
     blocks: `short_walks="data"` (segment ids or a block mask: the plain loop, ping-pong per
     tile), `short_walks="band"` (a sliding window whose band spans <= _DYNAMIC_MAX_BAND keys)
@@ -341,6 +357,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
                               overlap_softmax=True, **_OVERLAP_SCHEDULE)
+    if (q_len or kv_len) <= _PERSISTENT_MAX_KV:
+      cfg = dataclasses.replace(cfg, **_SHORT_DENSE_BWD)
   elif short_walks == "data":
     cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True)
   elif short_walks == "band" or (static_ranges and kv_len <= _PERSISTENT_MAX_KV):
@@ -978,9 +996,11 @@ def _ring_tile(bhc, cnt, plan, kv_head, stages: int, sparse: bool, load_step):
 
 def _fwd_work_item(st: _Static, w, n_tiles: int):
   """Work item `w` of the persistent forward and of the persistent dQ kernel (same grid) ->
-  (b, h, ci), numbered in the order the non-persistent grid (`_grid`) launches its CTAs:
-  heads fastest (or tiles, with `cfg.tiles_fastest`), then batch; causal tiles reversed
-  (longest rows first)."""
+  (b, h, ci): heads fastest (or tiles, with `cfg.tiles_fastest`), then batch - the
+  non-persistent grid's axes in Python order, not the order the hardware launches that grid
+  in (see `_grid`); causal tiles reversed (longest rows first). Seventeenth session: the
+  hardware's order (batch fastest, heads slowest) measured slower for the documents forward
+  (0.83x) and no faster elsewhere (NOTES.md Hopper v20)."""
   N = st.N
   if st.cfg.tiles_fastest:
     ci, rest = lax.rem(w, n_tiles), lax.div(w, n_tiles)
@@ -994,10 +1014,9 @@ def _fwd_work_item(st: _Static, w, n_tiles: int):
 
 
 def _dkv_work_item(st: _Static, w, n_tiles: int):
-  """Work item `w` of the persistent dK/dV kernel -> (b, kv head, ci), in the order of its
-  non-persistent grid (`_grid` over KV heads and KV tiles): heads fastest (or tiles, with
-  `cfg.tiles_fastest`), then batch. Causal tiles keep their order: KV tile 0 has the most
-  query blocks."""
+  """Work item `w` of the persistent dK/dV kernel and of the persistent fused backward ->
+  (b, kv head, ci): heads fastest (or tiles, with `cfg.tiles_fastest`), then batch, as
+  `_fwd_work_item`. Causal tiles keep their order: KV tile 0 has the most query blocks."""
   K = st.K
   if st.cfg.tiles_fastest:
     ci, rest = lax.rem(w, n_tiles), lax.div(w, n_tiles)
@@ -1922,7 +1941,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   heads, head by head, streamed by the producer through the Q / dO / lse / delta ring.
 
   Persistent (`cfg.dkv_persistent`, not fused; see `_dkv_persistent`): `n_ctas` CTAs loop over
-  the (b, KV head, KV tile) work items (`_dkv_work_item`, the grid's order) from the static
+  the (b, KV head, KV tile) work items (`_dkv_work_item`'s order) from the static
   split or the dynamic scheduler (`cfg.persistent_dynamic`), as the persistent forward does:
   * the ring counts steps over the whole CTA (`base`: the earlier items' steps), so the
     producer streams the next item's query blocks while the consumers finish the current one;
@@ -2493,7 +2512,14 @@ def _batch_folded(call, st: _Static, *arrays):
 
 
 def _grid(st: _Static, heads: int, tiles: int, tile_name: str):
-  """(grid, names): heads fastest (default) or tiles fastest (`cfg.tiles_fastest`)."""
+  """(grid, names): heads first (default) or tiles first (`cfg.tiles_fastest`), batch last.
+
+  Mosaic GPU reverses the grid onto blockIdx (the last axis is x), so the hardware launches
+  the CTAs batch fastest, then the middle axis, the first axis slowest: by default a head's
+  tiles of every batch row together. Per-CTA clock stamps confirmed it (seventeenth session,
+  NOTES.md Hopper v20). The persistent kernels' work items (`_fwd_work_item`,
+  `_dkv_work_item`) are numbered the other way round (first axis fastest); items in the
+  hardware's order measured no better (same notes)."""
   if st.cfg.tiles_fastest:
     return (tiles, heads, st.B), (tile_name, "heads", "batch")
   return (heads, tiles, st.B), ("heads", tile_name, "batch")
@@ -2919,6 +2945,12 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):
     raise ValueError(f"backward must be 'mosaic', 'fused' or 'xla', got {backward!r}")
+  if backward != "fused" and cfg.fused_persistent:
+    if config is not None:
+      raise ValueError(f"the {backward!r} backward (named, or what this call falls back to) "
+                       "cannot honour HopperConfig fused_persistent (a switch of the fused "
+                       "backward); use backward='fused' or drop it")
+    cfg = dataclasses.replace(cfg, fused_persistent=False)   # the default's, with its backward
   if backward == "fused" and not _fused_fits(cfg, D0, seg_ids is not None):
     need = _fused_smem_bytes(cfg, D, 2, seg_ids is not None)
     dims = f"head_dim {D0}" + (f" (padded to {D})" if D != D0 else "")

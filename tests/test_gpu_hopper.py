@@ -649,6 +649,19 @@ def test_default_short_causal_calls(D):
 
 
 @requires_hopper
+@pytest.mark.parametrize("D", [64, 128])
+def test_default_short_dense_calls(D):
+  """Dense calls of up to 1024 keys and queries: by default the persistent fused backward
+  (static split; seventeenth session): GQA, ragged lengths, T != S, f16; and the named
+  two-kernel backward, which drops the switch."""
+  cfg = ha.default_config(D, 1000, uniform_tiles=True)
+  assert cfg.fused_persistent and ha.default_backward(D, config=cfg) == "fused"
+  check_backward(4, 900, 1000, 4, 2, D, jnp.bfloat16)
+  check_backward(2, 1024, 1024, 4, 4, D, jnp.float16)
+  check_backward(3, 333, 517, 8, 2, D, jnp.bfloat16, backward="mosaic")
+
+
+@requires_hopper
 def test_bwd_schedule_barrier():
   """The backward kernels' ping-pong (HopperConfig(bwd_schedule_barrier=True): dQ and dK/dV;
   off by default: slower on the H100): GQA head loop + causal + offset + ragged, documents

@@ -415,6 +415,54 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(8192, backward="xla") == "xla"
 
 
+def test_default_short_dense_persistent_fused_backward():
+  """Dense calls of up to 1024 keys and queries get the persistent fused backward
+  (seventeenth session); masked ones, longer ones and many queries on few keys do not; a
+  call naming another backward drops it from the default config and refuses it from its own;
+  a config cannot ask for it together with a two-kernel switch."""
+  short_dense = ha.default_config(128, 1024, uniform_tiles=True)
+  assert short_dense.fused_persistent and short_dense.persistent
+  assert not short_dense.persistent_dynamic   # equal walks: the static split
+  assert ha.default_config(64, 512, uniform_tiles=True).fused_persistent
+  for cfg in (ha.default_config(128, 2048, uniform_tiles=True),
+              ha.default_config(128, 1024, uniform_tiles=True, q_len=4096),
+              ha.default_config(128, 1024, static_ranges=True),
+              ha.default_config(128, 1024, short_walks="band"),
+              ha.default_config(128, 1024, short_walks="data"), ha.default_config(128),
+              ha.default_config(256, 1024, uniform_tiles=True)):
+    assert not cfg.fused_persistent, cfg
+  assert ha.default_backward(128, config=short_dense) == "fused"
+
+  def prepared(S=1024, T=None, D=128, **kw):
+    out = []
+
+    def f(q, k, v):
+      st, bwd = ha._prepare(q, k, v, **kw)[:2]
+      out.append((bwd, st.cfg))
+      return q
+    q = jax.ShapeDtypeStruct((1, T or S, 2, D), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, S, 1, D), jnp.bfloat16)
+    jax.eval_shape(f, q, kv, kv)
+    return out.pop()
+  bwd, cfg = prepared()
+  assert bwd == "fused" and cfg == short_dense
+  assert not prepared(T=4096)[1].fused_persistent
+  assert not prepared(is_causal=True)[1].fused_persistent
+  for named in ("mosaic", "xla"):
+    bwd, cfg = prepared(backward=named)
+    assert bwd == named and cfg == dataclasses.replace(short_dense, fused_persistent=False)
+    with pytest.raises(ValueError, match=f"'{named}' backward.*cannot honour.*fused_persistent"):
+      prepared(backward=named, config=ha.HopperConfig(fused_persistent=True))
+  # ...or what the call falls back to (a block mask takes the two-kernel backward)
+  from pallas_kernels import from_dense
+  with pytest.raises(ValueError, match="'mosaic' backward.*fused_persistent"):
+    prepared(config=ha.HopperConfig(fused_persistent=True),
+             block_sparsity=from_dense(np.ones((1, 1, 1024, 1024), bool), 128, 128))
+  for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):
+    with pytest.raises(ValueError, match=f"fused_persistent.*excludes.*{flag}"):
+      ha.HopperConfig(fused_persistent=True, **{flag: True})
+
+
 def test_fused_backward_in_interpret_mode_needs_the_scheduler_flag_for_masks(monkeypatch):
   # without it the interpreted kernel would hang on masked calls (see _dkv_call): refused at
   # trace time, naming the flag; with it (conftest.py sets it on CPU machines) traced
@@ -1434,8 +1482,8 @@ def test_dkv_persistent_config():
   assert not ha._dkv_persistent(dataclasses.replace(dyn, bwd_stages=3), 128, 2)
   # the other kernels' switches do not turn it on
   assert not ha._dkv_persistent(ha.HopperConfig(persistent=True, bwd_persistent=True), 64, 2)
-  # the item order is the non-persistent grid's (KV heads fastest, then KV tiles, then batch;
-  # tiles first with tiles_fastest), causal calls included
+  # the item order: the non-persistent grid's axes in Python order (KV heads fastest, then KV
+  # tiles, then batch; tiles first with tiles_fastest), causal calls included
   import jax.numpy as jnp
   st = dataclasses.replace(_st(384, 384, True, 0, 0, None, None), B=2, K=3)
   got = [tuple(int(x) for x in ha._dkv_work_item(st, jnp.int32(w), 3)) for w in range(18)]
@@ -1472,8 +1520,9 @@ def test_persistent_config():
   assert ha._fwd_smem_bytes(dataclasses.replace(ha.default_config(256), persistent=True), 256, 2,
                             persistent=True) > ha._SMEM_LIMIT
   assert ha._fwd_persistent(ha.HopperConfig(block_kv=64, stages=1, persistent=True), 256, 2)
-  # the work-item order is the non-persistent grid's: heads fastest, then tiles, then batch
-  # (causal: tiles reversed); tiles first with tiles_fastest
+  # the work-item order: the non-persistent grid's axes in Python order (heads fastest, then
+  # tiles, then batch; not the hardware's launch order, see `_grid`; causal: tiles reversed);
+  # tiles first with tiles_fastest
   import jax.numpy as jnp
   st = _st(384, 384, False, 0, 0, None, None)
   st = dataclasses.replace(st, B=2, N=3)
