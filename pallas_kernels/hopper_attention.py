@@ -215,10 +215,11 @@ class HopperConfig:
   # run on across items (see `_dkv_call`). Only the fused backward has it: a call naming
   # another backward refuses it (with no config given, the default's is dropped). Seventeenth
   # session (NOTES.md Hopper v20): per-item clock stamps show the K / V wait and the launch
-  # gap gone, and dense walks as fast, so `default_config` gives it to dense calls of up to
-  # _PERSISTENT_MAX_KV keys and queries; but with masked steps (causal, window, documents) the
-  # walks ran 8-24% slower in its code (more live state: a window spilled), so those keep the
-  # non-persistent kernel.
+  # gap gone and dense walks as fast, so `default_config` gives it (with the dynamic
+  # scheduler) to dense calls of up to _PERSISTENT_MAX_KV keys and queries: fwd+bwd +1-8%.
+  # With masked steps (causal, window, documents) the walks ran 8-24% slower in its code
+  # (ptxas spills loop-invariant addresses it keeps live across the loop over items) and
+  # fwd+bwd measured 0.91-0.99, so those keep the non-persistent kernel.
   fused_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
@@ -316,11 +317,13 @@ _DYNAMIC_MAX_BAND = 2048
 # walk weighs most there, and the persistent kernel has none of it.
 _SHORT_CAUSAL_BWD = dict(dkv_persistent=True)
 # ...and dense calls (`uniform_tiles`) of up to _PERSISTENT_MAX_KV keys and queries the
-# persistent fused backward (`HopperConfig.fused_persistent`, static split: every item walks
-# the same query blocks). fwd+bwd against the non-persistent fused kernel on the H100
-# (seventeenth session, NOTES.md Hopper v20): dense S=1k 1.046 (static), 1.024-1.076 with the
-# dynamic scheduler over three more A/B calls; <SIZES>.
-_SHORT_DENSE_BWD = dict(fused_persistent=True)
+# persistent fused backward (`HopperConfig.fused_persistent`) with the dynamic scheduler (which
+# the forward then uses too). fwd+bwd on the H100, dense S=1k (seventeenth session, NOTES.md
+# Hopper v20): against the non-persistent fused kernel 1.076, 1.035, 1.024, and 1.030 / 1.009
+# against the static split, which itself measured 1.046, 0.993 and 1.000 against it; the
+# forward with the dynamic scheduler 0.976-1.022 (five readings). Small, but every reading of
+# the dynamic variant was up.
+_SHORT_DENSE_BWD = dict(fused_persistent=True, persistent_dynamic=True)
 
 
 def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: bool = False,
@@ -1954,6 +1957,15 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     read SMEM (`wait_smem_to_gmem(0, wait_read_only=True)`); all stores are awaited at the
     end of the CTA.
 
+  Persistent fused (`cfg.fused_persistent`): the same item loop, with one K / V buffer per
+  consumer (a second does not fit beside the dS^T and dQ tiles): the next item's K / V are
+  loaded into it right after the item's final meeting (every product that reads K / V done),
+  and dK / dV leave through the consumer's two dS^T tiles (bq columns each: at D = 128 dK,
+  then dV once dK's stores have read SMEM); the next item's first step waits for those reads
+  before its dS^T store. The pair barriers keep counting ring steps across items: the meeting
+  and the next item's first step arrive on the same barrier, and neither consumer can arrive
+  twice before the other has passed the meeting.
+
   fused: the step's query block also gets its dQ_blk = dS @ K: both consumers store their
   dS^T tile (bf16, double-buffered by step parity) into SMEM, and each computes half of
   dQ_blk's columns from both tiles (wgmma with a transposed A from SMEM) and adds it into an
@@ -2036,13 +2048,15 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     def kv_rows(b, kvh, ci):   # this consumer's keys of KV tile ci
       return (b, pl.ds(ci * (2 * bkv) + wg * bkv, bkv), kvh)
 
-    def load_kv(b, kvh, ci, kb):
-      """This consumer's K / V (+ key side values) of KV tile ci -> buffer kb, on kv_bar[wg]."""
+    def load_kv(b, kvh, ci, kb, z=0):
+      """This consumer's K / V (+ key side values) of KV tile ci -> buffer kb, on kv_bar[wg]
+      (z: an opaque zero, see `consume`)."""
       sl = kv_rows(b, kvh, ci)
-      plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[kb], kv_bar.at[wg])
-      plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[kb], kv_bar.at[wg])
+      bar = kv_bar.at[wg + z]
+      plgpu.copy_gmem_to_smem(k_ref.at[sl], k_smem.at[kb], bar)
+      plgpu.copy_gmem_to_smem(v_ref.at[sl], v_smem.at[kb], bar)
       for ref, sm, hb in zip(kvside_refs, kvside_smem, kv_sides):
-        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), sl[1]], sm.at[kb], kv_bar.at[wg])
+        plgpu.copy_gmem_to_smem(ref.at[_side_row(hb, b), sl[1]], sm.at[kb], bar)
 
     def consume(b, kvh, ci, kb, base, prefetch, after_meeting=None):
       """A consumer's part of work item (b, kvh, ci) once its K / V load is issued into
@@ -2050,9 +2064,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       through the K / V buffer and TMA-stored (not awaited) -> base + the item's steps.
       prefetch: None, or what to run once at the end of the item's first step (after the
       walk if it has none).
-      fused: after_meeting: run once the final meeting has seen both consumers' products
-      done (the persistent kernel's next K / V load into this buffer; dK / dV then go out
-      through the dS^T tiles). The next item's first step arrives on the barrier of the
+      fused: after_meeting(z): run once the final meeting has seen both consumers' products
+      done, with an opaque zero z (the persistent kernel's next K / V load into this buffer;
+      dK / dV then go out through the dS^T tiles). The next item's first step arrives on the barrier of the
       meeting again (both are "step end" in pair-barrier terms): each consumer still waits
       every phase of both barriers in order - the first step waits none (no previous dQ) and
       the second waits the first's - and neither can arrive twice before the other has seen
@@ -2220,8 +2234,13 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           previous_dq(end, *prev)
         plgpu.barrier_arrive(pair.at[lax.rem(end, 2)])
         plgpu.barrier_wait(pair.at[lax.rem(end, 2)])
+      # persistent fused: what follows the walk indexes its shared memory with an opaque zero
+      # made here, so that LLVM computes those addresses here rather than hoisting them out of
+      # the loop over items, where they would stay live across every walk (the window cell's
+      # kernel spilled 144 bytes without it, against 48 non-persistent)
+      ze = _opaque_zero(st) if fused_persistent else 0
       if after_meeting is not None:
-        after_meeting()
+        after_meeting(ze)
       sl = kv_rows(b, kvh, ci)
       if fused_persistent:
         # The K / V buffer is taking the next item's K / V already: dK / dV go out through
@@ -2238,10 +2257,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
           if r:
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
           for j, (x, _, _) in enumerate(pieces[r:r + 2]):
-            ds_smem.at[j, wg][...] = x
+            ds_smem.at[j + ze, wg][...] = x
           plgpu.commit_smem()
           for j, (_, ref, c0) in enumerate(pieces[r:r + 2]):
-            plgpu.copy_smem_to_gmem(ds_smem.at[j, wg],
+            plgpu.copy_smem_to_gmem(ds_smem.at[j + ze, wg],
                                     ref.at[b, sl[1], kvh, pl.ds(c0, bq)] if D > bq else ref.at[sl])
         return end
       ks[...] = (dk * st.scale).astype(dtype)
@@ -2305,9 +2324,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
         def tile(p, bhc, base, following):   # local item p: (b, kvh, ci) (see schedule)
           if fused:
-            def next_kv():   # into the one K / V buffer, freed by the final meeting
+            def next_kv(z):   # into the one K / V buffer, freed by the final meeting
               has_next, nxt = following()
-              pl.when(has_next)(lambda: load_kv(*nxt, wg))
+              pl.when(has_next)(lambda: load_kv(*nxt, wg + z, z))
             return consume(*bhc, wg, base, None, after_meeting=next_kv)
           buf = lax.rem(p, 2)
 

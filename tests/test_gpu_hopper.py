@@ -652,7 +652,7 @@ def test_default_short_causal_calls(D):
 @pytest.mark.parametrize("D", [64, 128])
 def test_default_short_dense_calls(D):
   """Dense calls of up to 1024 keys and queries: by default the persistent fused backward
-  (static split; seventeenth session): GQA, ragged lengths, T != S, f16; and the named
+  (dynamic scheduler; seventeenth session): GQA, ragged lengths, T != S, f16; and the named
   two-kernel backward, which drops the switch."""
   cfg = ha.default_config(D, 1000, uniform_tiles=True)
   assert cfg.fused_persistent and ha.default_backward(D, config=cfg) == "fused"

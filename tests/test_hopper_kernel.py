@@ -422,7 +422,7 @@ def test_default_short_dense_persistent_fused_backward():
   a config cannot ask for it together with a two-kernel switch."""
   short_dense = ha.default_config(128, 1024, uniform_tiles=True)
   assert short_dense.fused_persistent and short_dense.persistent
-  assert not short_dense.persistent_dynamic   # equal walks: the static split
+  assert short_dense.persistent_dynamic   # measured faster than the static split
   assert ha.default_config(64, 512, uniform_tiles=True).fused_persistent
   for cfg in (ha.default_config(128, 2048, uniform_tiles=True),
               ha.default_config(128, 1024, uniform_tiles=True, q_len=4096),
