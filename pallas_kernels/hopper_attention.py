@@ -2074,9 +2074,10 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       head_walk, _, _ = plan(b, kvh, ci)
       kv_base = ci * (2 * bkv) + wg * bkv
       # The item's first ring step, where the fused kernel has no previous dQ: a Python 0
-      # when not persistent, as before the persistent kernel (jax 0.11.2 failed to lower the
-      # non-persistent kernel's steps compared with the traced base: "Shaped arrays must be
-      # represented by ir.Values, got: 0")
+      # when not persistent, as before the persistent kernel. A first version that compared
+      # the non-persistent kernel's steps with the traced base (and added a zero offset to
+      # them) failed to lower on jax 0.11.2 ("Shaped arrays must be represented by
+      # ir.Values, got: 0"; seventeenth session, call 1); jax 0.10.2 lowered it.
       first = base if persistent else 0
       ks, vs = k_smem.at[kb], v_smem.at[kb]
       plgpu.barrier_wait(kv_bar.at[wg])

@@ -1399,60 +1399,24 @@ PERSISTENT_DKV_CASES = {
 
 
 # The persistent fused backward (HopperConfig(fused_persistent=True, persistent_ctas=n)): the
-# same items as above through the fused kernel - one K / V buffer reloaded after each item's
-# final meeting, dK / dV stored from registers, the pair barriers counting one meeting per
-# item on top of the ring's steps. Race detector on.
-def _fusedcase(ctas, **kw):
-  return _case(fused_persistent=True, persistent_ctas=ctas, races=True, grad="fused",
-               dtype="bfloat16", **kw)
-
-
+# same items through the fused kernel - one K / V buffer per consumer reloaded after each
+# item's final meeting, dK / dV staged through the dS^T tiles, the pair barriers counting ring
+# steps across items (3-slot ring: items start mid-ring, so parities cross items) - plus a
+# D = 128 case (both consumers compute dQ columns). Race detector on.
 PERSISTENT_FUSED_CASES = {
-    # causal + q offset + left window, ragged lengths, GQA (the head loop inside an item),
-    # 3-slot ring (items start mid-ring, odd steps per item: pair parities cross items)
-    "causal_gqa_window_ragged": _fusedcase(2, shape=(1, 300, 330, 2, 1, 64), causal=True,
-                                           q_offset=40, window=(90, None), bwd_stages=3),
-    "documents_empty_rows": _fusedcase(
-        3, shape=(2, 200, 200, 2, 1, 64), causal=True,
-        seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
-                 kv=_doc_ids(2, 200, [[37, 150], [90]]))),
-    "zero_step_items": _fusedcase(4, shape=(2, 128, 384, 2, 1, 64), causal=True,
-                                  unseen_keys_from=128),
-    # D = 128: both consumers compute dQ columns (dq_parts = 2)
-    "dense_d128": _fusedcase(3, shape=(1, 256, 512, 2, 2, 128), block_kv=128),
-}
+    name: dict(c, dkv_persistent=False, fused_persistent=True, grad="fused")
+    for name, c in PERSISTENT_DKV_CASES.items() if not c.get("bwd_sched")}
+PERSISTENT_FUSED_CASES["dense_d128"] = _case(
+    fused_persistent=True, persistent_ctas=3, races=True, grad="fused", dtype="bfloat16",
+    shape=(1, 256, 512, 2, 2, 128), block_kv=128)
 
 
-@requires_interpret
-@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("name", sorted(PERSISTENT_FUSED_CASES))
-def test_interpret_persistent_fused(name, dynamic):
-  case = dict(PERSISTENT_FUSED_CASES[name], dynamic=dynamic)
-  B, _, S, _, K, D = case["shape"]
+def _check_persistent_case(name, case):
+  """Runs a persistent-backward case (more items than CTAs, not a multiple of them) and checks
+  it against the dense reference, race-free; zero-step items give exactly zero dK / dV."""
+  B, _, S, _, K, _ = case["shape"]
   items = B * K * -(-S // 128)
   assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
-  res = _run_case(case)
-  assert res["races_bwd"] == 0.0, res
-  for key, err in res.items():
-    if not key.startswith("n_"):
-      assert err <= 3e-2, (name, key, err, res)
-  if name.startswith("zero_step_items"):
-    assert res["dkv_unseen"] == 0.0, res
-
-
-@requires_interpret
-@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("name", sorted(PERSISTENT_DKV_CASES))
-def test_interpret_persistent_dkv(name, dynamic):
-  case = dict(PERSISTENT_DKV_CASES[name], dynamic=dynamic)
-  B, _, S, _, K, D = case["shape"]
-  items = B * K * -(-S // 128)
-  assert items > case["persistent_ctas"] and items % case["persistent_ctas"], "uneven split"
-  sides = 1 if "seg" in case else 0   # segment ids: one query and one key side array
-  cfg = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=dynamic,
-                        bwd_stages=case.get("bwd_stages", 2),
-                        bwd_schedule_barrier=case.get("bwd_sched", False))
-  assert ha._dkv_persistent(cfg, D, 2, sides, sides), "the case would run non-persistent"
   res = _run_case(case)
   assert res["races_bwd"] == 0.0, res
   for key, err in res.items():
@@ -1460,6 +1424,27 @@ def test_interpret_persistent_dkv(name, dynamic):
       assert err <= 3e-2, (name, key, err, res)
   if name.startswith("zero_step_items"):   # the keys no query sees get exactly zero gradients
     assert res["dkv_unseen"] == 0.0, res
+
+
+@requires_interpret
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", sorted(PERSISTENT_FUSED_CASES))
+def test_interpret_persistent_fused(name, dynamic):
+  _check_persistent_case(name, dict(PERSISTENT_FUSED_CASES[name], dynamic=dynamic))
+
+
+@requires_interpret
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("name", sorted(PERSISTENT_DKV_CASES))
+def test_interpret_persistent_dkv(name, dynamic):
+  case = dict(PERSISTENT_DKV_CASES[name], dynamic=dynamic)
+  D = case["shape"][-1]
+  sides = 1 if "seg" in case else 0   # segment ids: one query and one key side array
+  cfg = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=dynamic,
+                        bwd_stages=case.get("bwd_stages", 2),
+                        bwd_schedule_barrier=case.get("bwd_sched", False))
+  assert ha._dkv_persistent(cfg, D, 2, sides, sides), "the case would run non-persistent"
+  _check_persistent_case(name, case)
 
 
 def test_dkv_persistent_config():
