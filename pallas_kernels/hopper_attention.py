@@ -50,11 +50,16 @@ GPU) kernel", for the tuning log):
   tile, batch) work items, the K/V ring and the producer carried across tiles, Q and dO
   double-buffered, the next tile's inputs loaded during the current tile's first KV step,
   delta / dQ stores not awaited before the next tile. See `_dq_call`.
-* persistent dK/dV kernel (`HopperConfig(dkv_persistent=True)`, off by default: measured no
-  gain, twelfth session): one CTA per SM looping over the (b, KV head, KV tile) work items,
-  the Q / dO ring carried across items, K / V double-buffered, the next item's K / V loaded
-  during the current one. With `persistent_dynamic` the persistent kernels take their items
-  from a global atomic counter (FA3's scheduler). See `_dkv_call`, `_persistent_schedule`.
+* persistent dK/dV kernel (`HopperConfig(dkv_persistent=True)`; the default for causal calls
+  of up to 1024 keys and queries, sixteenth session): one CTA per SM looping over the (b, KV
+  head, KV tile) work items, the Q / dO ring carried across items, K / V double-buffered, the
+  next item's K / V loaded during the current one. With `persistent_dynamic` the persistent
+  kernels take their items from a global atomic counter (FA3's scheduler). See `_dkv_call`,
+  `_persistent_schedule`.
+* persistent fused backward (`HopperConfig(fused_persistent=True)`; the default for dense
+  calls of up to 1024 keys and queries, seventeenth session): the same item loop with one
+  K / V buffer, reloaded after each item's final meeting; dK / dV leave through the dS^T
+  tiles. See `_dkv_call`.
 * vmap: the kernels launched with a Ref (the dynamic scheduler's counter) run once per
   element; the fused backward folds the mapped axis into the batch (`_batch_folded`).
 
