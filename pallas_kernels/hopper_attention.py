@@ -2071,11 +2071,11 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       walk if it has none).
       fused: after_meeting(z): run once the final meeting has seen both consumers' products
       done, with an opaque zero z (the persistent kernel's next K / V load into this buffer;
-      dK / dV then go out through the dS^T tiles). The next item's first step arrives on the barrier of the
-      meeting again (both are "step end" in pair-barrier terms): each consumer still waits
-      every phase of both barriers in order - the first step waits none (no previous dQ) and
-      the second waits the first's - and neither can arrive twice before the other has seen
-      the meeting, which it must pass first."""
+      dK / dV then go out through the dS^T tiles). The next item's first step arrives on the
+      barrier of the meeting again (both are "step end" in pair-barrier terms): each consumer
+      still waits every phase of both barriers in order - the first step waits none (no
+      previous dQ) and the second waits the first's - and neither can arrive twice before the
+      other has seen the meeting, which it must pass first."""
       head_walk, _, _ = plan(b, kvh, ci)
       kv_base = ci * (2 * bkv) + wg * bkv
       # The item's first ring step, where the fused kernel has no previous dQ: a Python 0
@@ -2457,9 +2457,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
 
 def _launch_with_ref(body, operands, ref, out_type, scratch, grid, names, params):
   """plgpu.kernel for a body that also gets a mutable `jax.Ref` operand (or a tuple of them),
-  passed right after `operands` (aliased in and out). plgpu.kernel's custom_vmap wrapper does not accept Refs, so
-  this goes one level down, to `pl.kernel` over a `plgpu.Mesh` (what plgpu.kernel itself
-  calls); that has no vmap rule (see `_kernel_with_ref`)."""
+  passed right after `operands` (aliased in and out). plgpu.kernel's custom_vmap wrapper does
+  not accept Refs, so this goes one level down, to `pl.kernel` over a `plgpu.Mesh` (what
+  plgpu.kernel itself calls); that has no vmap rule (see `_kernel_with_ref`)."""
   a = _api()
   pl, plgpu = a["pl"], a["plgpu"]
 
