@@ -56,8 +56,8 @@ def test_bench_hopper_table_prints_the_example_rows(capsys):
 def test_call_config_is_what_each_cell_runs():
   """`ab.py --variant-base call` starts a cell's variants from `bench_hopper.call_config`: the
   config the call picks by itself (NOTES.md: the dynamic persistent forward on documents /
-  windows / causal 1k, the static persistent one on dense 1k, the overlap with 240 / 24
-  registers from S=4k)."""
+  windows / causal 1k, and on dense 1k with the persistent fused backward (seventeenth
+  session), the overlap with 240 / 24 registers from S=4k)."""
   from bench_hopper import call_config
   from pallas_kernels.hopper_attention import default_config
   docs, window = call_config("docs", 2, 8192), call_config("window", 2, 8192)
@@ -65,7 +65,7 @@ def test_call_config_is_what_each_cell_runs():
   assert window.persistent_dynamic and window.overlap_softmax
   assert call_config("causal", 16, 1024).persistent_dynamic
   dense1k = call_config("dense", 16, 1024)
-  assert dense1k.persistent and not dense1k.persistent_dynamic
+  assert dense1k.persistent and dense1k.persistent_dynamic and dense1k.fused_persistent
   dense4k = call_config("dense", 4, 4096)
   assert not dense4k.persistent and dense4k.consumer_registers == 240
   assert dense4k != default_config(128)

@@ -255,14 +255,17 @@ def test_mask_functions_are_evaluated_without_not():
 
 
 def test_default_config_persistent_and_overlap_rules(monkeypatch):
-  # The rules measured on the H100 (NOTES, Hopper v5 and v13): the static persistent forward
-  # for short kv lengths when every tile walks the same blocks; the dynamic scheduler where
-  # tiles walk few, unequal blocks (segment ids / block masks, short-band windows, causal up
-  # to 1k); the non-persistent grid for long dense / causal calls.
+  # The rules measured on the H100 (NOTES, Hopper v5, v13 and v20): the persistent forward
+  # for short kv lengths when every tile walks the same blocks (static split; with the
+  # dynamic scheduler where the query length is short too, which also takes the persistent
+  # fused backward); the dynamic scheduler where tiles walk few, unequal blocks (segment ids /
+  # block masks, short-band windows, causal up to 1k); the non-persistent grid for long dense
+  # / causal calls.
   dyn = lambda c: c.persistent and c.persistent_dynamic
-  assert ha.default_config(128, 1024, uniform_tiles=True).persistent
-  assert not ha.default_config(128, 1024, uniform_tiles=True).persistent_dynamic
-  assert ha.default_config(64, 512, uniform_tiles=True).persistent
+  assert dyn(ha.default_config(128, 1024, uniform_tiles=True))
+  assert dyn(ha.default_config(64, 512, uniform_tiles=True))
+  long_q = ha.default_config(128, 1024, uniform_tiles=True, q_len=4096)
+  assert long_q.persistent and not long_q.persistent_dynamic and not long_q.fused_persistent
   assert not ha.default_config(128, 1024).persistent
   assert not ha.default_config(128, 2048, uniform_tiles=True).persistent
   assert not ha.default_config(256, 512, uniform_tiles=True).persistent
@@ -302,7 +305,7 @@ def test_default_config_persistent_and_overlap_rules(monkeypatch):
     return real(cfg, *a, **k)
   monkeypatch.setattr(ha, "_fwd_persistent", spy)
   for S, cases in (
-      (256, [({}, (True, False, True)), (dict(is_causal=True), (True, True, True)),
+      (256, [({}, (True, True, True)), (dict(is_causal=True), (True, True, True)),
              (dict(sliding_window=(64, 64)), (True, True, True)),
              (dict(segment_ids=jnp.zeros((1, 256), jnp.int32)), (True, True, False))]),
       (4096, [({}, (False, False, True)), (dict(is_causal=True), (False, False, True)),
@@ -1427,9 +1430,11 @@ def _check_persistent_case(name, case):
 
 
 @requires_interpret
-@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("name", sorted(PERSISTENT_FUSED_CASES))
+@pytest.mark.parametrize("name,dynamic", [(n, True) for n in sorted(PERSISTENT_FUSED_CASES)]
+                         + [("causal_gqa_window_ragged", False)])
 def test_interpret_persistent_fused(name, dynamic):
+  # every case with the dynamic scheduler (the default's), one with the static split (the
+  # item loop is shared with the persistent dK/dV kernel, whose cases run both)
   _check_persistent_case(name, dict(PERSISTENT_FUSED_CASES[name], dynamic=dynamic))
 
 
