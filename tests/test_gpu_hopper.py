@@ -714,7 +714,7 @@ PERSISTENT_BWD = {
 # stores not awaited. With the dynamic scheduler (the default pairing) and the static split.
 _DKV_DYNAMIC = ha.HopperConfig(dkv_persistent=True, persistent_dynamic=True)
 # The persistent fused backward (HopperConfig(fused_persistent=True)): one K / V buffer reloaded
-# after each item's final meeting, dK / dV stored from registers.
+# after each item's final meeting, dK / dV staged through the dS^T tiles.
 _FUSED_DYNAMIC = ha.HopperConfig(fused_persistent=True, persistent_dynamic=True)
 
 

@@ -170,8 +170,8 @@ CASES = {
     "dkv_persistent_window_f16_d64": ((1, 700, 900, 4, 2, 64, jnp.float16),
                                       dict(sliding_window=(100, 30), kv_offset=300,
                                            config=DKV_PERSISTENT), 1, 3),
-    # the persistent fused backward (HopperConfig(fused_persistent=True)): dK / dV stored
-    # from registers; with the dynamic scheduler its counter is a second Ref operand
+    # the persistent fused backward (HopperConfig(fused_persistent=True)): dK / dV staged
+    # through the dS^T tiles; with the dynamic scheduler its counter is a second Ref operand
     "fused_persistent_causal_gqa_offset_ragged": ((2, 333, 517, 8, 2, 128, jnp.bfloat16),
                                                   dict(is_causal=True, q_offset=184,
                                                        backward="fused",
