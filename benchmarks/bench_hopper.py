@@ -98,15 +98,17 @@ def call_config(kind, B, S):
   return picked[0]
 
 
-def make_variant(kind, B, S, spec=None):
+def make_variant(kind, B, S, spec=None, base="default"):
   """(name, ours) for an ab.py-style variant 'NAME:field=value;...' (`HopperConfig` fields
-  over the plain default config, plus the call's `backward`); None or a spec named 'default'
-  gives the call's own choice of config and backward."""
+  over the plain default config, or with base="call" over the cell's own config, plus the
+  call's `backward`); None or a spec named 'default' gives the call's own choice of config and
+  backward."""
   from bench_common import D, parse_variant
   from pallas_kernels.hopper_attention import default_config
   if spec is None:
     return "default", make("ours", kind, B=B, S=S)
-  name, cfg, extra = parse_variant(spec, default_config(D), ("backward",))
+  cfg0 = call_config(kind, B, S) if base == "call" else default_config(D)
+  name, cfg, extra = parse_variant(spec, cfg0, ("backward",))
   if name == "default":
     cfg = None
   return name, make("ours", kind, config=cfg, backward=extra.get("backward"), B=B, S=S)

@@ -39,7 +39,7 @@ def _child(args):
   from ab import CELLS
   from bench_hopper import inputs, make_variant
   kind, B, S = CELLS[args.cell]
-  name, fn = make_variant(kind, B, S, args.child)
+  name, fn = make_variant(kind, B, S, args.child, args.variant_base)
   q, k, v, do = inputs(B, S)
   print(f"=== {args.cell} {name}: forward", flush=True)
   jax.jit(fn).lower(q, k, v).compile()
@@ -54,6 +54,9 @@ def main():
   ap.add_argument("--variant", action="append", default=[],
                   help="NAME:field=value;... as in ab.py; 'default' (the call's own choice) is "
                        "always reported first")
+  ap.add_argument("--variant-base", choices=("default", "call"), default="default",
+                  help="variants replace fields of the plain default_config (default) or of the "
+                       "cell's own config (call), as ab.py's --variant-base")
   ap.add_argument("--dump", default=None,
                   help="also dump everything Mosaic GPU writes (PTX, SASS, MLIR passes) into "
                        "DIR/<variant> (MOSAIC_GPU_DUMP_TO)")
@@ -67,7 +70,8 @@ def main():
     if args.dump:
       env["MOSAIC_GPU_DUMP_TO"] = os.path.join(args.dump, spec.partition(":")[0])
       os.makedirs(env["MOSAIC_GPU_DUMP_TO"], exist_ok=True)
-    res = subprocess.run([sys.executable, __file__, "--cell", args.cell, "--child", spec],
+    res = subprocess.run([sys.executable, __file__, "--cell", args.cell, "--child", spec,
+                          "--variant-base", args.variant_base],
                          env=env, capture_output=True, text=True, check=False)
     out = res.stdout + res.stderr
     lines = [ln for ln in out.splitlines() if ln.startswith("===") or _KEEP.search(ln)]

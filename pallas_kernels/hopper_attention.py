@@ -223,8 +223,10 @@ class HopperConfig:
   # gap gone and dense walks as fast, so `default_config` gives it (with the dynamic
   # scheduler) to dense calls of up to _PERSISTENT_MAX_KV keys and queries: fwd+bwd +1-8%.
   # With masked steps (causal, window, documents) the walks ran 8-24% slower in its code
-  # (ptxas spills loop-invariant addresses it keeps live across the loop over items) and
-  # fwd+bwd measured 0.91-0.99, so those keep the non-persistent kernel.
+  # and fwd+bwd measured 0.91-0.99, so those keep the non-persistent kernel. ptxas spills
+  # values it keeps live across the loop over items there, but neither fewer spills nor the
+  # static split's smaller shared memory (within the 196 KB carveout) recovered the loss
+  # (NOTES.md Hopper v20, v21).
   fused_persistent: bool = False
   # forward: FA3's intra-warpgroup overlap. Step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}
   # together and waits for S_t only, so the softmax of block t runs while the tensor cores do
@@ -2179,6 +2181,14 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             q_vecs = [_load_vec(st, sm.at[slot], "COL") for sm in qside_smem]
             rows = _iota(st, (bkv, bq), 0)
             cols = _iota(st, (bkv, bq), 1)
+            if not persistent:
+              # The step's opaque zero in the indices too: LLVM then builds them in the step
+              # instead of keeping per-thread index values live across the walk (the window
+              # cell's fused kernel spilled 48 bytes without it, none with it; fwd+bwd
+              # causal 4k +1.6-1.9%, window +0.7-1.5%, documents -0.7 to +0.5%: eighteenth
+              # session, NOTES.md Hopper v21). Not in the persistent kernels: there it
+              # spilled more (window 108 -> 180 bytes) and ran slower.
+              rows, cols = rows + z, cols + z
             # Padded keys need no mask here: their dK / dV rows are sliced off.
             keep = _tile_keep(st, b, h, (bkv, bq), 1, cols + (st.q_off + i * bq),
                               rows + (st.kv_off + kv_base), None, q_vecs, kv_vecs)
