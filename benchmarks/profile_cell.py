@@ -30,13 +30,16 @@ def main():
   ap.add_argument("--impl", choices=("ours", "cudnn"), default="ours")
   ap.add_argument("--what", choices=("fwd", "fwdbwd"), default="fwd")
   ap.add_argument("--variant", default=None, help="NAME:field=value;... as in ab.py (ours)")
+  ap.add_argument("--variant-base", choices=("default", "call"), default="default",
+                  help="the variant's fields replace those of default_config (default) or of "
+                       "the cell's own config (call), as ab.py's --variant-base")
   ap.add_argument("--iters", type=int, default=3)
   args = ap.parse_args()
   import jax
   from ab import CELLS
   from bench_hopper import inputs, make, make_variant
   kind, B, S = CELLS[args.cell]
-  fn = (make_variant(kind, B, S, args.variant)[1] if args.impl == "ours"
+  fn = (make_variant(kind, B, S, args.variant, args.variant_base)[1] if args.impl == "ours"
         else make("cudnn", kind))
   q, k, v, do = inputs(B, S)
   if args.what == "fwd":

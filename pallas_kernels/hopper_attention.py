@@ -193,8 +193,9 @@ class HopperConfig:
   # tiles, Q and dO double-buffered and the next tile's loads (Q, dO, O, lse, dlse, row side
   # values) issued during the current tile, the delta and dQ stores not awaited before the
   # next tile (see `_dq_call`). Applies to the dQ kernel only: the dK/dV kernel has its own
-  # switch (`dkv_persistent`); a call naming the "fused" / "xla" backward refuses it (with
-  # none named, the default is then "mosaic" up to head_dim 128). Where its buffers do not fit
+  # switch (`dkv_persistent`); a call that runs the "fused" / "xla" backward (named, or fallen
+  # back to: head_dim > 128) refuses it (with none named, the default is then "mosaic" up to
+  # head_dim 128). Where its buffers do not fit
   # in shared memory (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel
   # runs non-persistent. Independent of `persistent` (the forward's).
   bwd_persistent: bool = False
@@ -202,7 +203,7 @@ class HopperConfig:
   # its (b, KV head, KV tile) work items; with `persistent_dynamic` from the dynamic
   # scheduler): the Q / dO ring and the producer carried across items, K / V double-buffered
   # and the next item's K / V loaded during the current one, the dK / dV stores not awaited
-  # before the next item (see `_dkv_call`). Not for the fused backward (refused, as
+  # before the next item (see `_dkv_call`). Not for the fused / XLA backward (refused, as
   # `bwd_persistent`). Where its buffers do not fit in shared memory (`_dkv_persistent`) the
   # kernel runs non-persistent. Twelfth session (NOTES.md Hopper v14, before v16's per-step
   # descriptors): fwd+bwd 0.96-1.01 of the non-persistent kernel. Sixteenth (v19): its
@@ -217,8 +218,9 @@ class HopperConfig:
   # and dQ tiles, so the next item's K / V are loaded into the same buffer once the consumers'
   # final meeting has seen every product that reads it done, and dK / dV leave through each
   # consumer's two dS^T tiles while that load is in flight; the Q / dO ring and the producer
-  # run on across items (see `_dkv_call`). Only the fused backward has it: a call naming
-  # another backward refuses it (with no config given, the default's is dropped). Seventeenth
+  # run on across items (see `_dkv_call`). Only the fused backward has it: a call that runs
+  # another one (named, or fallen back to: a block mask, head_dim > 128) refuses it (with no
+  # config given, the default's is dropped). Seventeenth
   # session (NOTES.md Hopper v20): per-item clock stamps show the K / V wait and the launch
   # gap gone and dense walks as fast, so `default_config` gives it (with the dynamic
   # scheduler) to dense calls of up to _PERSISTENT_MAX_KV keys and queries: fwd+bwd +1-8%.
@@ -238,9 +240,9 @@ class HopperConfig:
   # barrier, as the forward does (one consumer's exponentials and dS while the other's
   # products run): two rounds per step, one after S / dP are issued, one before the dQ (dV /
   # dK) products are. Not for the fused backward (its pair barriers would interleave with these
-  # rounds and deadlock): a call naming it refuses the switch. Off: correct on the H100 but 3-7% slower
-  # fwd+bwd in every cell timed (seventh session, NOTES.md Hopper v8) - the backward's
-  # consumers do better running free.
+  # rounds and deadlock): a call that runs it refuses the switch (as `bwd_persistent`). Off:
+  # correct on the H100 but 3-7% slower fwd+bwd in every cell timed (seventh session, NOTES.md
+  # Hopper v8) - the backward's consumers do better running free.
   bwd_schedule_barrier: bool = False
 
   def __post_init__(self):
@@ -401,10 +403,19 @@ def _interpret_flag_set() -> bool:
 
 # HopperConfig switches that only the two-kernel ("mosaic") backward has.
 _MOSAIC_BWD_SWITCHES = ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier")
+# The config switches each backward's kernels own ("xla" owns none).
+_BWD_SWITCHES = {"mosaic": _MOSAIC_BWD_SWITCHES, "fused": ("fused_persistent",)}
 
 
 def _mosaic_bwd_switches(cfg: HopperConfig | None) -> list[str]:
   return [] if cfg is None else [f for f in _MOSAIC_BWD_SWITCHES if getattr(cfg, f)]
+
+
+def _foreign_bwd_switches(cfg: HopperConfig, backward: str) -> dict[str, list[str]]:
+  """{owner backward: its switches `cfg` sets} for the backwards other than `backward`."""
+  found = {owner: [f for f in fields if getattr(cfg, f)]
+           for owner, fields in _BWD_SWITCHES.items() if owner != backward}
+  return {owner: fields for owner, fields in found.items() if fields}
 
 
 def default_backward(head_dim: int, *, block_mask: bool = False, masked: bool = False,
@@ -2948,10 +2959,6 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
       short_walks = "band"
   cfg = config or default_config(D0, S, uniform_tiles=uniform, static_ranges=static,
                                  short_walks=short_walks, q_len=T)
-  if config is None and backward in ("fused", "xla"):
-    # The default config's two-kernel switches come with its default backward; a call that
-    # names another one keeps the rest of that config.
-    cfg = dataclasses.replace(cfg, **{f: False for f in _MOSAIC_BWD_SWITCHES})
   q_side, kv_side = tuple(q_side), tuple(kv_side)
   if block_sparsity is None and (mask_fn is not None or q_side or kv_side):
     raise ValueError("mask_fn / q_side / kv_side need a block_sparsity (without one every "
@@ -2972,20 +2979,22 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
                                         or seg_ids is not None),
                                 interpret=bool(interpret), config=cfg,
                                 segments=seg_ids is not None)
-  elif backward in ("fused", "xla") and _mosaic_bwd_switches(cfg):
-    raise ValueError(f"backward={backward!r} cannot honour HopperConfig "
-                     f"{_mosaic_bwd_switches(cfg)} (switches of the two-kernel backward); "
-                     "use backward='mosaic' or drop them")
   if backward in ("mosaic", "fused") and not bwd_kernel_supports(D0):
     raise NotImplementedError(f"the Mosaic backward supports head_dim <= 128, got {D0}")
   if backward not in ("mosaic", "fused", "xla"):
     raise ValueError(f"backward must be 'mosaic', 'fused' or 'xla', got {backward!r}")
-  if backward != "fused" and cfg.fused_persistent:
-    if config is not None:
-      raise ValueError(f"the {backward!r} backward (named, or what this call falls back to) "
-                       "cannot honour HopperConfig fused_persistent (a switch of the fused "
-                       "backward); use backward='fused' or drop it")
-    cfg = dataclasses.replace(cfg, fused_persistent=False)   # the default's, with its backward
+  # Switches of another backward's kernels than the one this call runs (named, or picked /
+  # fallen back to: a block mask, head_dim > 128): the default config's came with its default
+  # backward and are dropped (the rest of the config is kept); a caller's own are refused
+  # rather than ignored.
+  foreign = _foreign_bwd_switches(cfg, backward)
+  if foreign and config is not None:
+    owners = " / ".join(f"{fields} of the {owner!r} backward" for owner, fields in foreign.items())
+    raise ValueError(f"the {backward!r} backward (named, or what this call falls back to) "
+                     f"cannot honour HopperConfig {owners}; use backward="
+                     f"{next(iter(foreign))!r} or drop them")
+  if foreign:
+    cfg = dataclasses.replace(cfg, **{f: False for fs in foreign.values() for f in fs})
   if backward == "fused" and not _fused_fits(cfg, D0, seg_ids is not None):
     need = _fused_smem_bytes(cfg, D, 2, seg_ids is not None)
     dims = f"head_dim {D0}" + (f" (padded to {D})" if D != D0 else "")

@@ -413,9 +413,27 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   # ...and a call that names another backward with such a switch is refused, not ignored
   for named in ("fused", "xla"):
     for flag in ("bwd_persistent", "dkv_persistent", "bwd_schedule_barrier"):
-      with pytest.raises(ValueError, match=f"backward='{named}' cannot honour.*{flag}"):
+      with pytest.raises(ValueError, match=f"'{named}' backward.*cannot honour.*{flag}.*"
+                                           "'mosaic' backward"):
         backward_of(1024, backward=named, config=ha.HopperConfig(**{flag: True}))
   assert backward_of(8192, backward="xla") == "xla"
+  # ...as is one whose call falls back to another backward (head_dim > 128: the XLA one), while
+  # the default config's switches are dropped there
+  def at_d256(**kw):
+    def f(q, k, v):
+      st, bwd = ha._prepare(q, k, v, is_causal=True, **kw)[:2]
+      seen.append((bwd, st.cfg))
+      return q
+    x = jax.ShapeDtypeStruct((1, 1024, 2, 256), jnp.bfloat16)
+    jax.eval_shape(f, x, x, x)
+    return seen.pop()
+  bwd, cfg = at_d256()
+  assert bwd == "xla" and not ha._mosaic_bwd_switches(cfg) and not cfg.fused_persistent
+  for flag in ("dkv_persistent", "bwd_persistent"):
+    with pytest.raises(ValueError, match=f"'xla' backward \\(named, or what this call falls "
+                                         f"back to\\) cannot honour.*{flag}"):
+      at_d256(config=dataclasses.replace(ha.default_config(256), **{flag: True}))
+  assert at_d256(config=ha.default_config(256))[0] == "xla"   # no switch: fine
 
 
 def test_default_short_dense_persistent_fused_backward():
