@@ -195,9 +195,9 @@ class HopperConfig:
   # next tile (see `_dq_call`). Applies to the dQ kernel only: the dK/dV kernel has its own
   # switch (`dkv_persistent`); a call that runs the "fused" / "xla" backward (named, or fallen
   # back to: head_dim > 128) refuses it (with none named, the default is then "mosaic" up to
-  # head_dim 128). Where its buffers do not fit
-  # in shared memory (`_dq_persistent`: e.g. block-sparse side arrays at D=128) the dQ kernel
-  # runs non-persistent. Independent of `persistent` (the forward's).
+  # head_dim 128). Where its buffers do not fit in shared memory (`_dq_persistent`: e.g.
+  # block-sparse side arrays at D=128) the dQ kernel runs non-persistent. Independent of
+  # `persistent` (the forward's).
   bwd_persistent: bool = False
   # backward: the dK/dV kernel persistent (`persistent_ctas` CTAs, one per SM by default, over
   # its (b, KV head, KV tile) work items; with `persistent_dynamic` from the dynamic
@@ -220,10 +220,10 @@ class HopperConfig:
   # consumer's two dS^T tiles while that load is in flight; the Q / dO ring and the producer
   # run on across items (see `_dkv_call`). Only the fused backward has it: a call that runs
   # another one (named, or fallen back to: a block mask, head_dim > 128) refuses it (with no
-  # config given, the default's is dropped). Seventeenth
-  # session (NOTES.md Hopper v20): per-item clock stamps show the K / V wait and the launch
-  # gap gone and dense walks as fast, so `default_config` gives it (with the dynamic
-  # scheduler) to dense calls of up to _PERSISTENT_MAX_KV keys and queries: fwd+bwd +1-8%.
+  # config given, the default's is dropped). Seventeenth session (NOTES.md Hopper v20):
+  # per-item clock stamps show the K / V wait and the launch gap gone and dense walks as fast,
+  # so `default_config` gives it (with the dynamic scheduler) to dense calls of up to
+  # _PERSISTENT_MAX_KV keys and queries: fwd+bwd +1-8%.
   # With masked steps (causal, window, documents) the walks ran 8-24% slower in its code
   # and fwd+bwd measured 0.91-0.99, so those keep the non-persistent kernel. ptxas spills
   # values it keeps live across the loop over items there, but neither fewer spills nor the
@@ -2990,9 +2990,11 @@ def _prepare(q, k, v, *, scale=None, is_causal=False, q_offset=0, kv_offset=0,
   foreign = _foreign_bwd_switches(cfg, backward)
   if foreign and config is not None:
     owners = " / ".join(f"{fields} of the {owner!r} backward" for owner, fields in foreign.items())
+    owner = next(iter(foreign))
+    runs_owner = bwd_kernel_supports(D0) and not (owner == "fused" and block_sparsity is not None)
     raise ValueError(f"the {backward!r} backward (named, or what this call falls back to) "
-                     f"cannot honour HopperConfig {owners}; use backward="
-                     f"{next(iter(foreign))!r} or drop them")
+                     f"cannot honour HopperConfig {owners}; "
+                     + (f"use backward={owner!r} or drop them" if runs_owner else "drop them"))
   if foreign:
     cfg = dataclasses.replace(cfg, **{f: False for fs in foreign.values() for f in fs})
   if backward == "fused" and not _fused_fits(cfg, D0, seg_ids is not None):

@@ -431,7 +431,7 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert bwd == "xla" and not ha._mosaic_bwd_switches(cfg) and not cfg.fused_persistent
   for flag in ("dkv_persistent", "bwd_persistent"):
     with pytest.raises(ValueError, match=f"'xla' backward \\(named, or what this call falls "
-                                         f"back to\\) cannot honour.*{flag}"):
+                                         f"back to\\) cannot honour.*{flag}.*; drop them"):
       at_d256(config=dataclasses.replace(ha.default_config(256), **{flag: True}))
   assert at_d256(config=ha.default_config(256))[0] == "xla"   # no switch: fine
 
