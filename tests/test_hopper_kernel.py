@@ -254,6 +254,21 @@ def test_mask_functions_are_evaluated_without_not():
   assert "not" not in str(jax.make_jaxpr(lambda *a: rewritten(0, 1, *a, ()))(q, kv, qv))
 
 
+def _resolved(S, T=None, D=128, **kw):
+  """(backward, config) that `_prepare` resolves for a call of T (default S) queries on S keys
+  (2 query heads on 1 KV head, head_dim D), traced from shapes only."""
+  out = []
+
+  def f(q, k, v):
+    st, bwd = ha._prepare(q, k, v, **kw)[:2]
+    out.append((bwd, st.cfg))
+    return q
+  q = jax.ShapeDtypeStruct((1, T or S, 2, D), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, S, 1, D), jnp.bfloat16)
+  jax.eval_shape(f, q, kv, kv)
+  return out.pop()
+
+
 def test_default_config_persistent_and_overlap_rules(monkeypatch):
   # The rules measured on the H100 (NOTES, Hopper v5, v13 and v20): the persistent forward
   # for short kv lengths when every tile walks the same blocks (static split; with the
@@ -357,16 +372,7 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert ha.default_backward(128, interpret=True) == "fused"
   monkeypatch.undo()
   # ...resolved by the call from its own arguments
-  seen = []
-
-  def backward_of(S, interpret=False, **kw):
-    def f(q, k, v):
-      seen.append(ha._prepare(q, k, v, interpret=interpret, **kw)[1])
-      return q
-    q = jax.ShapeDtypeStruct((1, S, 2, 128), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct((1, S, 1, 128), jnp.bfloat16)
-    jax.eval_shape(f, q, kv, kv)
-    return seen.pop()
+  backward_of = lambda S, **kw: _resolved(S, **kw)[0]
   assert backward_of(8192) == "fused"
   assert backward_of(8192, interpret=True) == "fused"
   assert backward_of(8192, is_causal=True) == "fused"
@@ -393,17 +399,7 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(1024, is_causal=True, segment_ids=jnp.zeros((1, 1024), jnp.int32)) == "fused"
   # ...and naming the fused / XLA backward drops the switch from that default config (no
   # refusal: the call asked for no config)
-  cfgs = []
-
-  def named_of(backward):
-    def f(q, k, v):
-      st, bwd = ha._prepare(q, k, v, is_causal=True, backward=backward)[:2]
-      cfgs.append((bwd, st.cfg))
-      return q
-    q = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct((1, 1024, 1, 128), jnp.bfloat16)
-    jax.eval_shape(f, q, kv, kv)
-    return cfgs.pop()
+  named_of = lambda backward: _resolved(1024, is_causal=True, backward=backward)
   for named in ("fused", "xla"):
     bwd, cfg = named_of(named)
     assert bwd == named and not cfg.dkv_persistent
@@ -419,14 +415,7 @@ def test_default_register_split_and_backward_rules(monkeypatch):
   assert backward_of(8192, backward="xla") == "xla"
   # ...as is one whose call falls back to another backward (head_dim > 128: the XLA one), while
   # the default config's switches are dropped there
-  def at_d256(**kw):
-    def f(q, k, v):
-      st, bwd = ha._prepare(q, k, v, is_causal=True, **kw)[:2]
-      seen.append((bwd, st.cfg))
-      return q
-    x = jax.ShapeDtypeStruct((1, 1024, 2, 256), jnp.bfloat16)
-    jax.eval_shape(f, x, x, x)
-    return seen.pop()
+  at_d256 = lambda **kw: _resolved(1024, D=256, is_causal=True, **kw)
   bwd, cfg = at_d256()
   assert bwd == "xla" and not ha._mosaic_bwd_switches(cfg) and not cfg.fused_persistent
   for flag in ("dkv_persistent", "bwd_persistent"):
@@ -453,18 +442,7 @@ def test_default_short_dense_persistent_fused_backward():
               ha.default_config(256, 1024, uniform_tiles=True)):
     assert not cfg.fused_persistent, cfg
   assert ha.default_backward(128, config=short_dense) == "fused"
-
-  def prepared(S=1024, T=None, D=128, **kw):
-    out = []
-
-    def f(q, k, v):
-      st, bwd = ha._prepare(q, k, v, **kw)[:2]
-      out.append((bwd, st.cfg))
-      return q
-    q = jax.ShapeDtypeStruct((1, T or S, 2, D), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct((1, S, 1, D), jnp.bfloat16)
-    jax.eval_shape(f, q, kv, kv)
-    return out.pop()
+  prepared = lambda S=1024, **kw: _resolved(S, **kw)
   bwd, cfg = prepared()
   assert bwd == "fused" and cfg == short_dense
   assert not prepared(T=4096)[1].fused_persistent
