@@ -79,38 +79,43 @@ def parse_variant(spec: str, base, call_args=()):
   return name, dataclasses.replace(base, **changes), args
 
 
-def ab_rounds(fns, fwd_args, fb_args, rounds, reps, kind, B, S, log_prefix=""):
+def ab_rounds(fns, fwd_args, fb_args, rounds, reps, kind, B, S, log_prefix="",
+              fwd_only=False):
   """A/B timing: {name: (jitted fwd, jitted fwd+bwd)} timed in `rounds` rounds, round r
   starting at the r-th name (so machine drift spreads over every variant). Returns
   {name: {"fwd": [TFLOP/s per round], "fwdbwd": [...], "<w>_median", "<w>_ratio_to_<first>"}}
-  (ratio = median over rounds of the per-round ratio to the first name); logs one line each."""
+  (ratio = median over rounds of the per-round ratio to the first name); logs one line each.
+  fwd_only: the forward alone is timed ("fwdbwd" stays empty)."""
   order = list(fns)
   times = {n: {"fwd": [], "fwdbwd": []} for n in order}
   for r in range(rounds):
     for n in order[r % len(order):] + order[:r % len(order)]:
       f, fb = fns[n]
       times[n]["fwd"].append(time_call(f, fwd_args, reps))
-      times[n]["fwdbwd"].append(time_call(fb, fb_args, reps))
+      if not fwd_only:
+        times[n]["fwdbwd"].append(time_call(fb, fb_args, reps))
   row = {n: {w: [tflops(kind, B, S, t, 1.0 if w == "fwd" else 3.5) for t in ts]
              for w, ts in times[n].items()} for n in order}
   first = order[0]
   for n in order:
-    for w in ("fwd", "fwdbwd"):
+    for w in ("fwd",) if fwd_only else ("fwd", "fwdbwd"):
       row[n][w + "_median"] = statistics.median(row[n][w])
       row[n][f"{w}_ratio_to_{first}"] = statistics.median(
           a / b for a, b in zip(row[n][w], row[first][w]))
+    fb = ("" if fwd_only else f"  fwd+bwd {row[n]['fwdbwd_median']:6.1f} "
+          f"({row[n]['fwdbwd_ratio_to_' + first]:.3f})")
     log(f"{log_prefix}{n:14s} fwd {row[n]['fwd_median']:6.1f} "
-        f"({row[n]['fwd_ratio_to_' + first]:.3f})  fwd+bwd {row[n]['fwdbwd_median']:6.1f} "
-        f"({row[n]['fwdbwd_ratio_to_' + first]:.3f})  rounds fwd "
-        f"{[round(x) for x in row[n]['fwd']]} fwd+bwd {[round(x) for x in row[n]['fwdbwd']]}")
+        f"({row[n]['fwd_ratio_to_' + first]:.3f}){fb}  rounds fwd "
+        f"{[round(x) for x in row[n]['fwd']]}"
+        + ("" if fwd_only else f" fwd+bwd {[round(x) for x in row[n]['fwdbwd']]}"))
   return row
 
 
 def ratio_of_medians_line(row, a, b):
-  """'fwd x  fwd+bwd y': per-round ratios a / b, medians."""
+  """'fwd x  fwd+bwd y': per-round ratios a / b, medians (of what was timed)."""
   return "  ".join(
       f"{w} {statistics.median(x / y for x, y in zip(row[a][k], row[b][k])):.3f}"
-      for w, k in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")))
+      for w, k in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")) if row[a][k])
 
 
 def doc_ids(B, S, n_docs, seed=0):

@@ -70,3 +70,27 @@ def test_call_config_is_what_each_cell_runs():
   assert not dense4k.persistent and dense4k.consumer_registers == 240
   assert dense4k != default_config(128)
 
+
+
+def test_ab_rounds_fwd_only_times_the_forward_alone(monkeypatch):
+  """`ab.py --fwd-only`: the forward is timed every round, the forward + backward never (its
+  function is not even called), and the ratio line names only what was timed."""
+  import bench_common
+  calls = []
+
+  def fake_time(fn, args, reps):
+    calls.append(fn)
+    return {"a": 1.0, "b": 0.5}[fn()]   # b twice as fast
+
+  def never():
+    raise AssertionError("the forward + backward was timed")
+
+  monkeypatch.setattr(bench_common, "time_call", fake_time)
+  monkeypatch.setattr(bench_common, "log", lambda *a: None)
+  fns = {n: ((lambda n=n: n), never) for n in ("a", "b")}
+  row = bench_common.ab_rounds(fns, (), (), 3, 1, "dense", 1, 128, fwd_only=True)
+  assert len(calls) == 6
+  assert row["b"]["fwd_ratio_to_a"] == pytest.approx(2.0)
+  assert row["a"]["fwdbwd"] == [] and "fwdbwd_median" not in row["a"]
+  line = bench_common.ratio_of_medians_line(row, "b", "a")
+  assert line == "fwd 2.000"
