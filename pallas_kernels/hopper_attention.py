@@ -244,6 +244,16 @@ class HopperConfig:
   # correct on the H100 but 3-7% slower fwd+bwd in every cell timed (seventh session, NOTES.md
   # Hopper v8) - the backward's consumers do better running free.
   bwd_schedule_barrier: bool = False
+  # forward with `overlap_softmax`: FA4's lazy rescale. In a step whose block keeps every pair,
+  # a row's reference max moves only where the block's max exceeds it by more than this many
+  # powers of two (so P <= 2^rescale_threshold: no overflow, bf16 / f16 P keep their relative
+  # precision), and each thread skips the O rescale where its rows' references did not move -
+  # most steps after the first few. The softmax stays exact for any reference; what changes is
+  # rounding (the largest P of a row can be up to 2^threshold rather than exactly 1). 0: the
+  # row max moves every step and O is rescaled every step. At most 10 (an f16 P tile holds
+  # 2^15). Measured +3-5% forward on the dense 4k / 16k cells (nineteenth session, NOTES.md
+  # Hopper v22).
+  rescale_threshold: int = 0
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -253,6 +263,9 @@ class HopperConfig:
       raise ValueError(f"block_kv must be a multiple of 64, got {self.block_kv}")
     if self.stages < 1 or self.bwd_stages < 1:
       raise ValueError("stages must be >= 1")
+    rt = self.rescale_threshold
+    if not isinstance(rt, int) or isinstance(rt, bool) or not 0 <= rt <= 10:
+      raise ValueError(f"rescale_threshold must be an int in [0, 10] (powers of two), got {rt!r}")
     fr = self.fused_registers
     if (not isinstance(fr, tuple) or len(fr) != 2
         or not all(isinstance(x, int) and not isinstance(x, bool) for x in fr)):
@@ -309,6 +322,11 @@ _OVERLAP_SCRATCH = dict(reduction_scratch_bytes=512)
 # 16k 1.02 / 0.97, persistent dense 1k 1.02; FA3's turn-passing ping-pong and a ping-pong
 # pinned after the softmax measured no better). The plain loop keeps it.
 _OVERLAP_SCHEDULE = dict(schedule_barrier=False)
+# ...and FA4's lazy rescale (`HopperConfig.rescale_threshold`): forward against the same config
+# without it (nineteenth session, NOTES.md Hopper v22; two A/B calls, 5 rounds): dense 4k 1.038
+# / 1.033, dense 16k 1.052 / 1.034, causal 4k 1.004 / 1.015, causal 16k 0.986 / 1.020,
+# persistent dense 1k 1.006 / 1.017.
+_OVERLAP_RESCALE = dict(rescale_threshold=8)
 
 # The dynamic scheduler (`HopperConfig.persistent_dynamic`), forward A/B on the H100 (eleventh
 # session, NOTES.md Hopper v13, against the non-persistent defaults): 8 documents at S=8k
@@ -353,7 +371,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
-    240 / 24 register split; both without the consumers' ping-pong.
+    240 / 24 register split; both without the consumers' ping-pong and with FA4's lazy
+    rescale (`rescale_threshold`).
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   if short_walks not in (None, "data", "band"):
     raise ValueError(f"short_walks must be None, 'data' or 'band', got {short_walks!r}")
@@ -368,7 +387,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
     return cfg
   if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
-                              overlap_softmax=True, **_OVERLAP_SCHEDULE)
+                              overlap_softmax=True, **_OVERLAP_SCHEDULE,
+                              **_OVERLAP_RESCALE)
     if (q_len or kv_len) <= _PERSISTENT_MAX_KV:
       cfg = dataclasses.replace(cfg, **_SHORT_DENSE_BWD)
   elif short_walks == "data":
@@ -376,12 +396,12 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   elif short_walks == "band" or (static_ranges and kv_len <= _PERSISTENT_MAX_KV):
     cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True,
                               persistent_sync_per_tile=False, overlap_softmax=True,
-                              **_OVERLAP_SCHEDULE)
+                              **_OVERLAP_SCHEDULE, **_OVERLAP_RESCALE)
     if short_walks != "band" and (q_len or kv_len) <= _PERSISTENT_MAX_KV:
       cfg = dataclasses.replace(cfg, **_SHORT_CAUSAL_BWD)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
-                              **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH)
+                              **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH, **_OVERLAP_RESCALE)
   return cfg
 
 
@@ -907,6 +927,47 @@ def _opaque_zero(st: "_Static"):
   return zero()
 
 
+def _rescale_moved(st: "_Static", acc, alpha):
+  """acc * alpha per row, each thread skipping the multiply where both of its rows' alpha are
+  exactly 1 (a per-thread branch: Pallas has none, hence the inline Mosaic GPU body)."""
+  if st.interpret:
+    return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = _api()
+  plgpu, ir, arith = a["plgpu"], a["ir"], a["arith"]
+  from jax._src.lib.mlir.dialects import scf, vector  # pylint: disable=g-import-not-at-top
+  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
+
+  @plgpu.inline_mgpu(arg_types=(a["WGMMA"], a["ROW"]), return_type=plgpu.ShapeDtypeStruct(
+      acc.shape, jnp.float32, layout=a["WGMMA"]))
+  def body(ctx, acc_fa, alpha_fa):
+    del ctx
+    one = arith.constant(ir.F32Type.get(), 1.0)
+    moved = None
+    for reg in alpha_fa.registers.flat:
+      if "vector" in str(reg.type):
+        xs = [vector.extract(reg, dynamic_position=[],
+                             static_position=ir.DenseI64ArrayAttr.get([i]))
+              for i in range(ir.VectorType(reg.type).shape[0])]
+      else:
+        xs = [reg]
+      for x in xs:   # unordered: a NaN alpha rescales (and so propagates)
+        ne = arith.cmpf(arith.CmpFPredicate.UNE, x, one)
+        moved = ne if moved is None else arith.ori(moved, ne)
+    regs = acc_fa.registers
+    if_op = scf.IfOp(moved, [r.type for r in regs.flat], has_else=True)
+    with ir.InsertionPoint(if_op.then_block):
+      scaled = acc_fa * alpha_fa.broadcast_in_dim(acc_fa.shape, (0,), acc_fa.layout)
+      scf.YieldOp(list(scaled.registers.flat))
+    with ir.InsertionPoint(if_op.else_block):
+      scf.YieldOp(list(regs.flat))
+    out = np.empty(regs.shape, dtype=object)
+    for i, r in enumerate(if_op.results):
+      out.flat[i] = r
+    return mgpu.FragmentedArray(_registers=out, _layout=acc_fa.layout, _is_signed=None)
+  return body(acc, alpha)
+
+
 def _wait_if(cond, barrier):
   """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
   traced, or a Python bool when the step is known statically)."""
@@ -1281,8 +1342,16 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
 
     def softmax_update(s, m_i, l_i, masked: bool):
       """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
-      max, new row sum, alpha = the factor rescaling the accumulator from the old max)."""
-      m_new = jnp.maximum(m_i, s.max(axis=1) * c)
+      reference (the row max, or with `cfg.rescale_threshold` a lagging one), new row sum,
+      alpha = the factor rescaling the accumulator from the old reference)."""
+      m_blk = s.max(axis=1) * c
+      if cfg.rescale_threshold and not masked:
+        # -inf (no kept key yet) always moves; NaN never does (and propagates through p)
+        m_new = jnp.where(m_blk > m_i + float(cfg.rescale_threshold), m_blk, m_i)
+        alpha = jnp.where(m_new == m_i, 1.0, jnp.exp2(m_i - m_new))
+        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+        return p.astype(dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
+      m_new = jnp.maximum(m_i, m_blk)
       m_use = jnp.where(m_new == _NEG_INF, 0.0, m_new) if masked else m_new
       alpha = jnp.exp2(m_i - m_use)
       p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, s.shape, [0]))
@@ -1362,7 +1431,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
           zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
               (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        if cfg.rescale_threshold:
+          acc = _rescale_moved(st, acc, alpha)
+        else:
+          acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
         plgpu.barrier_arrive(v_free.at[prev])
         end_softmax(t)
         return acc, m_new, l_new, p16

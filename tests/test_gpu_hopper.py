@@ -952,3 +952,60 @@ def test_block_mask_offsets_gqa_ragged_lse():
   g2 = jax.grad(lambda *a: loss("reference", *a), argnums=(0, 1, 2))(f32(q), f32(k), f32(v))
   for name, a, b in zip(("dq", "dk", "dv"), g, g2):
     assert rel_err(a, b) < 5e-2, name
+
+
+# --------------------------------------------------------------------------------------------
+# FA4's lazy rescale (HopperConfig.rescale_threshold; the overlapped defaults use 8): row
+# references that lag the row max by up to 2^8, O rescaled only by the threads whose rows
+# moved (a per-thread branch compiled only on the GPU). Logits scaled up so that row maxima
+# move by more than the threshold in some steps and by less in others.
+# --------------------------------------------------------------------------------------------
+def _check_scaled_forward(B, T, S, N, K, D, dtype, qscale, config, **kw):
+  q, k, v, _, _ = _inputs(B, T, S, N, K, D, dtype, seed=3)
+  q = (q.astype(jnp.float32) * qscale).astype(dtype)
+  f = jax.jit(lambda q, k, v: ha.hopper_attention(q, k, v, return_lse=True, config=config,
+                                                  **kw))
+  poison(((B, T, N, D), dtype), ((B, N, T), jnp.float32))
+  o, l = f(q, k, v)
+  o2, l2 = ref(q, k, v, return_lse=True, **kw)
+  assert rel_err(o, o2) < _tol(dtype) and rel_err(l, l2) < 1e-3
+
+
+_LAZY = dataclasses.replace(_OVERLAP, rescale_threshold=8, schedule_barrier=False)
+LAZY_FWD = {
+    "dense_bf16": ((2, 1024, 1024, 4, 4, 128, jnp.bfloat16), _LAZY, {}),
+    "dense_f16_d64": ((2, 640, 640, 4, 4, 64, jnp.float16), _LAZY, {}),
+    "causal_gqa_ragged_offset": ((2, 700, 900, 8, 2, 128, jnp.bfloat16), _LAZY,
+                                 dict(is_causal=True, q_offset=200)),
+    "window_two_sided": ((1, 1024, 1024, 4, 2, 128, jnp.bfloat16), _LAZY,
+                         dict(sliding_window=(300, 100))),
+    "default_persistent_dense_1k": ((2, 1024, 1024, 8, 8, 128, jnp.bfloat16),
+                                    ha.default_config(128, 1024, uniform_tiles=True), {}),
+    "default_band_window": ((1, 2048, 2048, 4, 2, 128, jnp.bfloat16),
+                            ha.default_config(128, 2048, short_walks="band"),
+                            dict(is_causal=True, sliding_window=(300, 0))),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("qscale", [1.0, 6.0])
+@pytest.mark.parametrize("name", sorted(LAZY_FWD))
+def test_lazy_rescale_forward(name, qscale):
+  shape, cfg, kw = LAZY_FWD[name]
+  assert cfg.rescale_threshold == 8 and cfg.overlap_softmax
+  _check_scaled_forward(*shape, qscale, cfg, **kw)
+
+
+@requires_hopper
+def test_lazy_rescale_default_long_call_backward():
+  # the long-call default (overlap + lazy rescale forward, fused backward) on logits x4: the
+  # backward takes the forward's lse, whatever reference its rows ended on
+  assert ha.default_config(128, 2048, static_ranges=True).rescale_threshold == 8
+  q, k, v, do, _ = _inputs(1, 2048, 2048, 4, 2, 128, jnp.bfloat16, seed=4)
+  q = (q.astype(jnp.float32) * 4.0).astype(jnp.bfloat16)
+  loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, is_causal=True).astype(jnp.float32) * do)
+  poison(((1, 2048, 4, 128), jnp.bfloat16), ((1, 2048, 2, 128), jnp.bfloat16))
+  got = jax.jit(jax.grad(loss(ha.hopper_attention), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got, want):
+    assert rel_err(a, b) < 5e-2

@@ -570,6 +570,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
       B, T, S, N, K, D = c["shape"]
       ks = jax.random.split(jax.random.PRNGKey(c["seed"]), 5)
       q = jax.random.normal(ks[0], (B, T, N, D), dt)
+      if c.get("qscale"):   # larger logits: a row's max then jumps by many powers of two
+        q = (q.astype(jnp.float32) * c["qscale"]).astype(dt)
       k = jax.random.normal(ks[1], (B, S, K, D), dt)
       v = jax.random.normal(ks[2], (B, S, K, D), dt)
       do = jax.random.normal(ks[3], (B, T, N, D), jnp.float32)
@@ -592,6 +594,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              fused_persistent=c.get("fused_persistent", False),
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
+                             rescale_threshold=c.get("rescale", 0),
                              bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
@@ -1306,6 +1309,17 @@ OVERLAP_CASES = {
     "no_schedule_barrier_causal_gqa_window_ragged": (_case(
         shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
         window=(90, None), stages=3, overlap=True, sched=False, races=True), 3e-2),
+    # FA4's lazy rescale (HopperConfig.rescale_threshold, the overlapped defaults' 8) on logits
+    # x6, so that row maxima move by more than 2^8 in some unmasked steps and by less in
+    # others (where P exceeds 1); f16 (P up to 2^8 in an f16 tile), ragged dense, GQA
+    "lazy_rescale_dense_f16_ragged": (_case(
+        shape=(1, 200, 330, 2, 1, 64), dtype="float16", stages=3, overlap=True, sched=False,
+        rescale=8, qscale=6.0, races=True), 2e-2),
+    # ...and with causal + offset + left window: masked steps (exact) between unmasked ones
+    "lazy_rescale_causal_gqa_window_ragged": (_case(
+        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        window=(200, None), stages=3, overlap=True, sched=False, rescale=8, qscale=6.0,
+        races=True), 3e-2),
     # persistent: tiles with zero KV steps (n = 0: neither the peeled step nor the last P V)
     # between 2-step tiles, the ring carried across tiles, 2 CTAs
     "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
@@ -1600,3 +1614,18 @@ def test_backend_spec_and_refusals():
   assert r is not None and r[0] == "dtype"
   # never auto-selected on CPU (interpret only)
   assert jattn.explain(q, kv, kv, is_causal=True).chosen != "pallas_mgpu"
+
+
+def test_rescale_threshold_is_checked_and_set_where_the_overlap_is():
+  for bad in (-1, 11, True, 2.5):
+    with pytest.raises(ValueError, match="rescale_threshold must be an int in"):
+      ha.HopperConfig(rescale_threshold=bad)
+  # every default that overlaps the softmax takes FA4's lazy rescale; the plain loop has none
+  for cfg in (ha.default_config(128, 4096, static_ranges=True),
+              ha.default_config(128, 1024, uniform_tiles=True),
+              ha.default_config(64, 1024, static_ranges=True),
+              ha.default_config(128, 8192, short_walks="band")):
+    assert cfg.overlap_softmax and cfg.rescale_threshold == 8, cfg
+  for cfg in (ha.default_config(128), ha.default_config(128, 8192, short_walks="data"),
+              ha.default_config(256, 4096, static_ranges=True)):
+    assert not cfg.overlap_softmax and cfg.rescale_threshold == 0, cfg
