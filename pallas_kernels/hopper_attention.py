@@ -251,9 +251,17 @@ class HopperConfig:
   # most steps after the first few. The softmax stays exact for any reference; what changes is
   # rounding (the largest P of a row can be up to 2^threshold rather than exactly 1). 0: the
   # row max moves every step and O is rescaled every step. At most 10 (an f16 P tile holds
-  # 2^15). Measured +3-5% forward on the dense 4k / 16k cells (nineteenth session, NOTES.md
-  # Hopper v22).
+  # 2^15). Measured +0-5% forward on the dense 4k / 16k cells, by machine (nineteenth
+  # session, NOTES.md Hopper v22).
   rescale_threshold: int = 0
+  # with `rescale_threshold`: an unmasked step computes the row max only in the warps that
+  # need it (`_max_on_demand`): P and its row sums are computed against the current references
+  # first, and only a warp with a row sum above 2^rescale_threshold (a vote) takes the max and
+  # recomputes P - the same values as without it, without the max's 64 max / 8 shuffle
+  # instructions per thread in most steps. Keeps the raw scores live until the vote, which the
+  # persistent kernel cannot afford: forward +11% on dense 4k / 16k (non-persistent), -12% on
+  # the persistent dense 1k call (nineteenth session, NOTES.md Hopper v22).
+  max_on_demand: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -266,6 +274,8 @@ class HopperConfig:
     rt = self.rescale_threshold
     if not isinstance(rt, int) or isinstance(rt, bool) or not 0 <= rt <= 10:
       raise ValueError(f"rescale_threshold must be an int in [0, 10] (powers of two), got {rt!r}")
+    if self.max_on_demand and not rt:
+      raise ValueError("max_on_demand needs rescale_threshold > 0 (the row sums' limit)")
     fr = self.fused_registers
     if (not isinstance(fr, tuple) or len(fr) != 2
         or not all(isinstance(x, int) and not isinstance(x, bool) for x in fr)):
@@ -323,10 +333,16 @@ _OVERLAP_SCRATCH = dict(reduction_scratch_bytes=512)
 # pinned after the softmax measured no better). The plain loop keeps it.
 _OVERLAP_SCHEDULE = dict(schedule_barrier=False)
 # ...and FA4's lazy rescale (`HopperConfig.rescale_threshold`): forward against the same config
-# without it (nineteenth session, NOTES.md Hopper v22; two A/B calls, 5 rounds): dense 4k 1.038
-# / 1.033, dense 16k 1.052 / 1.034, causal 4k 1.004 / 1.015, causal 16k 0.986 / 1.020,
-# persistent dense 1k 1.006 / 1.017.
+# without it (nineteenth session, NOTES.md Hopper v22; 5-7 rounds): on two machines dense 4k
+# 1.038 / 1.033, dense 16k 1.052 / 1.034, causal 4k 1.004 / 1.015, causal 16k 0.986 / 1.020,
+# persistent dense 1k 1.006 / 1.017; on a third dense 4k 0.999 / 0.997, dense 16k 1.003 /
+# 0.994, causal 16k 1.018, causal 1k 1.033, window 0.993 - no loss beyond the noise anywhere.
 _OVERLAP_RESCALE = dict(rescale_threshold=8)
+# ...and, for the non-persistent overlapped forward (long static calls), the row max computed
+# only where a warp's row sums exceed the threshold (`HopperConfig.max_on_demand`): forward
+# against the lazy rescale alone (call 12 of the nineteenth session, 5 rounds) dense 4k 1.111,
+# dense 16k 1.109, causal 4k 1.018, causal 16k 1.015; the persistent dense 1k kernel 0.877.
+_OVERLAP_MAX_ON_DEMAND = dict(max_on_demand=True)
 
 # The dynamic scheduler (`HopperConfig.persistent_dynamic`), forward A/B on the H100 (eleventh
 # session, NOTES.md Hopper v13, against the non-persistent defaults): 8 documents at S=8k
@@ -371,8 +387,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
-    240 / 24 register split; both without the consumers' ping-pong and with FA4's lazy
-    rescale (`rescale_threshold`).
+    240 / 24 register split and the row max on demand (`max_on_demand`); both without the
+    consumers' ping-pong and with FA4's lazy rescale (`rescale_threshold`).
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   if short_walks not in (None, "data", "band"):
     raise ValueError(f"short_walks must be None, 'data' or 'band', got {short_walks!r}")
@@ -401,7 +417,8 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
       cfg = dataclasses.replace(cfg, **_SHORT_CAUSAL_BWD)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
-                              **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH, **_OVERLAP_RESCALE)
+                              **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH, **_OVERLAP_RESCALE,
+                              **_OVERLAP_MAX_ON_DEMAND)
   return cfg
 
 
@@ -968,6 +985,84 @@ def _rescale_moved(st: "_Static", acc, alpha):
   return body(acc, alpha)
 
 
+def _max_on_demand(st: "_Static", s, p16, l_blk, m_i, c: float, threshold: int, dtype):
+  """FA4's lazy rescale without the row max in the common case. p16 / l_blk are the block's P
+  (in `dtype`) and row sums against the rows' current references m_i; they stand wherever
+  every row sum of the warp is <= 2^threshold (then no P exceeds it and no reference moves).
+  A warp with a larger sum (a vote: warp-uniform, so the row max's shuffles run with the whole
+  warp) computes its rows' max, moves the references that it outgrew by more than 2^threshold
+  and recomputes P from the raw scores s. -> (P, row sums, new references, alpha)."""
+  T = float(2.0 ** threshold)
+  if st.interpret:   # per row: the same values (a row under the limit keeps its reference)
+    m_blk = s.max(axis=1) * c
+    m_new = jnp.where(m_blk > m_i + float(threshold), m_blk, m_i)
+    alpha = jnp.where(m_new == m_i, 1.0, jnp.exp2(m_i - m_new))
+    p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+    redo = lax.broadcast_in_dim(l_blk > T, s.shape, [0])
+    return (jnp.where(redo, p.astype(dtype), p16), jnp.where(l_blk > T, p.sum(axis=1), l_blk),
+            m_new, alpha)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = _api()
+  plgpu, ir, arith, llvm = a["plgpu"], a["ir"], a["arith"], a["llvm"]
+  from jax._src.lib.mlir.dialects import scf, vector  # pylint: disable=g-import-not-at-top
+  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
+  W, R = a["WGMMA"], a["ROW"]
+  rows = s.shape[0]
+  sds = plgpu.ShapeDtypeStruct
+
+  @plgpu.inline_mgpu(arg_types=(W, W, R, R), return_type=(
+      sds(s.shape, dtype, layout=W), sds((rows,), jnp.float32, layout=R),
+      sds((rows,), jnp.float32, layout=R), sds((rows,), jnp.float32, layout=R)))
+  def body(ctx, s_fa, p_fa, l_fa, m_fa):
+    del ctx
+    f32, i32 = ir.F32Type.get(), ir.IntegerType.get_signless(32)
+    lim = arith.constant(f32, T)
+    need = None
+    for reg in l_fa.registers.flat:
+      if "vector" in str(reg.type):
+        xs = [vector.extract(reg, dynamic_position=[],
+                             static_position=ir.DenseI64ArrayAttr.get([i]))
+              for i in range(ir.VectorType(reg.type).shape[0])]
+      else:
+        xs = [reg]
+      for x in xs:   # ordered: a NaN sum keeps its (NaN) P
+        gt = arith.cmpf(arith.CmpFPredicate.OGT, x, lim)
+        need = gt if need is None else arith.ori(need, gt)
+    voted = llvm.inline_asm(
+        i32, [arith.extui(i32, need)],
+        "{ .reg .pred %p<2>; setp.ne.u32 %p0, $1, 0; vote.sync.any.pred %p1, %p0, -1; "
+        "selp.u32 $0, 1, 0, %p1; }", "=r,r", has_side_effects=True)
+    redo = arith.cmpi(arith.CmpIPredicate.ne, voted, arith.constant(i32, 0))
+    one = mgpu.FragmentedArray.splat(arith.constant(f32, 1.0), m_fa.shape, layout=m_fa.layout)
+    outs = (p_fa, l_fa, m_fa, one)
+    types = [r.type for o in outs for r in o.registers.flat]
+    if_op = scf.IfOp(redo, types, has_else=True)
+    with ir.InsertionPoint(if_op.then_block):
+      splat = lambda v: mgpu.FragmentedArray.splat(arith.constant(f32, v), m_fa.shape,
+                                                  layout=m_fa.layout)
+      m_blk = s_fa.reduce("max", 1) * splat(c)
+      moved = m_blk > m_fa + splat(float(threshold))
+      m_new = moved.select(m_blk, m_fa)
+      cs = mgpu.FragmentedArray.splat(arith.constant(f32, c), s_fa.shape, layout=s_fa.layout)
+      p = (s_fa * cs - m_new.broadcast_in_dim(s_fa.shape, (0,), s_fa.layout)).exp2(approx=True)
+      new = (p.astype(p_fa.mlir_dtype), p.reduce("add", 1), m_new,
+             moved.select((m_fa - m_new).exp2(approx=True), one))
+      scf.YieldOp([r for o in new for r in o.registers.flat])
+    with ir.InsertionPoint(if_op.else_block):
+      scf.YieldOp([r for o in outs for r in o.registers.flat])
+    res, k = list(if_op.results), 0
+    rebuilt = []
+    for o in outs:
+      regs = np.empty(o.registers.shape, dtype=object)
+      for i in range(regs.size):
+        regs.flat[i] = res[k]
+        k += 1
+      rebuilt.append(mgpu.FragmentedArray(_registers=regs, _layout=o.layout,
+                                          _is_signed=None))
+    return tuple(rebuilt)
+  return body(s, p16, l_blk, m_i)
+
+
 def _wait_if(cond, barrier):
   """Producer: wait for a ring slot's "free" barrier once the ring has wrapped around (`cond`:
   traced, or a Python bool when the step is known statically)."""
@@ -1344,6 +1439,11 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
       reference (the row max, or with `cfg.rescale_threshold` a lagging one), new row sum,
       alpha = the factor rescaling the accumulator from the old reference)."""
+      if cfg.rescale_threshold and cfg.max_on_demand and not masked:
+        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_i, s.shape, [0]))
+        p16, l_blk, m_new, alpha = _max_on_demand(
+            st, s, p.astype(dtype), p.sum(axis=1), m_i, c, cfg.rescale_threshold, dtype)
+        return p16, m_new, l_i * alpha + l_blk, alpha
       m_blk = s.max(axis=1) * c
       if cfg.rescale_threshold and not masked:
         # -inf (no kept key yet) always moves; NaN never does (and propagates through p)

@@ -996,11 +996,24 @@ def test_lazy_rescale_forward(name, qscale):
   _check_scaled_forward(*shape, qscale, cfg, **kw)
 
 
+# ...and with the row max on demand (HopperConfig.max_on_demand: only a warp whose row sums
+# exceed 2^8 takes the row max, a vote in inline PTX), the long calls' default; logits x30
+# make every step's warps vote for it
+@requires_hopper
+@pytest.mark.parametrize("qscale", [1.0, 6.0, 30.0])
+@pytest.mark.parametrize("name", ["dense_bf16", "dense_f16_d64", "causal_gqa_ragged_offset",
+                                  "window_two_sided"])
+def test_max_on_demand_forward(name, qscale):
+  shape, cfg, kw = LAZY_FWD[name]
+  _check_scaled_forward(*shape, qscale, dataclasses.replace(cfg, max_on_demand=True), **kw)
+
+
 @requires_hopper
 def test_lazy_rescale_default_long_call_backward():
   # the long-call default (overlap + lazy rescale forward, fused backward) on logits x4: the
   # backward takes the forward's lse, whatever reference its rows ended on
-  assert ha.default_config(128, 2048, static_ranges=True).rescale_threshold == 8
+  cfg = ha.default_config(128, 2048, static_ranges=True)
+  assert cfg.rescale_threshold == 8 and cfg.max_on_demand
   q, k, v, do, _ = _inputs(1, 2048, 2048, 4, 2, 128, jnp.bfloat16, seed=4)
   q = (q.astype(jnp.float32) * 4.0).astype(jnp.bfloat16)
   loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, is_causal=True).astype(jnp.float32) * do)

@@ -595,6 +595,7 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              bwd_stages=c.get("bwd_stages", 2),
                              overlap_softmax=c.get("overlap", False),
                              rescale_threshold=c.get("rescale", 0),
+                             max_on_demand=c.get("max_on_demand", False),
                              bwd_schedule_barrier=c.get("bwd_sched", False))
 
     def rel(a, b):
@@ -1320,6 +1321,11 @@ OVERLAP_CASES = {
         shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
         window=(200, None), stages=3, overlap=True, sched=False, rescale=8, qscale=6.0,
         races=True), 3e-2),
+    # ...with the row max on demand (HopperConfig.max_on_demand, the long-call default)
+    "max_on_demand_causal_gqa_window_ragged": (_case(
+        shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
+        window=(200, None), stages=3, overlap=True, sched=False, rescale=8,
+        max_on_demand=True, qscale=6.0, races=True), 3e-2),
     # persistent: tiles with zero KV steps (n = 0: neither the peeled step nor the last P V)
     # between 2-step tiles, the ring carried across tiles, 2 CTAs
     "persistent_zero_block_tiles": (_pcase(2, shape=(2, 256, 128, 2, 1, 64), causal=True,
@@ -1629,3 +1635,12 @@ def test_rescale_threshold_is_checked_and_set_where_the_overlap_is():
   for cfg in (ha.default_config(128), ha.default_config(128, 8192, short_walks="data"),
               ha.default_config(256, 4096, static_ranges=True)):
     assert not cfg.overlap_softmax and cfg.rescale_threshold == 0, cfg
+  # the row max on demand: the long (non-persistent) overlapped calls only
+  assert ha.default_config(128, 4096, static_ranges=True).max_on_demand
+  assert ha.default_config(64, 2048, uniform_tiles=True).max_on_demand
+  for cfg in (ha.default_config(128, 1024, uniform_tiles=True),
+              ha.default_config(128, 1024, static_ranges=True),
+              ha.default_config(128, 8192, short_walks="band")):
+    assert cfg.persistent and not cfg.max_on_demand, cfg
+  with pytest.raises(ValueError, match="max_on_demand needs rescale_threshold"):
+    ha.HopperConfig(max_on_demand=True)
