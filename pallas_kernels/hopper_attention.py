@@ -944,6 +944,25 @@ def _opaque_zero(st: "_Static"):
   return zero()
 
 
+def _any_in_thread(fa, predicate: str, value):
+  """i1 of an inline Mosaic GPU body: does `fa[i] <predicate> value` (an arith.CmpFPredicate
+  name) hold for any element this thread holds of the float32 array `fa`."""
+  a = _api()
+  ir, arith = a["ir"], a["arith"]
+  from jax._src.lib.mlir.dialects import vector  # pylint: disable=g-import-not-at-top
+  out = None
+  for reg in fa.registers.flat:
+    if "vector" in str(reg.type):
+      xs = [vector.extract(reg, dynamic_position=[], static_position=ir.DenseI64ArrayAttr.get([i]))
+            for i in range(ir.VectorType(reg.type).shape[0])]
+    else:
+      xs = [reg]
+    for x in xs:
+      hit = arith.cmpf(getattr(arith.CmpFPredicate, predicate), x, value)
+      out = hit if out is None else arith.ori(out, hit)
+  return out
+
+
 def _rescale_moved(st: "_Static", acc, alpha):
   """acc * alpha per row, each thread skipping the multiply where both of its rows' alpha are
   exactly 1 (a per-thread branch: Pallas has none, hence the inline Mosaic GPU body)."""
@@ -952,25 +971,15 @@ def _rescale_moved(st: "_Static", acc, alpha):
   import numpy as np  # pylint: disable=g-import-not-at-top
   a = _api()
   plgpu, ir, arith = a["plgpu"], a["ir"], a["arith"]
-  from jax._src.lib.mlir.dialects import scf, vector  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir.dialects import scf  # pylint: disable=g-import-not-at-top
   from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
 
   @plgpu.inline_mgpu(arg_types=(a["WGMMA"], a["ROW"]), return_type=plgpu.ShapeDtypeStruct(
       acc.shape, jnp.float32, layout=a["WGMMA"]))
   def body(ctx, acc_fa, alpha_fa):
     del ctx
-    one = arith.constant(ir.F32Type.get(), 1.0)
-    moved = None
-    for reg in alpha_fa.registers.flat:
-      if "vector" in str(reg.type):
-        xs = [vector.extract(reg, dynamic_position=[],
-                             static_position=ir.DenseI64ArrayAttr.get([i]))
-              for i in range(ir.VectorType(reg.type).shape[0])]
-      else:
-        xs = [reg]
-      for x in xs:   # unordered: a NaN alpha rescales (and so propagates)
-        ne = arith.cmpf(arith.CmpFPredicate.UNE, x, one)
-        moved = ne if moved is None else arith.ori(moved, ne)
+    # unordered: a NaN alpha rescales (and so propagates)
+    moved = _any_in_thread(alpha_fa, "UNE", arith.constant(ir.F32Type.get(), 1.0))
     regs = acc_fa.registers
     if_op = scf.IfOp(moved, [r.type for r in regs.flat], has_else=True)
     with ir.InsertionPoint(if_op.then_block):
@@ -1004,7 +1013,7 @@ def _max_on_demand(st: "_Static", s, p16, l_blk, m_i, c: float, threshold: int, 
   import numpy as np  # pylint: disable=g-import-not-at-top
   a = _api()
   plgpu, ir, arith, llvm = a["plgpu"], a["ir"], a["arith"], a["llvm"]
-  from jax._src.lib.mlir.dialects import scf, vector  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir.dialects import scf  # pylint: disable=g-import-not-at-top
   from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
   W, R = a["WGMMA"], a["ROW"]
   rows = s.shape[0]
@@ -1016,18 +1025,8 @@ def _max_on_demand(st: "_Static", s, p16, l_blk, m_i, c: float, threshold: int, 
   def body(ctx, s_fa, p_fa, l_fa, m_fa):
     del ctx
     f32, i32 = ir.F32Type.get(), ir.IntegerType.get_signless(32)
-    lim = arith.constant(f32, T)
-    need = None
-    for reg in l_fa.registers.flat:
-      if "vector" in str(reg.type):
-        xs = [vector.extract(reg, dynamic_position=[],
-                             static_position=ir.DenseI64ArrayAttr.get([i]))
-              for i in range(ir.VectorType(reg.type).shape[0])]
-      else:
-        xs = [reg]
-      for x in xs:   # ordered: a NaN sum keeps its (NaN) P
-        gt = arith.cmpf(arith.CmpFPredicate.OGT, x, lim)
-        need = gt if need is None else arith.ori(need, gt)
+    # ordered: a NaN sum keeps its (NaN) P
+    need = _any_in_thread(l_fa, "OGT", arith.constant(f32, T))
     voted = llvm.inline_asm(
         i32, [arith.extui(i32, need)],
         "{ .reg .pred %p<2>; setp.ne.u32 %p0, $1, 0; vote.sync.any.pred %p1, %p0, -1; "
