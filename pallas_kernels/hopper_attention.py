@@ -963,16 +963,38 @@ def _any_in_thread(fa, predicate: str, value):
   return out
 
 
+def _if_arrays(cond, then_fn, outs):
+  """In an inline Mosaic GPU body: `then_fn()` if the i1 `cond` holds in this thread, else
+  `outs` (FragmentedArrays; then_fn returns arrays of the same layouts and types), as one
+  scf.if over their registers. -> the chosen arrays."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = _api()
+  ir = a["ir"]
+  from jax._src.lib.mlir.dialects import scf  # pylint: disable=g-import-not-at-top
+  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
+  regs_of = lambda arrays: [r for o in arrays for r in o.registers.flat]
+  if_op = scf.IfOp(cond, [r.type for r in regs_of(outs)], has_else=True)
+  with ir.InsertionPoint(if_op.then_block):
+    scf.YieldOp(regs_of(then_fn()))
+  with ir.InsertionPoint(if_op.else_block):
+    scf.YieldOp(regs_of(outs))
+  res, k, chosen = list(if_op.results), 0, []
+  for o in outs:
+    regs = np.empty(o.registers.shape, dtype=object)
+    for i in range(regs.size):
+      regs.flat[i] = res[k]
+      k += 1
+    chosen.append(mgpu.FragmentedArray(_registers=regs, _layout=o.layout, _is_signed=None))
+  return tuple(chosen)
+
+
 def _rescale_moved(st: "_Static", acc, alpha):
   """acc * alpha per row, each thread skipping the multiply where both of its rows' alpha are
   exactly 1 (a per-thread branch: Pallas has none, hence the inline Mosaic GPU body)."""
   if st.interpret:
     return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-  import numpy as np  # pylint: disable=g-import-not-at-top
   a = _api()
   plgpu, ir, arith = a["plgpu"], a["ir"], a["arith"]
-  from jax._src.lib.mlir.dialects import scf  # pylint: disable=g-import-not-at-top
-  from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
 
   @plgpu.inline_mgpu(arg_types=(a["WGMMA"], a["ROW"]), return_type=plgpu.ShapeDtypeStruct(
       acc.shape, jnp.float32, layout=a["WGMMA"]))
@@ -980,40 +1002,22 @@ def _rescale_moved(st: "_Static", acc, alpha):
     del ctx
     # unordered: a NaN alpha rescales (and so propagates)
     moved = _any_in_thread(alpha_fa, "UNE", arith.constant(ir.F32Type.get(), 1.0))
-    regs = acc_fa.registers
-    if_op = scf.IfOp(moved, [r.type for r in regs.flat], has_else=True)
-    with ir.InsertionPoint(if_op.then_block):
-      scaled = acc_fa * alpha_fa.broadcast_in_dim(acc_fa.shape, (0,), acc_fa.layout)
-      scf.YieldOp(list(scaled.registers.flat))
-    with ir.InsertionPoint(if_op.else_block):
-      scf.YieldOp(list(regs.flat))
-    out = np.empty(regs.shape, dtype=object)
-    for i, r in enumerate(if_op.results):
-      out.flat[i] = r
-    return mgpu.FragmentedArray(_registers=out, _layout=acc_fa.layout, _is_signed=None)
+    scaled = lambda: (acc_fa * alpha_fa.broadcast_in_dim(acc_fa.shape, (0,), acc_fa.layout),)
+    return _if_arrays(moved, scaled, (acc_fa,))[0]
   return body(acc, alpha)
 
 
-def _max_on_demand(st: "_Static", s, p16, l_blk, m_i, c: float, threshold: int, dtype):
-  """FA4's lazy rescale without the row max in the common case. p16 / l_blk are the block's P
-  (in `dtype`) and row sums against the rows' current references m_i; they stand wherever
-  every row sum of the warp is <= 2^threshold (then no P exceeds it and no reference moves).
-  A warp with a larger sum (a vote: warp-uniform, so the row max's shuffles run with the whole
-  warp) computes its rows' max, moves the references that it outgrew by more than 2^threshold
-  and recomputes P from the raw scores s. -> (P, row sums, new references, alpha)."""
+def _max_on_demand(s, p16, l_blk, m_i, c: float, threshold: int, dtype):
+  """FA4's lazy rescale without the row max in the common case (GPU only: interpret mode runs
+  the lazy rule itself, which gives the same values). p16 / l_blk are the block's P (in
+  `dtype`) and row sums against the rows' current references m_i; they stand wherever every
+  row sum of the warp is <= 2^threshold (then no P exceeds it and no reference moves). A warp
+  with a larger sum (a vote: warp-uniform, so the row max's shuffles run with the whole warp)
+  computes its rows' max, moves the references that it outgrew by more than 2^threshold and
+  recomputes P from the raw scores s. -> (P, row sums, new references, alpha)."""
   T = float(2.0 ** threshold)
-  if st.interpret:   # per row: the same values (a row under the limit keeps its reference)
-    m_blk = s.max(axis=1) * c
-    m_new = jnp.where(m_blk > m_i + float(threshold), m_blk, m_i)
-    alpha = jnp.where(m_new == m_i, 1.0, jnp.exp2(m_i - m_new))
-    p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
-    redo = lax.broadcast_in_dim(l_blk > T, s.shape, [0])
-    return (jnp.where(redo, p.astype(dtype), p16), jnp.where(l_blk > T, p.sum(axis=1), l_blk),
-            m_new, alpha)
-  import numpy as np  # pylint: disable=g-import-not-at-top
   a = _api()
   plgpu, ir, arith, llvm = a["plgpu"], a["ir"], a["arith"], a["llvm"]
-  from jax._src.lib.mlir.dialects import scf  # pylint: disable=g-import-not-at-top
   from jax.experimental.mosaic import gpu as mgpu  # pylint: disable=g-import-not-at-top
   W, R = a["WGMMA"], a["ROW"]
   rows = s.shape[0]
@@ -1033,10 +1037,8 @@ def _max_on_demand(st: "_Static", s, p16, l_blk, m_i, c: float, threshold: int, 
         "selp.u32 $0, 1, 0, %p1; }", "=r,r", has_side_effects=True)
     redo = arith.cmpi(arith.CmpIPredicate.ne, voted, arith.constant(i32, 0))
     one = mgpu.FragmentedArray.splat(arith.constant(f32, 1.0), m_fa.shape, layout=m_fa.layout)
-    outs = (p_fa, l_fa, m_fa, one)
-    types = [r.type for o in outs for r in o.registers.flat]
-    if_op = scf.IfOp(redo, types, has_else=True)
-    with ir.InsertionPoint(if_op.then_block):
+
+    def recompute():
       splat = lambda v: mgpu.FragmentedArray.splat(arith.constant(f32, v), m_fa.shape,
                                                   layout=m_fa.layout)
       m_blk = s_fa.reduce("max", 1) * splat(c)
@@ -1044,21 +1046,9 @@ def _max_on_demand(st: "_Static", s, p16, l_blk, m_i, c: float, threshold: int, 
       m_new = moved.select(m_blk, m_fa)
       cs = mgpu.FragmentedArray.splat(arith.constant(f32, c), s_fa.shape, layout=s_fa.layout)
       p = (s_fa * cs - m_new.broadcast_in_dim(s_fa.shape, (0,), s_fa.layout)).exp2(approx=True)
-      new = (p.astype(p_fa.mlir_dtype), p.reduce("add", 1), m_new,
-             moved.select((m_fa - m_new).exp2(approx=True), one))
-      scf.YieldOp([r for o in new for r in o.registers.flat])
-    with ir.InsertionPoint(if_op.else_block):
-      scf.YieldOp([r for o in outs for r in o.registers.flat])
-    res, k = list(if_op.results), 0
-    rebuilt = []
-    for o in outs:
-      regs = np.empty(o.registers.shape, dtype=object)
-      for i in range(regs.size):
-        regs.flat[i] = res[k]
-        k += 1
-      rebuilt.append(mgpu.FragmentedArray(_registers=regs, _layout=o.layout,
-                                          _is_signed=None))
-    return tuple(rebuilt)
+      return (p.astype(p_fa.mlir_dtype), p.reduce("add", 1), m_new,
+              moved.select((m_fa - m_new).exp2(approx=True), one))
+    return _if_arrays(redo, recompute, (p_fa, l_fa, m_fa, one))
   return body(s, p16, l_blk, m_i)
 
 
@@ -1438,10 +1428,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       """Online softmax of one block's (masked) raw scores -> (P in the input dtype, new row
       reference (the row max, or with `cfg.rescale_threshold` a lagging one), new row sum,
       alpha = the factor rescaling the accumulator from the old reference)."""
-      if cfg.rescale_threshold and cfg.max_on_demand and not masked:
+      if cfg.rescale_threshold and cfg.max_on_demand and not masked and not st.interpret:
         p = jnp.exp2(s * c - lax.broadcast_in_dim(m_i, s.shape, [0]))
         p16, l_blk, m_new, alpha = _max_on_demand(
-            st, s, p.astype(dtype), p.sum(axis=1), m_i, c, cfg.rescale_threshold, dtype)
+            s, p.astype(dtype), p.sum(axis=1), m_i, c, cfg.rescale_threshold, dtype)
         return p16, m_new, l_i * alpha + l_blk, alpha
       m_blk = s.max(axis=1) * c
       if cfg.rescale_threshold and not masked:

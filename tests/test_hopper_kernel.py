@@ -1321,7 +1321,9 @@ OVERLAP_CASES = {
         shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
         window=(200, None), stages=3, overlap=True, sched=False, rescale=8, qscale=6.0,
         races=True), 3e-2),
-    # ...with the row max on demand (HopperConfig.max_on_demand, the long-call default)
+    # ...with the row max on demand (HopperConfig.max_on_demand, the long-call default): its
+    # warp vote and branch are GPU-only (test_gpu_hopper.py); interpret mode takes the config
+    # and runs the lazy rule, whose values the GPU branch reproduces
     "max_on_demand_causal_gqa_window_ragged": (_case(
         shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16", causal=True, q_offset=40,
         window=(200, None), stages=3, overlap=True, sched=False, rescale=8,
