@@ -213,6 +213,9 @@ def _timed_rows(args, cases, impls):
     if fl and "error" not in fl:
       fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)
       fl["fwdbwd_tflops"] = tflops(kind, B, S, fl["fwdbwd_s"], 3.5)
+      for pas, factor in (("fwd", 1.0), ("fwdbwd", 3.5)):
+        if f"{pas}_s_1call" in fl:
+          fl[f"{pas}_tflops_1call"] = tflops(kind, B, S, fl[f"{pas}_s_1call"], factor)
     if fl:
       row["flex"] = fl
       log(kind, B, S, "flex", fl)
@@ -430,6 +433,15 @@ def print_table(res):
           + " ".join(fmt(x) for x in vals)
           + f" |      {ratio(vals[0], vals[1])}     {ratio(vals[0], vals[2])} |"
           f"        {frac(vals[0])}")
+  once = [row for row in rows if (row.get("flex") or {}).get("fwd_tflops_1call")]
+  if once:   # see bench_common._time_torch
+    log("-- ours / Flex timed one call after a synchronize (the Flex figure before the "
+        "twentieth session; adds its host launch latency):")
+    for row in once:
+      o, f = row.get("ours") or {}, row["flex"]
+      log(f"   {row['case']:>12s} {row['B']:3d} {row['S']:5d} | fwd "
+          f"{ratio(o.get('fwd_tflops'), f['fwd_tflops_1call'])}  fwd+bwd "
+          f"{ratio(o.get('fwdbwd_tflops'), f.get('fwdbwd_tflops_1call'))}")
   if res.get("masks"):
     log("-- mask functions (jattn.attention(mask=...)): ours = pallas_mgpu, pf = pallas_flash")
     for pas in ("fwd", "fwdbwd"):

@@ -94,3 +94,53 @@ def test_ab_rounds_fwd_only_times_the_forward_alone(monkeypatch):
   assert row["a"]["fwdbwd"] == [] and "fwdbwd_median" not in row["a"]
   line = bench_common.ratio_of_medians_line(row, "b", "a")
   assert line == "fwd 2.000"
+
+
+def test_flex_timer_times_back_to_back_calls_like_time_call():
+  """Flex's figure (`_time_torch`) is the median of repetitions of back-to-back calls with one
+  synchronize each, as `time_call` times ours; the one-call-after-a-synchronize figure (the
+  Flex timer before the twentieth session, which adds the host's launch latency) comes second.
+  A fake torch whose calls take 1 ms of host time each and whose events read 3 ms."""
+  import time
+  import types
+
+  from bench_common import _time_torch
+  trail = []   # "c" per call, "s" per synchronize
+
+  class Event:
+    def __init__(self, enable_timing):
+      assert enable_timing
+
+    def record(self):
+      pass
+
+    def elapsed_time(self, other):
+      return 3.0   # milliseconds
+  fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+      synchronize=lambda: trail.append("s"), Event=Event))
+
+  def f():
+    trail.append("c")
+    time.sleep(1e-3)
+  many, one = _time_torch(f, reps=3, torch=fake)
+  assert 0.9e-3 <= many <= 2.5e-3, many
+  assert one == pytest.approx(3e-3)
+  # each repetition: >= 5 ms of calls between two synchronizes, then the one event-timed call
+  runs = [len(r) for r in "".join(trail).split("s") if r][-6:]
+  assert runs[1::2] == [1, 1, 1] and min(runs[0::2]) >= 5, runs
+
+
+def test_bench_hopper_table_prints_flex_both_ways(capsys):
+  """The sparse rows' ratio to Flex comes from the back-to-back figure; the one-call figure is
+  printed beside it, labelled."""
+  import bench_hopper
+  row = {"case": "window", "B": 2, "S": 8192,
+         "ours": {"fwd_tflops": 450.0, "fwdbwd_tflops": 390.0},
+         "flex": {"fwd_tflops": 300.0, "fwdbwd_tflops": 300.0,
+                  "fwd_tflops_1call": 200.0, "fwdbwd_tflops_1call": 195.0}}
+  bench_hopper.print_table({"ceiling_tflops": 650.0, "sparse": [row]})
+  out = capsys.readouterr().out.splitlines()
+  fwd_row = next(ln for ln in out if "window" in ln and "|" in ln)
+  assert "1.50" in fwd_row, fwd_row
+  once = out[next(i for i, ln in enumerate(out) if "one call after a synchronize" in ln) + 1]
+  assert "2.25" in once and "2.00" in once, once
