@@ -169,7 +169,7 @@ def time_impl(fn, B, S, reps, what=("fwd", "fwdbwd"), check_against=None):
 
 
 def main_bench(args):
-  dense_S = [1024, 4096] if args.quick else [1024, 4096, 16384]
+  dense_S = [] if args.sparse_only else [1024, 4096] if args.quick else [1024, 4096, 16384]
   cases = [(kind, 16384 // S, S) for S in dense_S
            for kind in ("dense", "causal")]
   sparse = [("window", 2, 8192), ("docs", 2, 8192)]
@@ -325,6 +325,8 @@ def main():
   p.add_argument("--xla-max-seq", type=int, default=4096)
   p.add_argument("--no-flex", action="store_true")
   p.add_argument("--no-sparse", action="store_true")
+  p.add_argument("--sparse-only", action="store_true",
+                 help="the block-sparse cases alone (ours, cuDNN, JAX Pallas, Flex)")
   p.add_argument("--flex-timeout", type=int, default=240)
   p.add_argument("--deadline", type=float, default=None,
                  help="seconds; flex gets what is left of it")
