@@ -26,7 +26,18 @@ def log(*a):
   print(*a, flush=True)
 
 
-def time_call(fn, args, reps, min_rep_s=0.005, warm_s=0.1):
+# Back-to-back calls per timed repetition: >= MIN_REP_S of them (at most MAX_INNER calls), one
+# sync each. Each repetition pays a fixed latency before its first kernel runs and after its
+# last (the host's dispatch of the first call, the sync's return): ~250-370 us for a JAX call on
+# the H100 machine, ~100 us for torch (twentieth session, call 15, `probe_reps.py`: ours window
+# forward 319 us per call with 5 calls per sync, 267 with 20; cuDNN 383 / 309; Flex 433 /
+# 414). Until the twentieth session repetitions were >= 5 ms (~5 fwd+bwd calls of 1 ms), which
+# put that latency into the per-call figure by framework; at 20 ms it is <= ~1.5%.
+MIN_REP_S = 0.02
+MAX_INNER = 200
+
+
+def time_call(fn, args, reps, min_rep_s=MIN_REP_S, warm_s=0.1):
   """Median seconds per call of a jitted `fn(*args)`: warm-up (compile + >= warm_s of calls:
   a cold first-timed config measured up to 20% slow without it), then `reps` timed
   repetitions of >= min_rep_s each (back-to-back calls, one block_until_ready per
@@ -45,7 +56,7 @@ def time_call(fn, args, reps, min_rep_s=0.005, warm_s=0.1):
       if time.perf_counter() - t0 >= warm_s:
         break
   dt = (time.perf_counter() - t0) / n
-  inner = max(1, min(50, int(min_rep_s / max(dt, 1e-6)) + 1))
+  inner = max(1, min(MAX_INNER, int(min_rep_s / max(dt, 1e-6)) + 1))
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
@@ -162,7 +173,7 @@ def tflops(kind, B, S, seconds, factor):
   return 4.0 * H * D * kept_pairs(kind, B, S) * factor / seconds / 1e12
 
 
-def _time_torch(f, reps, torch, min_rep_s=0.005, warm_s=0.1):
+def _time_torch(f, reps, torch, min_rep_s=MIN_REP_S, warm_s=0.1):
   """(median seconds per call of `f` timed as `time_call` times a JAX call: warm-up, then
   `reps` repetitions of >= min_rep_s of back-to-back calls with one synchronize each;
   median seconds of one call after a synchronize, between CUDA events). The first is the
@@ -183,7 +194,7 @@ def _time_torch(f, reps, torch, min_rep_s=0.005, warm_s=0.1):
       if time.perf_counter() - t0 >= warm_s:
         break
   dt = (time.perf_counter() - t0) / n
-  inner = max(1, min(50, int(min_rep_s / max(dt, 1e-6)) + 1))
+  inner = max(1, min(MAX_INNER, int(min_rep_s / max(dt, 1e-6)) + 1))
   many, one = [], []
   for _ in range(reps):
     torch.cuda.synchronize()
@@ -201,50 +212,58 @@ def _time_torch(f, reps, torch, min_rep_s=0.005, warm_s=0.1):
   return statistics.median(many), statistics.median(one)
 
 
+def flex_calls(kind, B, S, torch, flex):
+  """(fwd, fwdbwd) zero-argument calls of FlexAttention (`flex`: the compiled
+  `flex_attention`) on a cell: causal window / documents / causal / chunked / prefix masks as
+  BlockMasks, random bf16 [B, H, S, D] inputs; None for a kind it has no mask for."""
+  from torch.nn.attention.flex_attention import create_block_mask
+  if kind == "window":
+    def mask_mod(b, h, q, kv):
+      return (kv <= q) & (kv > q - WINDOW)
+  elif kind == "docs":
+    ids = torch.tensor(doc_ids(B, S, N_DOCS), device="cuda")
+
+    def mask_mod(b, h, q, kv):
+      return (ids[b, q] == ids[b, kv]) & (kv <= q)
+  elif kind == "causal":
+    def mask_mod(b, h, q, kv):
+      return kv <= q
+  elif kind == "chunked":
+    def mask_mod(b, h, q, kv):
+      return (q // CHUNK == kv // CHUNK) & (kv <= q)
+  elif kind == "prefix":
+    def mask_mod(b, h, q, kv):
+      return (kv <= q) | (kv < PREFIX)
+  else:
+    return None
+  bm = create_block_mask(mask_mod, B, None, S, S, device="cuda")
+  g = torch.Generator(device="cuda").manual_seed(0)
+  mk = lambda: torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, generator=g)
+  q, k, v, do = mk(), mk(), mk(), mk()
+  for x in (q, k, v):
+    x.requires_grad_(True)
+
+  def fwd():
+    with torch.no_grad():
+      return flex(q, k, v, block_mask=bm)
+
+  def fwdbwd():
+    out = flex(q, k, v, block_mask=bm)
+    return torch.autograd.grad(out, (q, k, v), do)
+  return fwd, fwdbwd
+
+
 def flex_worker(out_path, cases, reps):
   import torch
-  from torch.nn.attention.flex_attention import create_block_mask
   from torch.nn.attention.flex_attention import flex_attention
   flex = torch.compile(flex_attention)
   results = {}
   for kind, B, S in cases:
     try:
-      if kind == "window":
-        def mask_mod(b, h, q, kv):
-          return (kv <= q) & (kv > q - WINDOW)
-      elif kind == "docs":
-        ids = torch.tensor(doc_ids(B, S, N_DOCS), device="cuda")
-
-        def mask_mod(b, h, q, kv):
-          return (ids[b, q] == ids[b, kv]) & (kv <= q)
-      elif kind == "causal":
-        def mask_mod(b, h, q, kv):
-          return kv <= q
-      elif kind == "chunked":
-        def mask_mod(b, h, q, kv):
-          return (q // CHUNK == kv // CHUNK) & (kv <= q)
-      elif kind == "prefix":
-        def mask_mod(b, h, q, kv):
-          return (kv <= q) | (kv < PREFIX)
-      else:
+      calls = flex_calls(kind, B, S, torch, flex)
+      if calls is None:
         continue
-      bm = create_block_mask(mask_mod, B, None, S, S, device="cuda")
-      g = torch.Generator(device="cuda").manual_seed(0)
-      mk = lambda: torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16,
-                               generator=g)
-      q, k, v, do = mk(), mk(), mk(), mk()
-      q.requires_grad_(True)
-      k.requires_grad_(True)
-      v.requires_grad_(True)
-
-      def fwd():
-        with torch.no_grad():
-          return flex(q, k, v, block_mask=bm)
-
-      def fwdbwd():
-        out = flex(q, k, v, block_mask=bm)
-        return torch.autograd.grad(out, (q, k, v), do)
-
+      fwd, fwdbwd = calls
       r = {}
       for name, f in (("fwd_s", fwd), ("fwdbwd_s", fwdbwd)):
         r[name], r[name + "_1call"] = _time_torch(f, reps, torch)
