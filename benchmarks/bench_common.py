@@ -181,7 +181,7 @@ def _time_torch(f, reps, torch, min_rep_s=MIN_REP_S, warm_s=0.1):
   adds the host's launch latency of the call's kernels to its GPU time (on the H100 machine
   of 2026-11-25, window fwd+bwd 2223 us against 1518 us back-to-back and 1530 us of kernel
   time under CUPTI; benchmarks/results/logs_s20/), so it flattered every ratio against Flex
-  by up to 1.4x, by how fast the machine's host was."""
+  by 1.1-1.6x, by how fast the machine's host was."""
   import time
   f()
   torch.cuda.synchronize()
