@@ -19,6 +19,9 @@ variant's ratio to the peer.
       --variant "persistent:persistent=True" --variant "fused:backward=fused"
   python3 benchmarks/ab.py --kernel hopper --cells docs,window --variant-base call \\
       --variant "k:dkv_persistent=True"      # each cell's own config + one change
+
+Add --dry-run (any machine, e.g. before a GPU call) to trace every variant on abstract inputs
+and stop: a config the call refuses (shared memory, registers, field rules) fails there.
 """
 
 from __future__ import annotations
@@ -94,6 +97,11 @@ def main():
                   help="diagnostic variants that change the result (e.g. a patch's ablations): "
                        "log how far each is from the default instead of stopping")
   ap.add_argument("--out", default=None)
+  ap.add_argument("--dry-run", action="store_true",
+                  help="trace every variant's forward (and fwd+bwd unless --fwd-only) on "
+                       "abstract inputs and stop: the configs' checks (shared memory, "
+                       "registers, field rules) run at trace time on any machine, so a bad "
+                       "variant fails here and not on the GPU")
   args = ap.parse_args()
 
   import jax
@@ -114,6 +122,17 @@ def main():
     return table
   for cell in args.cells.split(","):   # every variant parses before anything is timed
     variants(*CELLS[cell])
+  if args.dry_run:
+    for cell in args.cells.split(","):
+      kind, B, S = CELLS[cell]
+      q, k, v, do = jax.eval_shape(lambda B=B, S=S: make_inputs(B, S))
+      for n, cfg in variants(kind, B, S).items():
+        fn = ours(kind, B, S, cfg)
+        jax.eval_shape(fn, q, k, v)
+        if not args.fwd_only:
+          jax.eval_shape(lambda q, k, v, do, fn=fn: jax.vjp(fn, q, k, v)[1](do), q, k, v, do)
+        log(f"{cell:10s} {n:14s} traces")
+    return
   results = {}
   for cell in args.cells.split(","):
     kind, B, S = CELLS[cell]

@@ -178,3 +178,22 @@ def test_timeline_gpu_kernels_reads_both_trace_formats():
   ]
   assert gpu_kernels(torch_events, 1) == ({"triton_flex": 30.0}, 30.0, 30.0)
   assert gpu_kernels(jax_events[:6], 1) is None
+
+
+def test_ab_dry_run_traces_variants_and_catches_a_bad_one(monkeypatch, capsys):
+  """`ab.py --dry-run` traces each variant on abstract inputs (no kernel runs) and stops; a
+  variant whose config the call refuses at trace time (here: 3 stages of the window cell's
+  persistent forward without the reduction scratch cut: over the shared memory limit, as
+  call 8 of the twentieth session found on the GPU) fails there."""
+  import ab
+  monkeypatch.setattr(sys, "argv", ["ab.py", "--kernel", "hopper", "--cells", "window",
+                                    "--variant-base", "call", "--dry-run",
+                                    "--variant", "r240:consumer_registers=240;producer_registers=24"])
+  ab.main()
+  out = capsys.readouterr().out
+  assert "default" in out and "r240" in out and out.count("traces") == 2, out
+  monkeypatch.setattr(sys, "argv", ["ab.py", "--kernel", "hopper", "--cells", "window",
+                                    "--variant-base", "call", "--dry-run", "--fwd-only",
+                                    "--variant", "s3:stages=3"])
+  with pytest.raises(ValueError, match="shared memory"):
+    ab.main()
