@@ -37,22 +37,19 @@ MIN_REP_S = 0.02
 MAX_INNER = 200
 
 
-def time_call(fn, args, reps, min_rep_s=MIN_REP_S, warm_s=0.1):
-  """Median seconds per call of a jitted `fn(*args)`: warm-up (compile + >= warm_s of calls:
-  a cold first-timed config measured up to 20% slow without it), then `reps` timed
-  repetitions of >= min_rep_s each (back-to-back calls, one block_until_ready per
-  repetition). The one timer of every JAX benchmark here."""
+def _back_to_back(call, sync, reps, min_rep_s, warm_s, after_rep=None):
+  """Median seconds per call of `call()`: warm-up (>= warm_s of calls), then `reps` timed
+  repetitions of >= min_rep_s of back-to-back calls (at most MAX_INNER), each ended by
+  `sync(last output)`; `after_rep()` runs after each repetition, untimed. The loop of both
+  timers below, so that ours and Flex are timed alike."""
   import time
-
-  import jax
-  jax.block_until_ready(fn(*args))
-  t0 = time.perf_counter()
-  n = 0
+  sync(call())
+  t0, n = time.perf_counter(), 0
   while True:
-    out = fn(*args)
+    out = call()
     n += 1
     if n % 4 == 0:
-      jax.block_until_ready(out)
+      sync(out)
       if time.perf_counter() - t0 >= warm_s:
         break
   dt = (time.perf_counter() - t0) / n
@@ -61,10 +58,21 @@ def time_call(fn, args, reps, min_rep_s=MIN_REP_S, warm_s=0.1):
   for _ in range(reps):
     t0 = time.perf_counter()
     for _ in range(inner):
-      out = fn(*args)
-    jax.block_until_ready(out)
+      out = call()
+    sync(out)
     times.append((time.perf_counter() - t0) / inner)
+    if after_rep is not None:
+      after_rep()
   return statistics.median(times)
+
+
+def time_call(fn, args, reps, min_rep_s=MIN_REP_S, warm_s=0.1):
+  """Median seconds per call of a jitted `fn(*args)`: warm-up (compile + >= warm_s of calls:
+  a cold first-timed config measured up to 20% slow without it), then `reps` timed
+  repetitions of >= min_rep_s each (back-to-back calls, one block_until_ready per
+  repetition). The one timer of every JAX benchmark here."""
+  import jax
+  return _back_to_back(lambda: fn(*args), jax.block_until_ready, reps, min_rep_s, warm_s)
 
 
 def parse_variant(spec: str, base, call_args=()):
@@ -182,34 +190,18 @@ def _time_torch(f, reps, torch, min_rep_s=MIN_REP_S, warm_s=0.1):
   of 2026-11-25, window fwd+bwd 2223 us against 1518 us back-to-back and 1530 us of kernel
   time under CUPTI; benchmarks/results/logs_s20/), so it flattered every ratio against Flex
   by 1.1-1.6x, by how fast the machine's host was."""
-  import time
-  f()
-  torch.cuda.synchronize()
-  t0, n = time.perf_counter(), 0
-  while True:
-    f()
-    n += 1
-    if n % 4 == 0:
-      torch.cuda.synchronize()
-      if time.perf_counter() - t0 >= warm_s:
-        break
-  dt = (time.perf_counter() - t0) / n
-  inner = max(1, min(MAX_INNER, int(min_rep_s / max(dt, 1e-6)) + 1))
-  many, one = [], []
-  for _ in range(reps):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(inner):
-      f()
-    torch.cuda.synchronize()
-    many.append((time.perf_counter() - t0) / inner)
+  one = []
+
+  def one_call():
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
     f()
     e.record()
     torch.cuda.synchronize()
     one.append(s.elapsed_time(e) / 1e3)
-  return statistics.median(many), statistics.median(one)
+  many = _back_to_back(f, lambda _: torch.cuda.synchronize(), reps, min_rep_s, warm_s,
+                       after_rep=one_call)
+  return many, statistics.median(one)
 
 
 def flex_calls(kind, B, S, torch, flex):

@@ -211,11 +211,10 @@ def _timed_rows(args, cases, impls):
       log(kind, B, S, label, r)
     fl = flex.get(f"{kind}_B{B}_S{S}")
     if fl and "error" not in fl:
-      fl["fwd_tflops"] = tflops(kind, B, S, fl["fwd_s"], 1.0)
-      fl["fwdbwd_tflops"] = tflops(kind, B, S, fl["fwdbwd_s"], 3.5)
       for pas, factor in (("fwd", 1.0), ("fwdbwd", 3.5)):
-        if f"{pas}_s_1call" in fl:
-          fl[f"{pas}_tflops_1call"] = tflops(kind, B, S, fl[f"{pas}_s_1call"], factor)
+        for sfx in ("", "_1call"):   # _1call: see bench_common._time_torch
+          if f"{pas}_s{sfx}" in fl:
+            fl[f"{pas}_tflops{sfx}"] = tflops(kind, B, S, fl[f"{pas}_s{sfx}"], factor)
     if fl:
       row["flex"] = fl
       log(kind, B, S, "flex", fl)

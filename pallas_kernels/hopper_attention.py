@@ -244,7 +244,7 @@ class HopperConfig:
   # correct on the H100 but 3-7% slower fwd+bwd in every cell timed (seventh session, NOTES.md
   # Hopper v8) - the backward's consumers do better running free.
   bwd_schedule_barrier: bool = False
-  # forward with `overlap_softmax`: FA4's lazy rescale. In a step whose block keeps every pair,
+  # forward, needs `overlap_softmax`: FA4's lazy rescale. In a step whose block keeps every pair,
   # a row's reference max moves only where the block's max exceeds it by more than this many
   # powers of two (so P <= 2^rescale_threshold: no overflow, bf16 / f16 P keep their relative
   # precision), and each thread skips the O rescale where its rows' references did not move -
@@ -274,6 +274,9 @@ class HopperConfig:
     rt = self.rescale_threshold
     if not isinstance(rt, int) or isinstance(rt, bool) or not 0 <= rt <= 10:
       raise ValueError(f"rescale_threshold must be an int in [0, 10] (powers of two), got {rt!r}")
+    if rt and not self.overlap_softmax:
+      raise ValueError("rescale_threshold needs overlap_softmax=True (the plain loop's softmax "
+                       "has no lazy rescale and would ignore it)")
     if self.max_on_demand and not rt:
       raise ValueError("max_on_demand needs rescale_threshold > 0 (the row sums' limit)")
     fr = self.fused_registers

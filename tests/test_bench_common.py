@@ -155,7 +155,8 @@ def test_timeline_gpu_kernels_reads_both_trace_formats():
   jax_events = [
       {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
       {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-      {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name", "args": {"name": "Stream #14(Compute)"}},
+      {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name",
+       "args": {"name": "Stream #14(Compute)"}},
       {"ph": "M", "pid": 2, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
       {"ph": "X", "pid": 1, "tid": 3, "ts": 0.0, "dur": 500.0, "name": "python"},
       {"ph": "X", "pid": 2, "tid": 8, "ts": 0.0, "dur": 900.0, "name": "an op"},
@@ -188,7 +189,8 @@ def test_ab_dry_run_traces_variants_and_catches_a_bad_one(monkeypatch, capsys):
   import ab
   monkeypatch.setattr(sys, "argv", ["ab.py", "--kernel", "hopper", "--cells", "window",
                                     "--variant-base", "call", "--dry-run",
-                                    "--variant", "r240:consumer_registers=240;producer_registers=24"])
+                                    "--variant",
+                                    "r240:consumer_registers=240;producer_registers=24"])
   ab.main()
   out = capsys.readouterr().out
   assert "default" in out and "r240" in out and out.count("traces") == 2, out

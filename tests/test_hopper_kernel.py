@@ -1645,4 +1645,7 @@ def test_rescale_threshold_is_checked_and_set_where_the_overlap_is():
               ha.default_config(128, 8192, short_walks="band")):
     assert cfg.persistent and not cfg.max_on_demand, cfg
   with pytest.raises(ValueError, match="max_on_demand needs rescale_threshold"):
-    ha.HopperConfig(max_on_demand=True)
+    ha.HopperConfig(max_on_demand=True, overlap_softmax=True)
+  # the plain loop has no lazy rescale: refused rather than ignored
+  with pytest.raises(ValueError, match="rescale_threshold needs overlap_softmax"):
+    ha.HopperConfig(rescale_threshold=8)
