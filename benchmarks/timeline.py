@@ -70,19 +70,34 @@ def _report(label, timer_s, found, n_calls):
     print(f"    {us:9.1f} us  {name[:90]}")
 
 
-def _jax(cells, impls, whats, n_calls):
+def _runs(cell, impls, variants=()):
+  """[(label, fn)] of a cell: each impl as the call picks it, then "ours:NAME" for each
+  variant spec (ab.py's syntax, from the call's own config: `ab.py --variant-base call`)."""
+  from ab import CELLS
+  from bench_common import parse_variant
+  from bench_hopper import call_config, make
+  kind, B, S = CELLS[cell]
+  runs = []
+  for impl in impls:
+    if impl == "cudnn" and kind == "docs":   # no segment ids there (bench_hopper's rule)
+      print(f"{cell} cudnn: skipped (cuDNN takes no segment ids)")
+    else:
+      runs.append((impl, make(impl, kind, B=B, S=S)))
+  for spec in variants:
+    name, cfg, extra = parse_variant(spec, call_config(kind, B, S), ("backward",))
+    runs.append((f"ours:{name}", make("ours", kind, config=cfg, B=B, S=S, **extra)))
+  return runs
+
+
+def _jax(cells, impls, whats, n_calls, variants=()):
   import jax
   from ab import CELLS
   from bench_common import time_call
-  from bench_hopper import inputs, make
+  from bench_hopper import inputs
   for cell in cells:
     kind, B, S = CELLS[cell]
     q, k, v, do = inputs(B, S)
-    for impl in impls:
-      if impl == "cudnn" and kind == "docs":   # no segment ids there (bench_hopper's rule)
-        print(f"{cell} cudnn: skipped (cuDNN takes no segment ids)")
-        continue
-      fn = make(impl, kind, B=B, S=S)
+    for impl, fn in _runs(cell, impls, variants):
       for what in whats:
         if what == "fwd":
           f, xs = jax.jit(fn), (q, k, v)
@@ -142,6 +157,9 @@ def main():
   ap.add_argument("--impls", default="ours,cudnn", help="ours, cudnn, or flex (alone)")
   ap.add_argument("--what", default="fwd,fwdbwd")
   ap.add_argument("--calls", type=int, default=20)
+  ap.add_argument("--variant", action="append", default=[],
+                  help="also ours with the call's own config changed: NAME:field=value;... "
+                       "(as ab.py --variant-base call)")
   a = ap.parse_args()
   cells, impls, whats = a.cells.split(","), a.impls.split(","), a.what.split(",")
   if "flex" in impls:
@@ -149,7 +167,7 @@ def main():
       ap.error("--impls flex runs alone (torch in its own process)")
     _flex(cells, whats, a.calls)
   else:
-    _jax(cells, impls, whats, a.calls)
+    _jax(cells, impls, whats, a.calls, a.variant)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,24 @@ def test_ab_dry_run_traces_variants_and_catches_a_bad_one(monkeypatch, capsys):
                                     "--variant", "s3:stages=3"])
   with pytest.raises(ValueError, match="shared memory"):
     ab.main()
+
+
+def test_timeline_variants_start_from_the_calls_own_config(monkeypatch, capsys):
+  """benchmarks/timeline.py --variant: "ours:NAME" runs with the config the call picks by
+  itself, the named fields replaced (ab.py's syntax, `backward` as a call argument); cuDNN is
+  skipped on documents (no segment ids there)."""
+  import dataclasses
+  import bench_hopper
+  import timeline
+  made = []
+  monkeypatch.setattr(bench_hopper, "make",
+                      lambda impl, kind, **kw: made.append((impl, kind, kw)) or len(made))
+  runs = timeline._runs("docs", ["ours", "cudnn"],   # pylint: disable=protected-access
+                        ["two:bwd_stages=3", "m:backward=mosaic"])
+  assert "cudnn: skipped" in capsys.readouterr().out
+  assert [label for label, _ in runs] == ["ours", "ours:two", "ours:m"]
+  own = bench_hopper.call_config("docs", 2, 8192)
+  assert made[0] == ("ours", "docs", dict(B=2, S=8192))
+  assert made[1] == ("ours", "docs", dict(config=dataclasses.replace(own, bwd_stages=3),
+                                          B=2, S=8192))
+  assert made[2] == ("ours", "docs", dict(config=own, B=2, S=8192, backward="mosaic"))
