@@ -8,6 +8,8 @@ the twentieth session found that Flex's old one-call figure added its host launc
 
   python3 benchmarks/timeline.py --cells window,docs --impls ours,cudnn [--what fwd,fwdbwd]
   python3 benchmarks/timeline.py --cells window,docs --impls flex     # torch.profiler
+  python3 benchmarks/timeline.py --cells window --impls ours --what fwdbwd \
+      --variant "first:bwd_stages=3"   # also ours with its own config changed (ab.py syntax)
 
 ours / cudnn run under jax.profiler (its perfetto trace), flex under torch.profiler; one
 family per process (run twice for both).
