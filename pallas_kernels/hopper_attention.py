@@ -262,6 +262,15 @@ class HopperConfig:
   # persistent kernel cannot afford: forward +11% on dense 4k / 16k (non-persistent), -12% on
   # the persistent dense 1k call (nineteenth session, NOTES.md Hopper v22).
   max_on_demand: bool = False
+  # backward (dK / dV and fused kernels; causal, window and segment-id ranges, not block
+  # lists or the ping-pong): each consumer skips the steps of its KV tile's walk where none of
+  # its own bkv keys pairs with the query block - e.g. on a causal tile's diagonal block the
+  # upper consumer's keys all lie right of every query, on a window's far edge the lower
+  # consumer's all lie left of the band. A skipped step waits for the ring slot and frees it
+  # (the other consumer still uses it), issues none of the consumer's 4 products of the step
+  # and, in the fused kernel, writes a zero dS^T tile for the dQ product, which reads both
+  # consumers' tiles. Twenty-second session (NOTES.md Hopper v25).
+  bwd_skip_empty_halves: bool = True
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -740,6 +749,26 @@ def _range_walk(lo, flo, fhi, hi):
                    (fhi - lo, hi - lo, True, blk)]
 
 
+def _consumer_walk(lo, flo, fhi, hi, own_lo, own_hi):
+  """`_range_walk` of a KV tile's query blocks [lo, hi) for a consumer whose own keys pair only
+  with blocks [own_lo, own_hi): the steps outside that are "skip" sections. own_lo / own_hi
+  are clamped into [lo, flo] / [fhi, hi] (a consumer's keys meet every block that is full for
+  the whole tile), which only ever widens what the consumer computes."""
+  own_lo = jnp.minimum(jnp.maximum(own_lo, lo), flo)
+  own_hi = jnp.minimum(jnp.maximum(own_hi, fhi), hi)
+  blk = lambda u: lo + u
+  return hi - lo, [(0, own_lo - lo, "skip", blk), (own_lo - lo, flo - lo, True, blk),
+                   (flo - lo, fhi - lo, False, blk), (fhi - lo, own_hi - lo, True, blk),
+                   (own_hi - lo, hi - lo, "skip", blk)]
+
+
+def _halves_to_tile(r0, r1):
+  """A KV tile's query block ranges from its two halves' (lo, flo, fhi, hi): visit what either
+  half visits, no mask where both halves need none."""
+  return _order(jnp.minimum(r0[0], r1[0]), jnp.maximum(r0[1], r1[1]),
+                jnp.minimum(r0[2], r1[2]), jnp.maximum(r0[3], r1[3]))
+
+
 def _list_walk(lists, bm, hm, row, r: int):
   """Step sequence of one row of block lists (num_partial, idx_partial, num_full, idx_full):
   the partial blocks (masked), then the full ones; each listed block is `r` kernel steps.
@@ -763,7 +792,8 @@ def _list_walk(lists, bm, hm, row, r: int):
 
 
 def _walk(sections, body, carry):
-  """Runs body(u, carry, masked=, blk=) over the sections of `_range_walk` / `_list_walk`."""
+  """Runs body(u, carry, masked=, blk=) over the sections of `_range_walk` / `_list_walk` /
+  `_consumer_walk` (masked: True, False or "skip")."""
   for u0, u1, masked, blk in sections:
     carry = lax.fori_loop(u0, u1, functools.partial(body, masked=masked, blk=blk), carry)
   return carry
@@ -2183,6 +2213,9 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   # barrier's rounds pair up: 2 per step each, plus one before consumer 1's walk and one after
   # consumer 0's (per work item when persistent).
   ping_pong = cfg.bwd_schedule_barrier and not fused
+  # consumers skip their steps with no kept pair (not under the ping-pong: its rounds pair the
+  # two consumers' steps one to one)
+  skip_halves = cfg.bwd_skip_empty_halves and not sparse and not ping_pong
   fused_persistent = fused and cfg.fused_persistent
   persistent = fused_persistent or (
       not fused and _dkv_persistent(cfg, D, jnp.dtype(dtype).itemsize, nqs, nks))
@@ -2212,19 +2245,28 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
     wg = lax.axis_index("wg")
     sched_sync = functools.partial(_schedule_round, sched)
 
-    def plan(b, kvh, ci):
+    def plan(b, kvh, ci, consumer: bool = False):
       """KV tile ci of (b, kvh): (head_walk: query head g of the group -> (steps, `_walk`
       sections); steps of every head (None for lists); first block of a range (None for
-      lists))."""
+      lists)). consumer: the sections of this consumer (`wg`), with its skipped steps."""
       if sparse:   # per-head lists when Hm == N
         bm = b if st.Bm > 1 else 0
         return (lambda g: _list_walk(lists, bm, kvh * G + g if st.Hm > 1 else 0, ci, r),
                 None, None)
-      if segs:   # query block ranges of this KV tile, precomputed (see _seg_block_ranges)
-        lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
+      if segs:   # query block ranges of the tile's two halves, precomputed (_seg_block_ranges)
+        halves = [_read_ranges(rng_ref, b, 2 * ci + w) for w in range(2)]
+        lo, flo, fhi, hi = _halves_to_tile(*halves)
       else:
         lo, flo, fhi, hi = _q_ranges(st, ci * (2 * bkv), 2 * bkv, bq)
-      n, sections = _range_walk(lo, flo, fhi, hi)
+      if consumer and skip_halves:
+        if segs:   # wg is 0 or 1 here: no selects inside kernels
+          own_lo, own_hi = (halves[0][x] + (halves[1][x] - halves[0][x]) * wg for x in (0, 3))
+        else:
+          own = _q_ranges(st, ci * (2 * bkv) + wg * bkv, bkv, bq)
+          own_lo, own_hi = own[0], own[3]
+        n, sections = _consumer_walk(lo, flo, fhi, hi, own_lo, own_hi)
+      else:
+        n, sections = _range_walk(lo, flo, fhi, hi)
       return (lambda g: (n, sections)), n, lo
 
     def kv_rows(b, kvh, ci):   # this consumer's keys of KV tile ci
@@ -2253,7 +2295,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
       still waits every phase of both barriers in order - the first step waits none (no
       previous dQ) and the second waits the first's - and neither can arrive twice before the
       other has seen the meeting, which it must pass first."""
-      head_walk, _, _ = plan(b, kvh, ci)
+      head_walk, _, _ = plan(b, kvh, ci, consumer=True)
       kv_base = ci * (2 * bkv) + wg * bkv
       # The item's first ring step, where the fused kernel has no previous dQ: a Python 0
       # when not persistent, as before the persistent kernel. A first version that compared
@@ -2329,7 +2371,42 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
         n_g, sections = head_walk(g)
         dk, dv, hbase, prev = carry   # hbase: ring step of this head's first block
 
+        def skipped_step(u, carry, blk):
+          """A step where none of this consumer's keys pairs with the query block: the ring
+          slot waited and freed, no product of its own; fused: a zero dS^T tile for the dQ
+          products (both consumers' read it), the previous step's dQ and the step's end as
+          in `step`."""
+          dk, dv, prev = carry
+          t = hbase + u
+          slot = lax.rem(t, stages)
+          plgpu.barrier_wait(in_bar.at[slot])
+          release = lambda: plgpu.barrier_arrive(in_free.at[slot])
+          if fused:
+            i = blk(u)
+            pl.when(t > first)(lambda: wait_other_end(t))
+            if fused_persistent:
+              pl.when(t == first)(lambda: plgpu.wait_smem_to_gmem(0, wait_read_only=True))
+            ds_smem.at[lax.rem(t, 2), wg][...] = _cast(
+                st, jnp.full((bkv, bq), 0.0, jnp.float32), "WGMMA").astype(dtype)
+            plgpu.commit_smem()
+            early = not st.interpret
+            pl.when(t > first)(lambda: previous_dq(t, *prev, release if early else None))
+            if early:
+              pl.when(t == first)(release)
+            else:
+              release()
+          else:
+            release()
+          if prefetch is not None:
+            pl.when(t == base)(prefetch)
+          if fused:
+            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
+            return dk, dv, (i, h)
+          return dk, dv, prev
+
         def step(u, carry, masked, blk):
+          if masked == "skip":
+            return skipped_step(u, carry, blk)
           dk, dv, prev = carry   # prev: (block, head) of the previous step (fused)
           t = hbase + u
           slot = lax.rem(t, stages)
@@ -2578,7 +2655,8 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
   qside, kvside = _side_operands(st, seg, sp)
   operands = (q, k, v, do, lse2, delta) + qside + kvside
   if segs:
-    operands = operands + (_kv_tile_q_table(st, seg, 2 * bkv, bq),)
+    # per half tile (a consumer's keys): `plan` derives the tile's ranges from its two halves
+    operands = operands + (_kv_tile_q_table(st, seg, bkv, bq),)
   if not fused:
     if ping_pong:
       scratch = scratch + (plgpu.Barrier(num_arrivals=2),)

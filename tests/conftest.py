@@ -21,3 +21,9 @@ if not glob.glob("/dev/nvidia[0-9]*"):
 
 # tests import the independent oracles as a plain module
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Mosaic GPU interpret mode compiles each kernel body once, not once per CTA (interpret_cache.py;
+# the interpret-mode case scripts that tests run in subprocesses install it themselves)
+import interpret_cache  # noqa: E402  pylint: disable=wrong-import-position
+
+interpret_cache.install()

@@ -122,6 +122,64 @@ def test_q_ranges_cover_exactly_the_needed_blocks(ts, causal, offs, window):
         assert blk.all(), (c0, i, flo, fhi)
 
 
+def _consumer_steps(tile, own):
+  """[(query block, "skip" / True (masked) / False (no mask))] of a consumer's walk."""
+  n, sections = ha._consumer_walk(*tile, own[0], own[3])
+  steps = [(int(blk(u)), masked) for u0, u1, masked, blk in sections
+           for u in range(int(u0), int(u1))]
+  assert len(steps) == int(n)   # the sections tile [0, n) in order
+  return steps
+
+
+def _check_consumer_steps(steps, tile, keep_w, bq, T):
+  """A consumer's steps (from `_consumer_steps`) against keep_w [T, its real keys]: the tile's
+  blocks in order, no skipped block with a kept pair, no unmasked block with a dropped pair
+  -> the number of skipped steps."""
+  lo, _, _, hi = (int(x) for x in tile)
+  assert [i for i, _ in steps] == list(range(lo, hi))
+  skipped = 0
+  for i, kind in steps:
+    blk = keep_w[i * bq:min((i + 1) * bq, T)]
+    if kind == "skip":
+      skipped += 1
+      assert not blk.any(), (i, steps)
+    elif kind is False:   # (padded keys need no mask in the dK/dV kernels)
+      assert blk.all(), (i, steps)
+  return skipped
+
+
+@pytest.mark.parametrize("ts,causal,offs,window", RANGE_CASES[::3])
+def test_consumer_walks_skip_only_blocks_their_keys_never_meet(ts, causal, offs, window):
+  """The dK/dV kernels' per-consumer walks (HopperConfig.bwd_skip_empty_halves): each consumer
+  steps through its tile's whole range (the producer's ring), skipping only blocks where none
+  of its 64 keys pairs with a query, and runs unmasked only where all its pairs are kept."""
+  T, S = ts
+  st = _st(T, S, causal, *offs, *window)
+  keep = _keep_np(st, T, S)
+  bq = bkv = 64
+  for c0 in range(0, min(st.Sp, S), 2 * bkv):
+    tile = ha._q_ranges(st, c0, 2 * bkv, bq)
+    for w in range(2):
+      k0 = c0 + w * bkv
+      own = ha._q_ranges(st, k0, bkv, bq)
+      _check_consumer_steps(_consumer_steps(tile, own), tile, keep[:, k0:min(k0 + bkv, S)],
+                            bq, T)
+
+
+def test_consumer_walk_skips_where_a_half_meets_no_query():
+  """The layout of test_interpret_mode's *_window_skips cases (T = S = 256, causal, 64-key
+  window): on both tiles consumer 1 skips its first step (the diagonal block lies left of its
+  keys); on the first, consumer 0 skips its last (the band has passed its keys)."""
+  st = _st(256, 256, True, 0, 0, 63, 0)
+  for c0 in (0, 128):
+    tile = ha._q_ranges(st, c0, 128, 64)
+    walks = [_consumer_steps(tile, ha._q_ranges(st, c0 + 64 * w, 64, 64)) for w in range(2)]
+    kinds = [[k for _, k in steps] for steps in walks]
+    assert kinds[1][0] == "skip" and kinds[1][1:].count("skip") == 0, walks
+    assert kinds[0][:-1].count("skip") == 0, walks
+    assert (kinds[0][-1] == "skip") == (c0 == 0), walks
+
+
 def _seg_layout(kind, B, T, S, seed):
   """(q_ids [B, T], kv_ids [B, S]) numpy int32."""
   rng = np.random.default_rng(seed)
@@ -203,6 +261,28 @@ def test_segment_range_tables_cover_exactly_the_needed_blocks(ts, static, layout
   if layout != "unsorted" and not causal and window == (None, None) and T >= 200:
     # documents alone: some blocks are skipped and some run unmasked (the point of the tables)
     assert n_skipped > 0 and n_full > 0, (n_skipped, n_full)
+  # the dK/dV kernels read the table per half tile (a consumer's 64 keys) and derive the
+  # tile's ranges from its two halves (`_halves_to_tile`): the same checks per tile, and each
+  # consumer's walk (`_consumer_walk`) skips only blocks its keys never meet
+  halves = np.asarray(ha._kv_tile_q_table(st, seg, rows // 2, bq))
+  assert halves.shape == (B, st.Sp // (rows // 2), 4)
+  n_consumer_skips = 0
+  for b in range(B):
+    for ci in range(st.Sp // rows):
+      if ci * rows >= S:
+        continue
+      hs = [tuple(jnp.int32(x) for x in halves[b, 2 * ci + w]) for w in range(2)]
+      tile = ha._halves_to_tile(*hs)
+      lo, flo, fhi, hi = (int(x) for x in tile)
+      assert 0 <= lo <= flo <= fhi <= hi <= nq
+      for w in range(2):
+        k0 = ci * rows + w * (rows // 2)
+        if k0 >= S:
+          continue
+        n_consumer_skips += _check_consumer_steps(
+            _consumer_steps(tile, hs[w]), tile, keep[b, :, k0:min(k0 + rows // 2, S)], bq, T)
+  if layout == "docs" and static == (True, (0, 0), (None, None)) and T == S:
+    assert n_consumer_skips > 0   # the diagonal blocks at least
 
 
 def test_config_validation():
@@ -653,8 +733,13 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
 """)
 
 
+# Each case compiles every kernel body once, not once per CTA and warpgroup (interpret_cache.py)
+_CACHE_LINE = ("import sys; sys.path.insert(0, {!r}); import interpret_cache; "
+               "interpret_cache.install()\n").format(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _run_case(case: dict, timeout: int = 600, script: str = _CASE_SCRIPT) -> dict:
-  script = _SCRIPT_PRELUDE + script.format(root=ROOT, case=json.dumps(case))
+  script = _CACHE_LINE + _SCRIPT_PRELUDE + script.format(root=ROOT, case=json.dumps(case))
   env = dict(os.environ, JAX_PLATFORMS="cpu")   # XLA_FLAGS: see conftest.py
   try:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -733,6 +818,18 @@ INTERPRET_CASES = {
         shape=(2, 200, 200, 2, 1, 64), dtype="bfloat16", causal=True, grad="fused", races=True,
         seg=dict(q=_doc_ids(2, 200, [[37, 150], [90]], orphan=(60, 70)),
                  kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
+    # consumers skipping the steps where none of their keys pairs with the query block
+    # (HopperConfig.bwd_skip_empty_halves): a causal window of 64 keys over 2 KV tiles, GQA,
+    # so that on every tile consumer 1 skips its first step (the diagonal block lies left of
+    # its keys) and consumer 0 its last (the band has passed its keys) -
+    # test_consumer_walk_skips_where_a_half_meets_no_query checks that these steps exist; in
+    # the fused kernel (a zero dS^T tile for the other's dQ product, race detector on) and
+    # the two-kernel backward's dK/dV kernel
+    "fwdbwd_fused_window_skips": (_case(shape=(1, 256, 256, 2, 1, 64), dtype="bfloat16",
+                                        causal=True, window=(63, 0), grad="fused",
+                                        races=True), 3e-2),
+    "fwdbwd_mosaic_window_skips": (_case(shape=(1, 256, 256, 2, 1, 64), dtype="bfloat16",
+                                         causal=True, window=(63, 0), grad="mosaic"), 3e-2),
     # through jattn.attention(implementation="pallas_mgpu", segment_ids=...), forward + lse:
     # not causal, cross-attention lengths (T=100, S=300), UNSORTED random ids (the range
     # covers blocks the in-kernel equality mask must clear), f16, 128-key blocks.
@@ -741,6 +838,18 @@ INTERPRET_CASES = {
         seg=dict(q=np.random.default_rng(0).integers(0, 3, (1, 100)).tolist(),
                  kv=np.random.default_rng(1).integers(0, 3, (1, 300)).tolist())), 2e-2),
 }
+
+
+@requires_interpret
+def test_interpret_cache_is_installed():
+  """The interpret-mode kernel tests rely on interpret_cache.py (each kernel body compiled once,
+  not per CTA and warpgroup: ~3x of the CI's test time, twenty-second session). Where this jax's
+  interpreter has no `_run_jaxpr` to wrap, this fails rather than let CI slow down unnoticed:
+  check whether the new jax still recompiles per CTA and adapt or drop the cache."""
+  import interpret_cache
+  from jax._src.pallas.mosaic.interpret import thread_map
+  assert interpret_cache.install()
+  assert thread_map._run_jaxpr.__module__ == interpret_cache.__name__  # pylint: disable=protected-access
 
 
 @requires_interpret
