@@ -2391,18 +2391,22 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
             plgpu.commit_smem()
             early = not st.interpret
             pl.when(t > first)(lambda: previous_dq(t, *prev, release if early else None))
-            if early:
-              pl.when(t == first)(release)
-            else:
-              release()
+            return end_step(t, release, early, (dk, dv, (i, h)))
+          return end_step(t, release, False, carry)
+
+        def end_step(t, release, early, carry):
+          """What every step ends with: the ring slot freed (early: only the item's first step
+          here - later ones free it from `previous_dq` once their dV / dK products are done),
+          the persistent kernel's prefetch, and (fused) this consumer's end of step t."""
+          if early:
+            pl.when(t == first)(release)
           else:
             release()
           if prefetch is not None:
             pl.when(t == base)(prefetch)
           if fused:
-            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
-            return dk, dv, (i, h)
-          return dk, dv, prev
+            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])
+          return carry
 
         def step(u, carry, masked, blk):
           if masked == "skip":
@@ -2471,16 +2475,7 @@ def _dkv_call(st: _Static, q, k, v, do, lse2, delta, fused: bool = False, seg=No
                 lambda: previous_dq(t, *prev, release if early else None))
           dv, dk = _mma_acc(st, (dv, dk), [(p16, do_smem.at[slot]), (ds16, q_smem.at[slot])],
                             after_issue=after_issue)
-          if early:
-            pl.when(t == first)(release)
-          else:
-            release()
-          if prefetch is not None:
-            pl.when(t == base)(prefetch)
-          if fused:
-            plgpu.barrier_arrive(pair.at[lax.rem(t, 2)])   # my end of step t
-            return dk, dv, (i, h)
-          return dk, dv, prev
+          return end_step(t, release, early, (dk, dv, (i, h) if fused else prev))
         dk, dv, prev = _walk(sections, step, (dk, dv, prev))
         return dk, dv, hbase + n_g, prev
 
