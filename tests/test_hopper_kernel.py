@@ -738,9 +738,18 @@ _CACHE_LINE = ("import sys; sys.path.insert(0, {!r}); import interpret_cache; "
                "interpret_cache.install()\n").format(os.path.dirname(os.path.abspath(__file__)))
 
 
+# ...and shares JAX's persistent compilation cache with the other cases (the inputs, the
+# reference, the comparisons: the same small programs in every case; executables with host
+# callbacks, i.e. the interpreted kernels, are never cached by JAX)
+_JAX_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".pytest_cache", "jax_cc"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
 def _run_case(case: dict, timeout: int = 600, script: str = _CASE_SCRIPT) -> dict:
   script = _CACHE_LINE + _SCRIPT_PRELUDE + script.format(root=ROOT, case=json.dumps(case))
   env = dict(os.environ, JAX_PLATFORMS="cpu")   # XLA_FLAGS: see conftest.py
+  env.update(_JAX_CACHE_ENV)
   try:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=timeout, env=env)
