@@ -31,8 +31,9 @@ def install() -> bool:
   import jax.core as jax_core  # pylint: disable=g-import-not-at-top
 
   executables = {}
+  # one kernel runs at a time in a process, so its CTA's warpgroups are all that contend: the
+  # first compiles, the others wait for it
   lock = threading.Lock()
-  key_locks = {}
 
   def aval_key(xs):
     return tuple((getattr(x, "shape", ()), str(getattr(x, "dtype", type(x)))) for x in xs)
@@ -42,8 +43,6 @@ def install() -> bool:
     # that its id cannot be reused while it is a key
     key = (id(jaxpr), aval_key(jax.tree.leaves(consts)), aval_key(args))
     with lock:
-      key_lock = key_locks.setdefault(key, threading.Lock())
-    with key_lock:   # the CTA's warpgroups arrive together: one compiles, the others wait
       entry = executables.get(key)
       if entry is None:
         def body(consts, *args):

@@ -829,8 +829,8 @@ INTERPRET_CASES = {
                  kv=_doc_ids(2, 200, [[37, 150], [90]]))), 3e-2),
     # consumers skipping the steps where none of their keys pairs with the query block
     # (HopperConfig.bwd_skip_empty_halves): a causal window of 64 keys over 2 KV tiles, GQA,
-    # so that on every tile consumer 1 skips its first step (the diagonal block lies left of
-    # its keys) and consumer 0 its last (the band has passed its keys) -
+    # so that on both tiles consumer 1 skips its first step (the diagonal block lies left of
+    # its keys) and on the first consumer 0 its last (the band has passed its keys) -
     # test_consumer_walk_skips_where_a_half_meets_no_query checks that these steps exist; in
     # the fused kernel (a zero dS^T tile for the other's dQ product, race detector on) and
     # the two-kernel backward's dK/dV kernel
