@@ -14,6 +14,12 @@ subprocesses); where JAX's module does not have the function it wraps, it does n
 import threading
 
 _INSTALLED = False
+_EXECUTABLES = {}   # (id of the body's jaxpr, argument types) -> (jaxpr, executable)
+
+
+def clear():
+  """Drops every compiled body (a long-lived process between unrelated runs)."""
+  _EXECUTABLES.clear()
 
 
 def install() -> bool:
@@ -30,7 +36,7 @@ def install() -> bool:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.core as jax_core  # pylint: disable=g-import-not-at-top
 
-  executables = {}
+  executables = _EXECUTABLES
   # one kernel runs at a time in a process, so its CTA's warpgroups are all that contend: the
   # first compiles, the others wait for it
   lock = threading.Lock()

@@ -12,7 +12,9 @@ What runs here (jax 0.10.2, Mosaic GPU interpret mode, `InterpretGPUParams`):
   * the block-range arithmetic, exhaustively against brute force (fast, pure jnp).
 
 Interpret-mode runs go through a subprocess with a timeout: when one simulated warpgroup
-raises, the others block on their barriers forever, which would hang pytest.
+raises, the others block on their barriers forever, which would hang pytest. One long-lived
+subprocess per pytest worker (tests/case_runner.py) runs them one after another, and is
+replaced after a timeout.
 """
 
 from __future__ import annotations
@@ -733,7 +735,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
 """)
 
 
-# Each case compiles every kernel body once, not once per CTA and warpgroup (interpret_cache.py)
+# Each case compiles every kernel body once, not once per CTA and warpgroup (interpret_cache.py;
+# case_runner.py installs it too: this line keeps a script runnable on its own, `python -c`)
 _CACHE_LINE = ("import sys; sys.path.insert(0, {!r}); import interpret_cache; "
                "interpret_cache.install()\n").format(os.path.dirname(os.path.abspath(__file__)))
 
@@ -746,20 +749,72 @@ _JAX_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".pytest_cach
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
+class _CaseRunner:
+  """This pytest worker's case_runner.py process (one Python + JAX start for all its cases,
+  not one per case): `run(script, timeout)` -> (printed text, traceback or None); raises
+  TimeoutError (the process is then killed) or RuntimeError (it died)."""
+
+  def __init__(self):
+    import queue  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    env = dict(os.environ, JAX_PLATFORMS="cpu")   # XLA_FLAGS: see conftest.py
+    env.update(_JAX_CACHE_ENV)
+    self.stderr = tempfile.TemporaryFile(mode="w+")
+    self.proc = subprocess.Popen(
+        [sys.executable, "-u", os.path.join(os.path.dirname(__file__), "case_runner.py")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
+    self.replies = queue.Queue()
+
+    def read(out=self.proc.stdout, replies=self.replies):
+      for line in out:
+        replies.put(line)
+      replies.put(None)   # the process ended
+    threading.Thread(target=read, daemon=True).start()
+
+  def run(self, script: str, timeout: float):
+    import queue  # pylint: disable=g-import-not-at-top
+    self.proc.stdin.write(json.dumps({"script": script}) + "\n")
+    self.proc.stdin.flush()
+    try:
+      line = self.replies.get(timeout=timeout)
+    except queue.Empty:
+      self.close()
+      raise TimeoutError from None
+    if line is None:
+      self.proc.wait()
+      self.stderr.seek(0)
+      raise RuntimeError(f"rc={self.proc.returncode}:\n{self.stderr.read()[-4000:]}")
+    reply = json.loads(line)
+    return reply["stdout"], reply["error"]
+
+  def close(self):
+    self.proc.kill()
+    self.proc.wait()
+
+
+_RUNNER = []   # this worker's _CaseRunner, started on first use
+
+
 def _run_case(case: dict, timeout: int = 600, script: str = _CASE_SCRIPT) -> dict:
   script = _CACHE_LINE + _SCRIPT_PRELUDE + script.format(root=ROOT, case=json.dumps(case))
-  env = dict(os.environ, JAX_PLATFORMS="cpu")   # XLA_FLAGS: see conftest.py
-  env.update(_JAX_CACHE_ENV)
+  if not _RUNNER:
+    _RUNNER.append(_CaseRunner())
   try:
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-  except subprocess.TimeoutExpired:
+    out, error = _RUNNER[0].run(script, timeout)
+  except TimeoutError:
+    _RUNNER.clear()
     pytest.fail(f"interpret-mode run timed out after {timeout}s (a deadlock: one simulated "
                 f"warpgroup probably raised): {case}")
-  for line in p.stdout.splitlines():
+  except RuntimeError as e:   # the process died (a crash, not a Python error)
+    _RUNNER.clear()
+    pytest.fail(f"interpret-mode run failed ({e})")
+  if error is not None:
+    pytest.fail(f"interpret-mode run failed:\n{error[-4000:]}")
+  for line in out.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[len("RESULT "):])
-  pytest.fail(f"interpret-mode run failed (rc={p.returncode}):\n{p.stderr[-4000:]}")
+  pytest.fail(f"interpret-mode run printed no result:\n{out[-4000:]}")
 
 
 def _case(**kw):
@@ -859,6 +914,40 @@ def test_interpret_cache_is_installed():
   from jax._src.pallas.mosaic.interpret import thread_map
   assert interpret_cache.install()
   assert thread_map._run_jaxpr.__module__ == interpret_cache.__name__  # pylint: disable=protected-access
+
+
+def test_case_runner_isolates_cases_and_is_replaced_after_a_timeout():
+  """The long-lived case process (case_runner.py): a case's patches of the kernel module and
+  the interpreter (the race detector's hooks) and of sys.path are undone before the next case;
+  sys.exit(0) ends a case normally; an error comes back as a traceback; a case that hangs is
+  killed at its timeout and the next case gets a new process."""
+  r = _CaseRunner()
+  try:
+    patch = textwrap.dedent("""
+        import sys
+        from pallas_kernels import hopper_attention as ha
+        ha._api()["InterpretParams"] = "patched"
+        ha._dq_call = "patched"
+        ha.ADDED_BY_A_CASE = 1
+        sys.path.insert(0, "/a/case/path")
+        print("RESULT 1")
+        sys.exit(0)
+        """)
+    assert r.run(patch, 120) == ("RESULT 1\n", None)
+    check = textwrap.dedent("""
+        import sys
+        from pallas_kernels import hopper_attention as ha
+        print(ha._api()["InterpretParams"] != "patched", callable(ha._dq_call),
+              hasattr(ha, "ADDED_BY_A_CASE"), "/a/case/path" in sys.path)
+        """)
+    assert r.run(check, 120) == ("True True False False\n", None)
+    out, error = r.run("raise ValueError('from the case')", 120)
+    assert out == "" and "ValueError: from the case" in error
+    with pytest.raises(TimeoutError):
+      r.run("import time; time.sleep(60)", 2)
+    assert r.proc.poll() is not None   # killed
+  finally:
+    r.close()
 
 
 @requires_interpret
