@@ -741,14 +741,6 @@ _CACHE_LINE = ("import sys; sys.path.insert(0, {!r}); import interpret_cache; "
                "interpret_cache.install()\n").format(os.path.dirname(os.path.abspath(__file__)))
 
 
-# ...and shares JAX's persistent compilation cache with the other cases (the inputs, the
-# reference, the comparisons: the same small programs in every case; executables with host
-# callbacks, i.e. the interpreted kernels, are never cached by JAX)
-_JAX_CACHE_ENV = dict(JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".pytest_cache", "jax_cc"),
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
 class _CaseRunner:
   """This pytest worker's case_runner.py process (one Python + JAX start for all its cases,
   not one per case): `run(script, timeout)` -> (printed text, traceback or None); raises
@@ -758,8 +750,9 @@ class _CaseRunner:
     import queue  # pylint: disable=g-import-not-at-top
     import tempfile  # pylint: disable=g-import-not-at-top
     import threading  # pylint: disable=g-import-not-at-top
-    env = dict(os.environ, JAX_PLATFORMS="cpu")   # XLA_FLAGS: see conftest.py
-    env.update(_JAX_CACHE_ENV)
+    # XLA_FLAGS and JAX's persistent compilation cache (shared with the pytest workers): see
+    # conftest.py
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     self.stderr = tempfile.TemporaryFile(mode="w+")
     self.proc = subprocess.Popen(
         [sys.executable, "-u", os.path.join(os.path.dirname(__file__), "case_runner.py")],
