@@ -271,6 +271,15 @@ class HopperConfig:
   # and, in the fused kernel, writes a zero dS^T tile for the dQ product, which reads both
   # consumers' tiles. Twenty-second session (NOTES.md Hopper v25).
   bwd_skip_empty_halves: bool = True
+  # forward, the overlapped walk (`overlap_softmax`) of a causal / window / offset / ragged
+  # call with 128-key blocks: a consumer's last two steps compute only the 64 keys of their
+  # block that meet its 64 query rows where the other 64 are all masked for it - on a causal
+  # tile's diagonal block the upper half for consumer 0, on a window's far edge the lower half
+  # for consumer 1 (the walk takes its unmasked blocks first, so that both edge blocks come
+  # last). Such a step issues a 64-key S product and a K = 64 P V product. Steps other than
+  # the last two, segment ids and block lists keep whole steps. Twenty-fourth session
+  # (NOTES.md Hopper v27).
+  fwd_half_steps: bool = True
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -749,6 +758,36 @@ def _range_walk(lo, flo, fhi, hi):
                    (fhi - lo, hi - lo, True, blk)]
 
 
+def _unmasked_first_walk(lo, flo, fhi, hi):
+  """`_range_walk`'s blocks in another order: the unmasked ones [flo, fhi) first, then the masked
+  ones [lo, flo) and [fhi, hi), so that a window's two edge blocks are the last two steps
+  (`HopperConfig.fwd_half_steps`). Producers walk its sections (block = blk(step))."""
+  nf, nl = fhi - flo, flo - lo
+  return hi - lo, [(0, nf, False, lambda u: flo + u),
+                   (nf, nf + nl, True, lambda u: lo + (u - nf)),
+                   (nf + nl, hi - lo, True, lambda u: lo + u)]
+
+
+def _block_at(sections, u):
+  """The block of step u of a walk's sections (u in one of them)."""
+  j = None
+  for u0, u1, _, blk in sections:
+    j = blk(u) if j is None else jnp.where((u >= u0) & (u < u1), blk(u), j)
+  return j
+
+
+def _half_block(st: _Static, q_base, rows: int, j, half: int):
+  """(half, off) for the 2 * half keys of block j against query rows [q_base, q_base + rows):
+  half is True where one of the block's two halves keeps no pair with any of the rows, off
+  the first key of the other half within the block (where both keep none: the upper one,
+  which then computes a fully masked tile)."""
+  lo, _, _, hi = _kv_ranges(st, q_base, rows, half)
+  hi = jnp.minimum(hi, _cdiv_nonneg(st.S, half))   # halves of padding keys only
+  dead_lo = 2 * j < lo
+  dead_hi = 2 * j + 1 >= hi
+  return dead_lo | dead_hi, jnp.where(dead_lo, half, 0)
+
+
 def _consumer_walk(lo, flo, fhi, hi, own_lo, own_hi):
   """`_range_walk` of a KV tile's query blocks [lo, hi) for a consumer whose own keys pair only
   with blocks [own_lo, own_hi): the steps outside that are "skip" sections. own_lo / own_hi
@@ -1104,9 +1143,10 @@ def _ring_producer(n, sections, lo, stages: int, sparse: bool, load_step, free_b
   blocks through the ring - step t uses slot t % stages, and `load_step(j, slot, wait)` waits
   the slot's "free" barrier(s) when `wait` (from step `stages` on), then issues block j's TMA
   loads - and drains the last `stages` "free" phases. Blocks: lo + t for a range walk, the
-  lists' entries (one loop per list) for a sparse one."""
+  lists' entries (one loop per list) for a sparse one, and the sections' blocks where lo is
+  None (`_unmasked_first_walk`)."""
   pl = _api()["pl"]
-  if sparse:
+  if sparse or lo is None:
     def sbody(t, carry, masked, blk):
       del masked
       slot = lax.rem(t, stages)
@@ -1186,7 +1226,7 @@ def _ring_tile(bhc, cnt, plan, kv_head, stages: int, sparse: bool, load_step):
     j = lo + t if blk is None else blk(t)
     load_step(b, kvh, j, lax.rem(g, stages), g >= stages)
     return carry
-  if sparse:   # block indices from the lists, one loop per list
+  if sparse or lo is None:   # block indices from the lists / sections, one loop each
     _walk(sections, body, None)
   else:
     lax.fori_loop(0, n, body, None)
@@ -1422,6 +1462,10 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
   n_ctas = _persistent_ctas(cfg, items) if persistent else None
   dynamic = persistent and cfg.persistent_dynamic
   counter = dynamic and not st.interpret   # the atomic's GMEM counter (an operand)
+  # `cfg.fwd_half_steps`: only where some block can have a half that is all masked for a consumer
+  half_steps = (overlap and cfg.fwd_half_steps and not segs and not sparse and bkv == 2 * bq
+                and (st.masked_anything or st.Sp != st.S))
+  half = bkv // 2
 
   def kernel(*refs):
     it = iter(refs)
@@ -1450,6 +1494,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
       else:
         lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
+      if half_steps:
+        n, sections = _unmasked_first_walk(lo, flo, fhi, hi)
+        return r0, n, sections, None
       n, sections = _range_walk(lo, flo, fhi, hi)
       return r0, n, sections, lo
 
@@ -1479,7 +1526,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       p = jnp.exp2(s * c - lax.broadcast_in_dim(m_use, s.shape, [0]))
       return p.astype(dtype), m_new, l_i * alpha + p.sum(axis=1), alpha
 
-    def overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask):
+    def overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask, q_base):
       """The KV loop with `cfg.overlap_softmax` (see HopperConfig): step 0 peeled (its S, then
       its softmax), steps t >= 1 issue S_t and P_{t-1} V_{t-1} together and run the softmax of
       S_t while the P V product is in flight, and the last P V is issued after the loop.
@@ -1487,8 +1534,21 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       Barriers per step as in the plain loop: "K free" once S_t has landed, "V free" once
       P_{t-1} V_{t-1} has, V_t and the next K waited at the end of the softmax inside the
       second ping-pong round; two schedule-barrier rounds per step (one after the products
-      are issued, one after the softmax), so the consumers' rounds pair up as before."""
+      are issued, one after the softmax), so the consumers' rounds pair up as before.
+
+      With `half_steps` (see `HopperConfig.fwd_half_steps`) a walk of n >= 3 steps runs its
+      last two steps and the last P V after the loop, in one of four straight-line versions
+      chosen by whether each of the two blocks has a half that is all masked for this
+      consumer's rows: such a step's S covers the other half only (N = 64) and its P V reads
+      only that half of V (K = 64). Every step awaits its products before the next, so no
+      product is in flight across the branches."""
       slot_of = lambda t: lax.rem(ring(t), stages)
+
+      def k_of(slot, off):   # a slot's K, or its `half` keys from `off`
+        return k_smem.at[slot] if off is None else k_smem.at[slot, pl.ds(off, half)]
+
+      def v_of(slot, off):
+        return v_smem.at[slot] if off is None else v_smem.at[slot, pl.ds(off, half)]
 
       def kv_vecs_of(slot):
         # the block's KV side values share the K slot: read before K's "free" arrival
@@ -1523,36 +1583,43 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         end_softmax(0)
         return acc, m_new, l_new, p16
 
-      def step(t, carry, masked, blk):
+      def step(t, carry, masked, blk, s_off=None, pv_off=None, j=None):
+        """Step t; s_off / pv_off: None, or this block's / the previous block's half that
+        the step's S / P V product covers (`half_steps`); j: the block, if known."""
         acc, m_i, l_i, p_prev = carry
         slot, prev = slot_of(t), slot_of(t - 1)
         if masked:
-          j = blk(t)
+          j = blk(t) if j is None else j
           kv_vecs = kv_vecs_of(slot)
 
         def softmax_of(s):
           plgpu.barrier_arrive(k_free.at[slot])
           if masked:
-            s = apply_mask(s, j, kv_vecs)
+            s = apply_mask(s, j, kv_vecs, 0 if s_off is None else s_off)
           return softmax_update(s, m_i, l_i, masked)
 
+        kb, vb = k_of(slot, s_off), v_of(prev, pv_off)
+        cols = bkv if s_off is None else half
         if st.interpret:   # the same order, with the helpers' jnp products
-          s, = _dots_nt(st, [(qs, k_smem.at[slot])], between=sched_sync)
+          s, = _dots_nt(st, [(qs, kb)], between=sched_sync)
           p16, m_new, l_new, alpha = softmax_of(s)
-          acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[prev])])
+          acc, = _mma_acc(st, (acc,), [(p_prev, vb)])
         else:
           def fn(refs):
             acc_ref, s_ref, p_ref, m_ref, l_ref, a_ref = refs
-            plgpu.wgmma(s_ref, qs, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
-            plgpu.wgmma(acc_ref, p_prev, v_smem.at[prev])
+            plgpu.wgmma(s_ref, qs, plgpu.transpose_ref(kb, (1, 0)))
+            plgpu.wgmma(acc_ref, p_prev, vb)
             sched_sync()
             # S_t has landed (P_{t-1} V_{t-1} may still run): its softmax overlaps the product
             outs = softmax_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
             for r, x in zip((p_ref, m_ref, l_ref, a_ref), outs):
               r[...] = x
-          zero_s = _cast(st, jnp.zeros((bq, bkv), jnp.float32), "WGMMA")
+          zero_s = _cast(st, jnp.zeros((bq, cols), jnp.float32), "WGMMA")
+          # the P state starts as the previous P where the shapes agree (as before half steps)
+          p_init = (p_prev if p_prev.shape[1] == cols
+                    else _cast(st, jnp.zeros((bq, cols), dtype), "WGMMA"))
           acc, _, p16, m_new, l_new, alpha = pl.run_state(fn)(
-              (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_prev, m_i, l_i, m_i))
+              (plgpu.ACC.init(acc), plgpu.ACC.init(zero_s), p_init, m_i, l_i, m_i))
         if cfg.rescale_threshold:
           acc = _rescale_moved(st, acc, alpha)
         else:
@@ -1561,19 +1628,46 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         end_softmax(t)
         return acc, m_new, l_new, p16
 
-      def last(carry):   # P_{n-1} V_{n-1}
+      def last(carry, pv_off=None):   # P_{n-1} V_{n-1}
         acc, m_i, l_i, p_prev = carry
         slot = slot_of(n - 1)
-        acc, = _mma_acc(st, (acc,), [(p_prev, v_smem.at[slot])])
+        acc, = _mma_acc(st, (acc,), [(p_prev, v_of(slot, pv_off))])
         plgpu.barrier_arrive(v_free.at[slot])
         return acc, m_i, l_i, p_prev
 
       carry = (acc, m_i, l_i, p0)
       carry = lax.cond(n > 0, first, lambda c: c, carry)
-      carry = _walk([(jnp.maximum(u0, 1), u1, masked, blk)
+      if not half_steps:
+        carry = _walk([(jnp.maximum(u0, 1), u1, masked, blk)
+                       for u0, u1, masked, blk in sections], step, carry)
+        carry = lax.cond(n > 0, last, lambda c: c, carry)
+        return carry[:3]
+
+      n_loop = jnp.where(n >= 3, n - 2, n)   # the loop's steps: [1, n_loop)
+      carry = _walk([(jnp.maximum(u0, 1), jnp.minimum(u1, n_loop), masked, blk)
                      for u0, u1, masked, blk in sections], step, carry)
-      carry = lax.cond(n > 0, last, lambda c: c, carry)
-      return carry[:3]
+
+      def tail(carry):   # n >= 3: steps n - 2, n - 1 and the last P V
+        t2, t1 = n - 2, n - 1
+        j2, j1 = _block_at(sections, t2), _block_at(sections, t1)
+        h2, o2 = _half_block(st, q_base, bq, j2, half)
+        h1, o1 = _half_block(st, q_base, bq, j1, half)
+
+        def version(half2: bool, half1: bool):
+          def run(c):
+            c = step(t2, c, True, None, s_off=o2 if half2 else None, j=j2)
+            c = step(t1, c, True, None, s_off=o1 if half1 else None,
+                     pv_off=o2 if half2 else None, j=j1)
+            return last(c, pv_off=o1 if half1 else None)[:3]
+          return run
+
+        def given(half2: bool):
+          return lambda c: lax.cond(h1, version(half2, True), version(half2, False), c)
+        return lax.cond(h2, given(True), given(False), carry)
+
+      def short(carry):   # n <= 2: the whole steps' last P V
+        return lax.cond(n > 0, last, lambda c: c, carry)[:3]
+      return lax.cond(n >= 3, tail, short, carry)
 
     def consume(b, h, r0, n, sections, qs, qside_bufs, base, sync_per_tile: bool):
       """A consumer's part of one tile, after its Q (`qs`, row side values `qside_bufs`) has
@@ -1599,12 +1693,13 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       if sync_per_tile:
         pl.when(wg == 1)(sched_sync)
 
-      def apply_mask(s, j, kv_vecs):
-        """Raw scores of KV block j -> -inf where the tile's mask drops the pair."""
-        rows = _iota(st, (bq, bkv), 0)
-        cols = _iota(st, (bq, bkv), 1)
-        kv_idx = cols + j * bkv
-        keep = _tile_keep(st, b, h, (bq, bkv), 0, rows + (st.q_off + q_base),
+      def apply_mask(s, j, kv_vecs, off=0):
+        """Raw scores of KV block j (its keys from `off` on) -> -inf where the tile's mask drops
+        the pair."""
+        rows = _iota(st, s.shape, 0)
+        cols = _iota(st, s.shape, 1)
+        kv_idx = cols + j * bkv if isinstance(off, int) and off == 0 else cols + (j * bkv + off)
+        keep = _tile_keep(st, b, h, s.shape, 0, rows + (st.q_off + q_base),
                           kv_idx + st.kv_off, kv_idx, q_vecs, kv_vecs)
         return s if keep is None else jnp.where(keep, s, _NEG_INF)
 
@@ -1654,7 +1749,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         return acc, m_new, l_i
 
       if overlap:
-        acc, m_i, l_i = overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask)
+        acc, m_i, l_i = overlapped_walk(qs, n, sections, ring, acc, m_i, l_i, apply_mask,
+                                        q_base)
       else:
         acc, m_i, l_i = _walk(sections, step, (acc, m_i, l_i))
       if sync_per_tile:

@@ -586,6 +586,38 @@ def test_overlap_softmax_block_mask(cfg):
   check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 17)
 
 
+# HopperConfig.fwd_half_steps (on by default; twenty-fourth session): the overlapped walk's last
+# two steps compute half a block where the other half is all masked for the consumer - a
+# window's far edge and diagonal, a causal diagonal, a block whose upper half is padding. The
+# calls' own configs (config=None): the window cell's dynamic persistent forward, the short
+# and the long causal forward (the latter with the row max on demand); a two-sided window with
+# offsets at D = 64 (f16); a ragged dense call; and the window's fwd+bwd.
+HALF_STEPS_FWD = {
+    "window_1023_default": dict(shape=(1, 2048, 2048, 4, 4, 128),
+                                kw=dict(sliding_window=(1023, 0))),
+    "window_causal_gqa_default": dict(shape=(2, 1500, 1500, 8, 2, 128),
+                                      kw=dict(is_causal=True, sliding_window=(255, None))),
+    "causal_short_default_ragged_offset": dict(shape=(2, 900, 1000, 4, 2, 128),
+                                               kw=dict(is_causal=True, q_offset=100)),
+    "causal_long_default": dict(shape=(1, 2100, 2100, 4, 2, 128), kw=dict(is_causal=True)),
+    "window_two_sided_offsets_d64_f16": dict(shape=(1, 700, 900, 4, 2, 64),
+                                             kw=dict(sliding_window=(255, 63), kv_offset=7),
+                                             dtype=jnp.float16, config=_OVERLAP),
+    "dense_padding_half": dict(shape=(2, 300, 300, 4, 4, 128), kw=dict(), config=_OVERLAP),
+}
+
+
+@requires_hopper
+@pytest.mark.parametrize("name", sorted(HALF_STEPS_FWD))
+def test_forward_half_steps(name):
+  check_forward_case(HALF_STEPS_FWD[name], None)
+
+
+@requires_hopper
+def test_forward_half_steps_window_backward():
+  check_backward(1, 2048, 2048, 4, 4, 128, jnp.bfloat16, sliding_window=(1023, 0))
+
+
 # The overlap with 240 registers per consumer and 24 for the producer (FA3's split): faster in
 # 6 of 8 forward A/B comparisons (NOTES.md v7) but not yet a default; this runs every producer
 # path with 24 registers (static ranges, the segment-id range table, block lists; persistent
