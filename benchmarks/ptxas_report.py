@@ -28,7 +28,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-_KEEP = re.compile(r"(Compiling entry|Function properties|registers|spill|Spill|bytes stack)")
+# ptxas' own warnings too: "wgmma.mma_async instructions are serialized due to ..." costs every
+# step of a kernel its product overlap (twenty-fourth session)
+_KEEP = re.compile(r"(Compiling entry|Function properties|registers|spill|Spill|bytes stack|"
+                   r"wgmma|Performance)")
 
 
 def _child(args):
@@ -43,6 +46,9 @@ def _child(args):
   q, k, v, do = inputs(B, S)
   print(f"=== {args.cell} {name}: forward", flush=True)
   jax.jit(fn).lower(q, k, v).compile()
+  if args.fwd_only:
+    print("=== done", flush=True)
+    return
   print(f"=== {args.cell} {name}: forward + backward", flush=True)
   jax.jit(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do)).lower(q, k, v, do).compile()
   print("=== done", flush=True)
@@ -60,6 +66,7 @@ def main():
   ap.add_argument("--dump", default=None,
                   help="also dump everything Mosaic GPU writes (PTX, SASS, MLIR passes) into "
                        "DIR/<variant> (MOSAIC_GPU_DUMP_TO)")
+  ap.add_argument("--fwd-only", action="store_true", help="compile the forward alone")
   ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.child is not None:
@@ -71,7 +78,8 @@ def main():
       env["MOSAIC_GPU_DUMP_TO"] = os.path.join(args.dump, spec.partition(":")[0])
       os.makedirs(env["MOSAIC_GPU_DUMP_TO"], exist_ok=True)
     res = subprocess.run([sys.executable, __file__, "--cell", args.cell, "--child", spec,
-                          "--variant-base", args.variant_base],
+                          "--variant-base", args.variant_base]
+                         + (["--fwd-only"] if args.fwd_only else []),
                          env=env, capture_output=True, text=True, check=False)
     out = res.stdout + res.stderr
     lines = [ln for ln in out.splitlines() if ln.startswith("===") or _KEEP.search(ln)]

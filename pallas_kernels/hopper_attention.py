@@ -1654,10 +1654,16 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         h1, o1 = _half_block(st, q_base, bq, j1, half)
 
         def version(half2: bool, half1: bool):
+          # The barriers pin each step's outputs where the step ends, as a loop carry would:
+          # in straight-line code LLVM sinks P's conversion to its use in the next step, so the
+          # f32 P (64 registers, not 32) stays live across the next S product - 372 bytes of
+          # spills over the whole kernel (ptxas, window forward; twenty-fourth session).
           def run(c):
             c = step(t2, c, True, None, s_off=o2 if half2 else None, j=j2)
+            c = lax.optimization_barrier(c)
             c = step(t1, c, True, None, s_off=o1 if half1 else None,
                      pv_off=o2 if half2 else None, j=j1)
+            c = lax.optimization_barrier(c)
             return last(c, pv_off=o1 if half1 else None)[:3]
           return run
 
