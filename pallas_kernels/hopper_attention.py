@@ -1536,13 +1536,21 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       second ping-pong round; two schedule-barrier rounds per step (one after the products
       are issued, one after the softmax), so the consumers' rounds pair up as before.
 
-      With `half_steps` (see `HopperConfig.fwd_half_steps`) a walk of n >= 3 steps runs its
-      last two steps and the last P V after the loop, in one of four straight-line versions
-      chosen by whether each of the two blocks has a half that is all masked for this
-      consumer's rows: such a step's S covers the other half only (N = 64) and its P V reads
-      only that half of V (K = 64). Every step awaits its products before the next, so no
-      product is in flight across the branches."""
+      With `half_steps` (see `HopperConfig.fwd_half_steps`): where the tile's last block, or
+      else its second to last, has a half that is all masked for this consumer's rows, that
+      step runs after the loop as a half step: its S covers the other half only (N = 64), and
+      the next P V reads only that half of V (K = 64). Straight-line code holds only half
+      steps: a whole step there (after a half one) runs as a loop of one iteration, since
+      whole steps in straight-line code made ptxas spill 180-372 bytes over the kernel
+      (twenty-fourth session, NOTES.md Hopper v27)."""
       slot_of = lambda t: lax.rem(ring(t), stages)
+      if half_steps:
+        def half_at(u):
+          return _half_block(st, q_base, bq, _block_at(sections, u), half)
+        h1, o1 = half_at(n - 1)
+        h2, o2 = half_at(n - 2)
+        h_last = (n >= 2) & h1          # the last step is the half one
+        h_prev = (n >= 3) & h2 & ~h_last   # ...else the second to last
 
       def k_of(slot, off):   # a slot's K, or its `half` keys from `off`
         return k_smem.at[slot] if off is None else k_smem.at[slot, pl.ds(off, half)]
@@ -1643,37 +1651,29 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         carry = lax.cond(n > 0, last, lambda c: c, carry)
         return carry[:3]
 
-      n_loop = jnp.where(n >= 3, n - 2, n)   # the loop's steps: [1, n_loop)
+      n_loop = jnp.where(h_last, n - 1, jnp.where(h_prev, n - 2, n))   # loop: [1, n_loop)
       carry = _walk([(jnp.maximum(u0, 1), jnp.minimum(u1, n_loop), masked, blk)
                      for u0, u1, masked, blk in sections], step, carry)
 
-      def tail(carry):   # n >= 3: steps n - 2, n - 1 and the last P V
-        t2, t1 = n - 2, n - 1
-        j2, j1 = _block_at(sections, t2), _block_at(sections, t1)
-        h2, o2 = _half_block(st, q_base, bq, j2, half)
-        h1, o1 = _half_block(st, q_base, bq, j1, half)
+      def half_last(carry):   # step n - 1 is the half one, then its P V
+        carry = step(n - 1, carry, True, None, s_off=o1, j=_block_at(sections, n - 1))
+        return last(carry, pv_off=o1)[:3]
 
-        def version(half2: bool, half1: bool):
-          # The barriers pin each step's outputs where the step ends, as a loop carry would:
-          # in straight-line code LLVM sinks P's conversion to its use in the next step, so the
-          # f32 P (64 registers, not 32) stays live across the next S product - 372 bytes of
-          # spills over the whole kernel (ptxas, window forward; twenty-fourth session).
-          def run(c):
-            c = step(t2, c, True, None, s_off=o2 if half2 else None, j=j2)
-            c = lax.optimization_barrier(c)
-            c = step(t1, c, True, None, s_off=o1 if half1 else None,
-                     pv_off=o2 if half2 else None, j=j1)
-            c = lax.optimization_barrier(c)
-            return last(c, pv_off=o1 if half1 else None)[:3]
-          return run
+      def half_prev(carry):   # step n - 2 is the half one, then a whole step n - 1
+        acc, m_i, l_i, p_half = step(n - 2, carry, True, None, s_off=o2,
+                                     j=_block_at(sections, n - 2))
+        j1 = _block_at(sections, n - 1)
 
-        def given(half2: bool):
-          return lambda c: lax.cond(h1, version(half2, True), version(half2, False), c)
-        return lax.cond(h2, given(True), given(False), carry)
+        def whole_step(t, c):   # its P V reads the half P, a loop-invariant operand
+          return step(t, c[:3] + (p_half,), True, None, pv_off=o2, j=j1)
+        # an upper bound LLVM cannot see as n: it would remove a one-iteration loop
+        carry = lax.fori_loop(n - 1, n + _opaque_zero(st), whole_step, (acc, m_i, l_i, p0))
+        return last(carry)[:3]
 
-      def short(carry):   # n <= 2: the whole steps' last P V
+      def whole(carry):
         return lax.cond(n > 0, last, lambda c: c, carry)[:3]
-      return lax.cond(n >= 3, tail, short, carry)
+      return lax.cond(h_last, half_last,
+                      lambda c: lax.cond(h_prev, half_prev, whole, c), carry)
 
     def consume(b, h, r0, n, sections, qs, qside_bufs, base, sync_per_tile: bool):
       """A consumer's part of one tile, after its Q (`qs`, row side values `qside_bufs`) has
