@@ -763,9 +763,10 @@ def _unmasked_first_walk(lo, flo, fhi, hi):
   ones [lo, flo) and [fhi, hi), so that a window's two edge blocks are the last two steps
   (`HopperConfig.fwd_half_steps`). Producers walk its sections (block = blk(step))."""
   nf, nl = fhi - flo, flo - lo
+  # one section for both masked runs (one loop body less in the kernel: code size counts in
+  # the short persistent walks, whose whole body runs per tile)
   return hi - lo, [(0, nf, False, lambda u: flo + u),
-                   (nf, nf + nl, True, lambda u: lo + (u - nf)),
-                   (nf + nl, hi - lo, True, lambda u: lo + u)]
+                   (nf, hi - lo, True, lambda u: lo + u - jnp.where(u < nf + nl, nf, 0))]
 
 
 def _block_at(sections, u):
