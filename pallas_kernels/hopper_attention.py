@@ -1552,6 +1552,8 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         h2, o2 = half_at(n - 2)
         h_last = (n >= 2) & h1          # the last step is the half one
         h_prev = (n >= 3) & h2 & ~h_last   # ...else the second to last
+        if "lastonly" in os.environ.get("JATTN_HALF_ABL", ""):   # TEMPORARY (s24)
+          h_prev = h_prev & False
 
       def k_of(slot, off):   # a slot's K, or its `half` keys from `off`
         return k_smem.at[slot] if off is None else k_smem.at[slot, pl.ds(off, half)]
