@@ -271,15 +271,14 @@ class HopperConfig:
   # and, in the fused kernel, writes a zero dS^T tile for the dQ product, which reads both
   # consumers' tiles. Twenty-second session (NOTES.md Hopper v25).
   bwd_skip_empty_halves: bool = True
-  # forward, the overlapped walk (`overlap_softmax`) of a causal / window / offset / ragged
-  # call with 128-key blocks: a consumer's last two steps compute only the 64 keys of their
-  # block that meet its 64 query rows where the other 64 are all masked for it - on a causal
-  # tile's diagonal block the upper half for consumer 0, on a window's far edge the lower half
-  # for consumer 1 (the walk takes its unmasked blocks first, so that both edge blocks come
-  # last). Such a step issues a 64-key S product and a K = 64 P V product. Steps other than
-  # the last two, segment ids and block lists keep whole steps. Twenty-fourth session
-  # (NOTES.md Hopper v27).
-  fwd_half_steps: bool = True
+  # forward, the overlapped walk (`overlap_softmax`) with 128-key blocks and a causal / window /
+  # offset mask or ragged keys: where a tile's last block (a causal tile's diagonal) has a half
+  # that is all masked for a consumer's 64 query rows, that consumer's last step computes only
+  # the other half - a 64-key S product and a K = 64 P V product. Segment ids and block lists
+  # keep whole steps. Twenty-fourth session (NOTES.md Hopper v27): on in the long calls'
+  # defaults (`default_config`, see _OVERLAP_HALF_STEPS); the short persistent walks gain
+  # nothing from it.
+  fwd_half_steps: bool = False
 
   def __post_init__(self):
     for f in ("block_q", "bwd_block_q", "bwd_block_kv"):
@@ -364,6 +363,12 @@ _OVERLAP_RESCALE = dict(rescale_threshold=8)
 # against the lazy rescale alone (call 12 of the nineteenth session, 5 rounds) dense 4k 1.111,
 # dense 16k 1.109, causal 4k 1.018, causal 16k 1.015; the persistent dense 1k kernel 0.877.
 _OVERLAP_MAX_ON_DEMAND = dict(max_on_demand=True)
+# ...and the half last step (`HopperConfig.fwd_half_steps`): forward against the same config
+# without it (twenty-fourth session, NOTES.md Hopper v27; 5 rounds each) causal 4k 1.02-1.04,
+# causal 16k 1.06 (three readings each, two earlier forms of the same change). On the
+# persistent short walks (window 1024 at 8k, causal 1k) it measured 0.99-1.00, so they keep
+# whole steps (less code in a kernel whose whole body runs per tile).
+_OVERLAP_HALF_STEPS = dict(fwd_half_steps=True)
 
 # The dynamic scheduler (`HopperConfig.persistent_dynamic`), forward A/B on the H100 (eleventh
 # session, NOTES.md Hopper v13, against the non-persistent defaults): 8 documents at S=8k
@@ -408,8 +413,9 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
-    240 / 24 register split and the row max on demand (`max_on_demand`); both without the
-    consumers' ping-pong and with FA4's lazy rescale (`rescale_threshold`).
+    240 / 24 register split, the row max on demand (`max_on_demand`) and the half last step
+    (`fwd_half_steps`); both without the consumers' ping-pong and with FA4's lazy rescale
+    (`rescale_threshold`).
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   if short_walks not in (None, "data", "band"):
     raise ValueError(f"short_walks must be None, 'data' or 'band', got {short_walks!r}")
@@ -439,7 +445,7 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:
     cfg = dataclasses.replace(cfg, overlap_softmax=True, **_OVERLAP_REGISTERS,
                               **_OVERLAP_SCHEDULE, **_OVERLAP_SCRATCH, **_OVERLAP_RESCALE,
-                              **_OVERLAP_MAX_ON_DEMAND)
+                              **_OVERLAP_MAX_ON_DEMAND, **_OVERLAP_HALF_STEPS)
   return cfg
 
 
@@ -756,17 +762,6 @@ def _range_walk(lo, flo, fhi, hi):
   blk = lambda u: lo + u
   return hi - lo, [(0, flo - lo, True, blk), (flo - lo, fhi - lo, False, blk),
                    (fhi - lo, hi - lo, True, blk)]
-
-
-def _unmasked_first_walk(lo, flo, fhi, hi):
-  """`_range_walk`'s blocks in another order: the unmasked ones [flo, fhi) first, then the masked
-  ones [lo, flo) and [fhi, hi), so that a window's two edge blocks are the last two steps
-  (`HopperConfig.fwd_half_steps`). Producers walk its sections (block = blk(step))."""
-  nf, nl = fhi - flo, flo - lo
-  # one section for both masked runs (one loop body less in the kernel: code size counts in
-  # the short persistent walks, whose whole body runs per tile)
-  return hi - lo, [(0, nf, False, lambda u: flo + u),
-                   (nf, hi - lo, True, lambda u: lo + u - jnp.where(u < nf + nl, nf, 0))]
 
 
 def _block_at(sections, u):
@@ -1144,10 +1139,9 @@ def _ring_producer(n, sections, lo, stages: int, sparse: bool, load_step, free_b
   blocks through the ring - step t uses slot t % stages, and `load_step(j, slot, wait)` waits
   the slot's "free" barrier(s) when `wait` (from step `stages` on), then issues block j's TMA
   loads - and drains the last `stages` "free" phases. Blocks: lo + t for a range walk, the
-  lists' entries (one loop per list) for a sparse one, and the sections' blocks where lo is
-  None (`_unmasked_first_walk`)."""
+  lists' entries (one loop per list) for a sparse one."""
   pl = _api()["pl"]
-  if sparse or lo is None:
+  if sparse:
     def sbody(t, carry, masked, blk):
       del masked
       slot = lax.rem(t, stages)
@@ -1227,7 +1221,7 @@ def _ring_tile(bhc, cnt, plan, kv_head, stages: int, sparse: bool, load_step):
     j = lo + t if blk is None else blk(t)
     load_step(b, kvh, j, lax.rem(g, stages), g >= stages)
     return carry
-  if sparse or lo is None:   # block indices from the lists / sections, one loop each
+  if sparse:   # block indices from the lists, one loop per list
     _walk(sections, body, None)
   else:
     lax.fori_loop(0, n, body, None)
@@ -1495,9 +1489,6 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         lo, flo, fhi, hi = _read_ranges(rng_ref, b, ci)
       else:
         lo, flo, fhi, hi = _kv_ranges(st, r0, 2 * bq, bkv)
-      if half_steps:
-        n, sections = _unmasked_first_walk(lo, flo, fhi, hi)
-        return r0, n, sections, None
       n, sections = _range_walk(lo, flo, fhi, hi)
       return r0, n, sections, lo
 
@@ -1537,23 +1528,16 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       second ping-pong round; two schedule-barrier rounds per step (one after the products
       are issued, one after the softmax), so the consumers' rounds pair up as before.
 
-      With `half_steps` (see `HopperConfig.fwd_half_steps`): where the tile's last block, or
-      else its second to last, has a half that is all masked for this consumer's rows, that
+      With `half_steps` (see `HopperConfig.fwd_half_steps`): where the tile's last block (a
+      causal tile's diagonal) has a half that is all masked for this consumer's rows, that
       step runs after the loop as a half step: its S covers the other half only (N = 64), and
-      the next P V reads only that half of V (K = 64). Straight-line code holds only half
-      steps: a whole step there (after a half one) runs as a loop of one iteration, since
-      whole steps in straight-line code made ptxas spill 180-372 bytes over the kernel
-      (twenty-fourth session, NOTES.md Hopper v27)."""
+      the last P V reads only that half of V (K = 64). Only a half step runs in straight-line
+      code: whole steps there made ptxas spill 180-372 bytes over the kernel (twenty-fourth
+      session, NOTES.md Hopper v27)."""
       slot_of = lambda t: lax.rem(ring(t), stages)
       if half_steps:
-        def half_at(u):
-          return _half_block(st, q_base, bq, _block_at(sections, u), half)
-        h1, o1 = half_at(n - 1)
-        h2, o2 = half_at(n - 2)
-        h_last = (n >= 2) & h1          # the last step is the half one
-        h_prev = (n >= 3) & h2 & ~h_last   # ...else the second to last
-        if "lastonly" in os.environ.get("JATTN_HALF_ABL", ""):   # TEMPORARY (s24)
-          h_prev = h_prev & False
+        h_last, off_last = _half_block(st, q_base, bq, _block_at(sections, n - 1), half)
+        h_last = h_last & (n >= 2)   # step 0 is the peeled first step
 
       def k_of(slot, off):   # a slot's K, or its `half` keys from `off`
         return k_smem.at[slot] if off is None else k_smem.at[slot, pl.ds(off, half)]
@@ -1594,9 +1578,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         end_softmax(0)
         return acc, m_new, l_new, p16
 
-      def step(t, carry, masked, blk, s_off=None, pv_off=None, j=None):
-        """Step t; s_off / pv_off: None, or this block's / the previous block's half that
-        the step's S / P V product covers (`half_steps`); j: the block, if known."""
+      def step(t, carry, masked, blk, s_off=None, j=None):
+        """Step t; s_off: None, or the half of the block that its S covers (`half_steps`);
+        j: the block, if known."""
         acc, m_i, l_i, p_prev = carry
         slot, prev = slot_of(t), slot_of(t - 1)
         if masked:
@@ -1609,7 +1593,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
             s = apply_mask(s, j, kv_vecs, 0 if s_off is None else s_off)
           return softmax_update(s, m_i, l_i, masked)
 
-        kb, vb = k_of(slot, s_off), v_of(prev, pv_off)
+        kb, vb = k_of(slot, s_off), v_smem.at[prev]
         cols = bkv if s_off is None else half
         if st.interpret:   # the same order, with the helpers' jnp products
           s, = _dots_nt(st, [(qs, kb)], between=sched_sync)
@@ -1654,29 +1638,17 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
         carry = lax.cond(n > 0, last, lambda c: c, carry)
         return carry[:3]
 
-      n_loop = jnp.where(h_last, n - 1, jnp.where(h_prev, n - 2, n))   # loop: [1, n_loop)
+      n_loop = jnp.where(h_last, n - 1, n)   # the loop's steps: [1, n_loop)
       carry = _walk([(jnp.maximum(u0, 1), jnp.minimum(u1, n_loop), masked, blk)
                      for u0, u1, masked, blk in sections], step, carry)
 
-      def half_last(carry):   # step n - 1 is the half one, then its P V
-        carry = step(n - 1, carry, True, None, s_off=o1, j=_block_at(sections, n - 1))
-        return last(carry, pv_off=o1)[:3]
-
-      def half_prev(carry):   # step n - 2 is the half one, then a whole step n - 1
-        acc, m_i, l_i, p_half = step(n - 2, carry, True, None, s_off=o2,
-                                     j=_block_at(sections, n - 2))
-        j1 = _block_at(sections, n - 1)
-
-        def whole_step(t, c):   # its P V reads the half P, a loop-invariant operand
-          return step(t, c[:3] + (p_half,), True, None, pv_off=o2, j=j1)
-        # an upper bound LLVM cannot see as n: it would remove a one-iteration loop
-        carry = lax.fori_loop(n - 1, n + _opaque_zero(st), whole_step, (acc, m_i, l_i, p0))
-        return last(carry)[:3]
+      def half_last(carry):   # the last step on half its block, then its P V
+        carry = step(n - 1, carry, True, None, s_off=off_last, j=_block_at(sections, n - 1))
+        return last(carry, pv_off=off_last)[:3]
 
       def whole(carry):
         return lax.cond(n > 0, last, lambda c: c, carry)[:3]
-      return lax.cond(h_last, half_last,
-                      lambda c: lax.cond(h_prev, half_prev, whole, c), carry)
+      return lax.cond(h_last, half_last, whole, carry)
 
     def consume(b, h, r0, n, sections, qs, qside_bufs, base, sync_per_tile: bool):
       """A consumer's part of one tile, after its Q (`qs`, row side values `qside_bufs`) has

@@ -586,24 +586,29 @@ def test_overlap_softmax_block_mask(cfg):
   check_block_mask_lists(cfg, lambda b, h, i, j, qv, kvv: ~((j > i) & (j >= 200)), 17)
 
 
-# HopperConfig.fwd_half_steps (on by default; twenty-fourth session): the overlapped walk's last
-# two steps compute half a block where the other half is all masked for the consumer - a
-# window's far edge and diagonal, a causal diagonal, a block whose upper half is padding. The
-# calls' own configs (config=None): the window cell's dynamic persistent forward, the short
-# and the long causal forward (the latter with the row max on demand); a two-sided window with
-# offsets at D = 64 (f16); a ragged dense call; and the window's fwd+bwd.
+# HopperConfig.fwd_half_steps (twenty-fourth session): a consumer whose last block has a half
+# that is all masked for its rows (a causal diagonal, a window's edge, padding keys) computes
+# only the other half. On in the long calls' defaults (config=None, S >= 2048); named here on
+# the persistent short walks' configs (the window cell's, causal 1k's), a two-sided window
+# with a kv offset at D = 64 (f16) and a ragged dense call; fwd+bwd of a long causal call and
+# of the window.
+_HALF = dict(fwd_half_steps=True)
+_BAND_HALF = dataclasses.replace(ha.default_config(128, 2048, short_walks="band"), **_HALF)
 HALF_STEPS_FWD = {
-    "window_1023_default": dict(shape=(1, 2048, 2048, 4, 4, 128),
-                                kw=dict(sliding_window=(1023, 0))),
-    "window_causal_gqa_default": dict(shape=(2, 1500, 1500, 8, 2, 128),
-                                      kw=dict(is_causal=True, sliding_window=(255, None))),
-    "causal_short_default_ragged_offset": dict(shape=(2, 900, 1000, 4, 2, 128),
-                                               kw=dict(is_causal=True, q_offset=100)),
+    "window_1023_band_config": dict(shape=(1, 2048, 2048, 4, 4, 128),
+                                    kw=dict(sliding_window=(1023, 0)), config=_BAND_HALF),
+    "window_causal_gqa_band_config": dict(shape=(2, 1500, 1500, 8, 2, 128),
+                                          kw=dict(is_causal=True, sliding_window=(255, None)),
+                                          config=_BAND_HALF),
+    "causal_short_config_ragged_offset": dict(
+        shape=(2, 900, 1000, 4, 2, 128), kw=dict(is_causal=True, q_offset=100),
+        config=dataclasses.replace(ha.default_config(128, 1000, static_ranges=True), **_HALF)),
     "causal_long_default": dict(shape=(1, 2100, 2100, 4, 2, 128), kw=dict(is_causal=True)),
-    "window_two_sided_offsets_d64_f16": dict(shape=(1, 700, 900, 4, 2, 64),
-                                             kw=dict(sliding_window=(255, 63), kv_offset=7),
-                                             dtype=jnp.float16, config=_OVERLAP),
-    "dense_padding_half": dict(shape=(2, 300, 300, 4, 4, 128), kw=dict(), config=_OVERLAP),
+    "window_two_sided_offsets_d64_f16": dict(
+        shape=(1, 700, 900, 4, 2, 64), kw=dict(sliding_window=(255, 63), kv_offset=7),
+        dtype=jnp.float16, config=dataclasses.replace(_OVERLAP, **_HALF)),
+    "dense_padding_half": dict(shape=(2, 300, 300, 4, 4, 128), kw=dict(),
+                               config=dataclasses.replace(_OVERLAP, **_HALF)),
 }
 
 
@@ -614,8 +619,11 @@ def test_forward_half_steps(name):
 
 
 @requires_hopper
-def test_forward_half_steps_window_backward():
-  check_backward(1, 2048, 2048, 4, 4, 128, jnp.bfloat16, sliding_window=(1023, 0))
+def test_forward_half_steps_backward():
+  assert ha.default_config(128, 2100, static_ranges=True).fwd_half_steps
+  check_backward(1, 2100, 2100, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=50)
+  check_backward(1, 2048, 2048, 4, 4, 128, jnp.bfloat16, sliding_window=(1023, 0),
+                 config=_BAND_HALF)
 
 
 # The overlap with 240 registers per consumer and 24 for the producer (FA3's split): faster in

@@ -182,6 +182,43 @@ def test_consumer_walk_skips_where_a_half_meets_no_query():
     assert (kinds[0][-1] == "skip") == (c0 == 0), walks
 
 
+@pytest.mark.parametrize("ts,causal,offs,window", RANGE_CASES)
+def test_half_block_marks_only_halves_no_query_meets(ts, causal, offs, window):
+  """The forward's half last step (HopperConfig.fwd_half_steps): `_half_block` of a consumer's
+  64 rows and a 128-key block calls the block half only where the half it leaves out keeps no
+  pair with any real row (nor a real key), and then computes the other half; on causal calls
+  it does find the diagonal's upper half for some consumer (it is not a no-op)."""
+  T, S = ts
+  st = _st(T, S, causal, *offs, *window)
+  keep = _keep_np(st, T, S)
+  bq, bkv = 64, 128
+  found = 0
+  for q_base in range(0, min(st.Tp, T), bq):
+    rows = keep[q_base:min(q_base + bq, T)]
+    for j in range(st.Sp // bkv):
+      half, off = (bool(x) if i == 0 else int(x)
+                   for i, x in enumerate(ha._half_block(st, q_base, bq, j, bkv // 2)))
+      if not half:
+        continue
+      found += 1
+      assert off in (0, 64)
+      dropped = rows[:, j * bkv + (64 - off):min(j * bkv + (64 - off) + 64, S)]
+      assert not dropped.any(), (q_base, j, off)
+  if causal and offs == (0, 0) and window[1] in (None, 0):
+    assert found, "no half block on a causal call"
+
+
+def test_default_config_takes_half_steps_on_long_calls_only():
+  """The half last step is in the long overlapped calls' defaults (causal 4k / 16k +2-6%
+  forward on the H100), not in the persistent short walks' (no gain there)."""
+  assert ha.default_config(128, 4096, static_ranges=True).fwd_half_steps
+  assert ha.default_config(64, 2048, uniform_tiles=True).fwd_half_steps
+  assert not ha.default_config(128, 1024, static_ranges=True).fwd_half_steps   # causal 1k
+  assert not ha.default_config(128, 8192, short_walks="band").fwd_half_steps   # window
+  assert not ha.default_config(128, 1024, uniform_tiles=True).fwd_half_steps
+  assert not ha.default_config(128).fwd_half_steps
+
+
 def _seg_layout(kind, B, T, S, seed):
   """(q_ids [B, T], kv_ids [B, S]) numpy int32."""
   rng = np.random.default_rng(seed)
@@ -661,6 +698,13 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
       cfg = config_of(ha, c)
       if c.get("races"):
         detect_races(ha, dq_only=c["races"] == "dq")
+      if c.get("mutate_half"):   # each half step computes the wrong half: the case must fail
+        real = ha._half_block
+
+        def wrong(st, q_base, rows, j, half):
+          h, off = real(st, q_base, rows, j, half)
+          return h, half - off
+        ha._half_block = wrong
       return q, k, v, do, dl, cfg
 
     def config_of(ha, c):
@@ -678,7 +722,8 @@ _SCRIPT_PRELUDE = textwrap.dedent("""
                              overlap_softmax=c.get("overlap", False),
                              rescale_threshold=c.get("rescale", 0),
                              max_on_demand=c.get("max_on_demand", False),
-                             bwd_schedule_barrier=c.get("bwd_sched", False))
+                             bwd_schedule_barrier=c.get("bwd_sched", False),
+                             fwd_half_steps=c.get("half_steps", False))
 
     def rel(a, b):
       a = np.asarray(jnp.asarray(a, jnp.float32), np.float64)
@@ -1548,6 +1593,46 @@ def test_interpret_overlap_softmax(name):
   res = _run_raced_case(name, case, tol)
   if name in ("documents_empty_rows", "persistent_zero_block_tiles"):
     assert res["n_empty_rows"] > 0, res
+
+
+# The overlapped forward's half last step (HopperConfig.fwd_half_steps; 128-key blocks): a
+# consumer whose last block has a half all masked for its rows computes the other half only.
+_HALF = dict(block_kv=128, overlap=True, sched=False, rescale=8, half_steps=True, races=True)
+HALF_STEP_CASES = {
+    # causal + q offset, ragged lengths, GQA, bf16: diagonals whose upper half is dead for
+    # consumer 0 (and tiles whose last block is whole)
+    "causal_gqa_offset_ragged": (_case(shape=(1, 300, 330, 2, 1, 64), dtype="bfloat16",
+                                       causal=True, q_offset=40, **_HALF), 3e-2),
+    # a two-sided window with a kv offset, D = 64, f16: last blocks cut by the right side
+    "window_two_sided_kv_offset": (_case(shape=(1, 200, 330, 2, 2, 64), window=(100, 30),
+                                         kv_offset=7, **_HALF), 2e-2),
+    # dense, S = 300: the last block's upper half is all padding keys
+    "dense_padding": (_case(shape=(1, 200, 300, 2, 2, 64), **_HALF), 2e-2),
+    # the persistent forward with the dynamic scheduler (3 CTAs, items in interpret mode's
+    # static split), the row max on demand's config and larger logits
+    "persistent_dynamic_causal": (_case(shape=(2, 384, 384, 2, 1, 64), causal=True,
+                                        persistent=True, persistent_ctas=3, dynamic=True,
+                                        sync_per_tile=False, max_on_demand=True, qscale=4.0,
+                                        **_HALF), 2e-2),
+}
+
+
+@requires_interpret
+@pytest.mark.parametrize("name", sorted(HALF_STEP_CASES))
+def test_interpret_half_steps(name):
+  case, tol = HALF_STEP_CASES[name]
+  _run_raced_case(name, case, tol)
+
+
+@requires_interpret
+def test_interpret_half_steps_fail_with_the_wrong_half():
+  """The half-step cases can fail: with each half step computing the half it should drop,
+  out and lse are off (T = 264, a shape no other case traces, so no cached trace of the
+  right kernel stands in)."""
+  case = _case(shape=(1, 264, 264, 1, 1, 64), causal=True, mutate_half=True,
+               **dict(_HALF, races=False))
+  res = _run_case(case)
+  assert res["out"] > 0.05 and res["lse"] > 0.01, res
 
 
 # The whole backward (forward kernel, persistent dQ kernel, dK/dV kernel) of block-sparse
