@@ -275,9 +275,9 @@ class HopperConfig:
   # offset mask or ragged keys: where a tile's last block (a causal tile's diagonal) has a half
   # that is all masked for a consumer's 64 query rows, that consumer's last step computes only
   # the other half - a 64-key S product and a K = 64 P V product. Segment ids and block lists
-  # keep whole steps. Twenty-fourth session (NOTES.md Hopper v27): on in the long calls'
-  # defaults (`default_config`, see _OVERLAP_HALF_STEPS); the short persistent walks gain
-  # nothing from it.
+  # keep whole steps. Twenty-fourth session (NOTES.md Hopper v27): on in every overlapped
+  # default (`default_config`, see _OVERLAP_HALF_STEPS; forward +2-8%). Off in the plain
+  # default (the base of A/B variants).
   fwd_half_steps: bool = False
 
   def __post_init__(self):
@@ -363,11 +363,10 @@ _OVERLAP_RESCALE = dict(rescale_threshold=8)
 # against the lazy rescale alone (call 12 of the nineteenth session, 5 rounds) dense 4k 1.111,
 # dense 16k 1.109, causal 4k 1.018, causal 16k 1.015; the persistent dense 1k kernel 0.877.
 _OVERLAP_MAX_ON_DEMAND = dict(max_on_demand=True)
-# ...and the half last step (`HopperConfig.fwd_half_steps`): forward against the same config
-# without it (twenty-fourth session, NOTES.md Hopper v27; 5 rounds each) causal 4k 1.02-1.04,
-# causal 16k 1.06 (three readings each, two earlier forms of the same change). On the
-# persistent short walks (window 1024 at 8k, causal 1k) it measured 0.99-1.00, so they keep
-# whole steps (less code in a kernel whose whole body runs per tile).
+# ...and the half last step (`HopperConfig.fwd_half_steps`), in every overlapped default:
+# forward against the same config without it (twenty-fourth session call 9, NOTES.md Hopper
+# v27; 5 rounds) causal 4k 1.044, causal 16k 1.082, window 1024 at 8k 1.021, causal 1k 1.036
+# (causal 4k / 16k read 1.02-1.06 in two earlier calls with intermediate forms of the change).
 _OVERLAP_HALF_STEPS = dict(fwd_half_steps=True)
 
 # The dynamic scheduler (`HopperConfig.persistent_dynamic`), forward A/B on the H100 (eleventh
@@ -413,9 +412,9 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   * the overlapped softmax (head_dim <= 128) for persistent calls and for calls whose tiles
     walk static ranges (`static_ranges`: dense or causal - no window, segment ids or block
     mask; implied by `uniform_tiles`) with kv_len >= _OVERLAP_MIN_KV, the latter with the
-    240 / 24 register split, the row max on demand (`max_on_demand`) and the half last step
-    (`fwd_half_steps`); both without the consumers' ping-pong and with FA4's lazy rescale
-    (`rescale_threshold`).
+    240 / 24 register split and the row max on demand (`max_on_demand`); both without the
+    consumers' ping-pong, with FA4's lazy rescale (`rescale_threshold`) and with the half last
+    step (`fwd_half_steps`).
   Without `kv_len`: the plain non-persistent kernel (the base of A/B variants)."""
   if short_walks not in (None, "data", "band"):
     raise ValueError(f"short_walks must be None, 'data' or 'band', got {short_walks!r}")
@@ -431,7 +430,7 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   if uniform_tiles and kv_len <= _PERSISTENT_MAX_KV:
     cfg = dataclasses.replace(cfg, persistent=True, persistent_sync_per_tile=False,
                               overlap_softmax=True, **_OVERLAP_SCHEDULE,
-                              **_OVERLAP_RESCALE)
+                              **_OVERLAP_RESCALE, **_OVERLAP_HALF_STEPS)
     if (q_len or kv_len) <= _PERSISTENT_MAX_KV:
       cfg = dataclasses.replace(cfg, **_SHORT_DENSE_BWD)
   elif short_walks == "data":
@@ -439,7 +438,7 @@ def default_config(head_dim: int, kv_len: int | None = None, *, uniform_tiles: b
   elif short_walks == "band" or (static_ranges and kv_len <= _PERSISTENT_MAX_KV):
     cfg = dataclasses.replace(cfg, persistent=True, persistent_dynamic=True,
                               persistent_sync_per_tile=False, overlap_softmax=True,
-                              **_OVERLAP_SCHEDULE, **_OVERLAP_RESCALE)
+                              **_OVERLAP_SCHEDULE, **_OVERLAP_RESCALE, **_OVERLAP_HALF_STEPS)
     if short_walks != "band" and (q_len or kv_len) <= _PERSISTENT_MAX_KV:
       cfg = dataclasses.replace(cfg, **_SHORT_CAUSAL_BWD)
   elif (static_ranges or uniform_tiles) and kv_len >= _OVERLAP_MIN_KV:

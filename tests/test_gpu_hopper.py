@@ -588,10 +588,10 @@ def test_overlap_softmax_block_mask(cfg):
 
 # HopperConfig.fwd_half_steps (twenty-fourth session): a consumer whose last block has a half
 # that is all masked for its rows (a causal diagonal, a window's edge, padding keys) computes
-# only the other half. On in the long calls' defaults (config=None, S >= 2048); named here on
-# the persistent short walks' configs (the window cell's, causal 1k's), a two-sided window
-# with a kv offset at D = 64 (f16) and a ragged dense call; fwd+bwd of a long causal call and
-# of the window.
+# only the other half. On in every overlapped default: the window cell's and causal 1k's
+# persistent configs, a long causal call's (config=None), and named on a two-sided window with
+# a kv offset at D = 64 (f16) and a ragged dense call; fwd+bwd of a long causal call and of
+# the window.
 _HALF = dict(fwd_half_steps=True)
 _BAND_HALF = dataclasses.replace(ha.default_config(128, 2048, short_walks="band"), **_HALF)
 HALF_STEPS_FWD = {
