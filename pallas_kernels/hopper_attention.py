@@ -16,7 +16,10 @@ GPU) kernel", for the tuning log):
   issues S_t = Q K_t^T and P_{t-1} V_{t-1} together and runs the softmax of S_t while the P V
   product is in flight (FA3's intra-warpgroup overlap). Its defaults run without the
   consumers' ping-pong (`schedule_barrier=False`: the two consumers do as well or better
-  running free there, NOTES.md Hopper v11). See `overlapped_walk` in `_fwd_call`.
+  running free there, NOTES.md Hopper v11). See `overlapped_walk` in `_fwd_call`. Where a
+  consumer's last block has a half that is all masked for its 64 rows (a causal diagonal),
+  that step covers the other 64 keys only (`fwd_half_steps`, in the same defaults; NOTES.md
+  Hopper v27).
 * persistent forward (`HopperConfig(persistent=True)`, default for short dense calls only:
   see `default_config`): a 1-D grid of one CTA per SM, each looping over (head, q tile, batch) work items; the K/V
   ring, the producer and the ping-pong carry on across tiles, Q is double-buffered and
