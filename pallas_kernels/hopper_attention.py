@@ -766,14 +766,6 @@ def _range_walk(lo, flo, fhi, hi):
                    (fhi - lo, hi - lo, True, blk)]
 
 
-def _block_at(sections, u):
-  """The block of step u of a walk's sections (u in one of them)."""
-  j = None
-  for u0, u1, _, blk in sections:
-    j = blk(u) if j is None else jnp.where((u >= u0) & (u < u1), blk(u), j)
-  return j
-
-
 def _half_block(st: _Static, q_base, rows: int, j, half: int):
   """(half, off) for the 2 * half keys of block j against query rows [q_base, q_base + rows):
   half is True where one of the block's two halves keeps no pair with any of the rows, off
@@ -1538,7 +1530,9 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
       session, NOTES.md Hopper v27)."""
       slot_of = lambda t: lax.rem(ring(t), stages)
       if half_steps:
-        h_last, off_last = _half_block(st, q_base, bq, _block_at(sections, n - 1), half)
+        # a range walk (no segment ids or lists): every section maps step u to block lo + u
+        j_last = sections[-1][3](n - 1)
+        h_last, off_last = _half_block(st, q_base, bq, j_last, half)
         h_last = h_last & (n >= 2)   # step 0 is the peeled first step
 
       def k_of(slot, off):   # a slot's K, or its `half` keys from `off`
@@ -1645,7 +1639,7 @@ def _fwd_call(st: _Static, q, k, v, seg=None, sp=None):
                      for u0, u1, masked, blk in sections], step, carry)
 
       def half_last(carry):   # the last step on half its block, then its P V
-        carry = step(n - 1, carry, True, None, s_off=off_last, j=_block_at(sections, n - 1))
+        carry = step(n - 1, carry, True, None, s_off=off_last, j=j_last)
         return last(carry, pv_off=off_last)[:3]
 
       def whole(carry):

@@ -588,21 +588,18 @@ def test_overlap_softmax_block_mask(cfg):
 
 # HopperConfig.fwd_half_steps (twenty-fourth session): a consumer whose last block has a half
 # that is all masked for its rows (a causal diagonal, a window's edge, padding keys) computes
-# only the other half. On in every overlapped default: the window cell's and causal 1k's
-# persistent configs, a long causal call's (config=None), and named on a two-sided window with
-# a kv offset at D = 64 (f16) and a ragged dense call; fwd+bwd of a long causal call and of
-# the window.
+# only the other half. On in every overlapped default (config=None below: the window cell's
+# and short causal calls' persistent configs, a long causal call's), and named on a two-sided
+# window with a kv offset at D = 64 (f16) and a ragged dense call; fwd+bwd of a long causal
+# call and of the window.
 _HALF = dict(fwd_half_steps=True)
-_BAND_HALF = dataclasses.replace(ha.default_config(128, 2048, short_walks="band"), **_HALF)
 HALF_STEPS_FWD = {
-    "window_1023_band_config": dict(shape=(1, 2048, 2048, 4, 4, 128),
-                                    kw=dict(sliding_window=(1023, 0)), config=_BAND_HALF),
-    "window_causal_gqa_band_config": dict(shape=(2, 1500, 1500, 8, 2, 128),
-                                          kw=dict(is_causal=True, sliding_window=(255, None)),
-                                          config=_BAND_HALF),
-    "causal_short_config_ragged_offset": dict(
-        shape=(2, 900, 1000, 4, 2, 128), kw=dict(is_causal=True, q_offset=100),
-        config=dataclasses.replace(ha.default_config(128, 1000, static_ranges=True), **_HALF)),
+    "window_1023_default": dict(shape=(1, 2048, 2048, 4, 4, 128),
+                                    kw=dict(sliding_window=(1023, 0))),
+    "window_causal_gqa_default": dict(shape=(2, 1500, 1500, 8, 2, 128),
+                                          kw=dict(is_causal=True, sliding_window=(255, None))),
+    "causal_short_default_ragged_offset": dict(
+        shape=(2, 900, 1000, 4, 2, 128), kw=dict(is_causal=True, q_offset=100)),
     "causal_long_default": dict(shape=(1, 2100, 2100, 4, 2, 128), kw=dict(is_causal=True)),
     "window_two_sided_offsets_d64_f16": dict(
         shape=(1, 700, 900, 4, 2, 64), kw=dict(sliding_window=(255, 63), kv_offset=7),
@@ -615,6 +612,9 @@ HALF_STEPS_FWD = {
 @requires_hopper
 @pytest.mark.parametrize("name", sorted(HALF_STEPS_FWD))
 def test_forward_half_steps(name):
+  for cfg in (ha.default_config(128, 2048, short_walks="band"),
+              ha.default_config(128, 1000, static_ranges=True)):
+    assert cfg.fwd_half_steps   # what config=None picks for the window and short causal cases
   check_forward_case(HALF_STEPS_FWD[name], None)
 
 
@@ -622,8 +622,7 @@ def test_forward_half_steps(name):
 def test_forward_half_steps_backward():
   assert ha.default_config(128, 2100, static_ranges=True).fwd_half_steps
   check_backward(1, 2100, 2100, 4, 2, 128, jnp.bfloat16, is_causal=True, q_offset=50)
-  check_backward(1, 2048, 2048, 4, 4, 128, jnp.bfloat16, sliding_window=(1023, 0),
-                 config=_BAND_HALF)
+  check_backward(1, 2048, 2048, 4, 4, 128, jnp.bfloat16, sliding_window=(1023, 0))
 
 
 # The overlap with 240 registers per consumer and 24 for the producer (FA3's split): faster in

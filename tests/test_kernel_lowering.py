@@ -444,15 +444,18 @@ def _case_or_mask_fn(which):
   return _shapes(B, T, S, N, K, D, dt), kw
 
 
-@pytest.mark.parametrize("half", [False, True])
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("which", ["dense", "causal_gqa_offset_ragged",
-                                   "window_two_sided_f16_d64", "documents", "mask_fn"])
-def test_overlap_softmax_forward_lowers_for_cuda(which, persistent, half):
+                                   "window_two_sided_f16_d64", "documents", "mask_fn",
+                                   "causal_gqa_offset_ragged_half", "window_two_sided_f16_d64_half"])
+def test_overlap_softmax_forward_lowers_for_cuda(which, persistent):
   """HopperConfig(overlap_softmax=True): run_state over two accumulators plus the softmax's
   plain refs, wgmma_accumulator_load(wait_n=1), the peeled first step and the last P V under
-  lax.cond (register arrays yielded); with `fwd_half_steps`, the half last step's 64-key
-  products on dynamically sliced K / V tiles."""
+  lax.cond (register arrays yielded); *_half: with `fwd_half_steps`, the half last step's
+  64-key products on dynamically sliced K / V tiles (segment ids, lists and unpadded dense
+  calls have no half steps)."""
+  half = which.endswith("_half")
+  which = which.removesuffix("_half")
   cfg = ha.HopperConfig(overlap_softmax=True, persistent=persistent, persistent_ctas=132,
                         fwd_half_steps=half)
   shapes, kw = _case_or_mask_fn(which)
